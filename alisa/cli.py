@@ -1,0 +1,166 @@
+"""The `alisa` command line. Library code returns data; this module renders it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from alisa.sim.errors import InputError
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / 1e9:.2f} GB"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(w)}  {v}" for k, v in rows)
+
+
+def render_summary(r: dict[str, Any]) -> str:
+    sc = r["scenario"]
+    wl = sc["workload"]
+    head = (f"{sc['name']}: {sc['model']} on {sc['hardware']} ({sc['hardware_source']}), policy {r['policy']}, "
+            f"batch {wl['batch_size']}, prompt {wl['prompt_len']}, gen {wl['gen_len']}")
+    rows = [("backend", r["backend"])]
+    if r["oom"]:
+        rows.append(("OOM", f"{r['oom_pool']}: {r['oom_reason']}"))
+    rows += [
+        ("throughput", f"{r['throughput_tokens_per_s']:.1f} tokens/s"),
+        ("tokens generated", str(r["tokens_generated"])),
+        ("total time", f"{r['total_time_s']:.3f} s (prefill {r['prefill_time_s']:.3f} s, decode {r['decode_time_s']:.3f} s)"),
+    ]
+    for ph in ("I", "II", "III"):
+        p = r["phases"][ph]
+        if p["steps"]:
+            rows.append((f"phase {ph}", f"{p['steps']} steps, {p['time_s']:.3f} s, "
+                                        f"{1e3 * p['time_s'] / p['steps']:.2f} ms/step"))
+    rows += [
+        ("peak GPU memory", _fmt_bytes(r["peak_gpu_bytes"])),
+        ("peak host memory", _fmt_bytes(r["peak_cpu_bytes"])),
+        ("H2D / D2H", f"{_fmt_bytes(r['h2d_bytes'])} / {_fmt_bytes(r['d2h_bytes'])}"),
+        ("recomputed tokens", str(r["recomputed_tokens"])),
+        ("simulation wall time", f"{r['sim_wall_s']:.3f} s ({r['sim_events']} events)"),
+    ]
+    return head + "\n" + _table(rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from alisa.sim.bundled import resolve_scenario
+    from alisa.sim.runner import run_scenario
+    from alisa.sim.scenario import load_scenario
+
+    path = resolve_scenario(args.scenario)
+    sc = load_scenario(path, args.set)
+    if args.backend == "real":
+        from alisa.runtime.cli_hook import run_real  # GPU-only; raises InputError without one
+        result = run_real(sc, Path(args.out) if args.out else None)
+    else:
+        out = Path(args.out) if args.out else Path("results") / sc.name
+        result = run_scenario(sc, out, plots=not args.no_plots)
+        print(render_summary(result))
+        print(f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png"))
+        print("open trace.json at https://ui.perfetto.dev (Open trace file) or chrome://tracing")
+        return 0
+    print(render_summary(result))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alisa.sim.bundled import resolve_scenario
+    from alisa.sim.scenario import expand_sweep
+    from alisa.sim.sweep import run_sweep
+
+    path = resolve_scenario(args.scenario)
+    points = expand_sweep(path, args.set)
+    out = Path(args.out) if args.out else Path("results") / (Path(path).stem + "-sweep")
+    with tqdm(total=len(points), desc="sweep", unit="pt", file=sys.stderr) as bar:
+        rows = run_sweep(points, out, jobs=args.jobs, progress=bar.update)
+    keys = [k for k in rows[0] if k.startswith("param:")]
+    print("  ".join(k.removeprefix("param:") for k in keys) + "  throughput_tok/s  phases(I/II/III)  oom")
+    for r in rows:
+        vals = "  ".join(str(r[k]) for k in keys)
+        print(f"{vals}  {r['throughput_tokens_per_s']:.1f}  "
+              f"{r['phase_I_steps']}/{r['phase_II_steps']}/{r['phase_III_steps']}  {r['oom']}")
+    print(f"\nwrote {out}/sweep.csv and sweep.json ({len(rows)} points)")
+    return 0
+
+
+def cmd_scenarios(_: argparse.Namespace) -> int:
+    from alisa.sim.bundled import scenario_files, scenario_name
+    from alisa.sim.hardware import read_yaml
+
+    for f in scenario_files():
+        data = read_yaml(f) or {}
+        sweep = data.get("sweep") if isinstance(data, dict) else None
+        pol = (data.get("policy") or {}).get("name", "?") if isinstance(data, dict) else "?"
+        extra = f"  sweep over {', '.join(sweep)}" if sweep else ""
+        print(f"{scenario_name(f):28s} {data.get('model', '?')!s:14s} {data.get('hardware', '?')!s:22s} {pol}{extra}")
+    return 0
+
+
+def cmd_profiles(_: argparse.Namespace) -> int:
+    from alisa.sim.hardware import load_profile, profile_names
+
+    for n in profile_names():
+        p = load_profile(n)
+        print(f"{n:22s} {p.source:9s} {p.gpu_memory_gb:7.1f} GB  HBM {p.hbm_gbps:6.0f} GB/s  "
+              f"fp16 {p.fp16_tflops:6.1f} TFLOP/s  PCIe {p.pcie_h2d_gbps:5.1f} GB/s  host {p.cpu_memory_gb:.0f} GB")
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from alisa.sim.catalog import get_model, model_names
+    from alisa.sim.models import kv_bytes_per_token, weight_bytes
+
+    for n in model_names():
+        m = get_model(n)
+        print(f"{n:14s} layers {m.num_layers:3d}  hidden {m.hidden_size:5d}  heads {m.num_heads:3d}/{m.num_kv_heads:<3d} "
+              f"weights {weight_bytes(m) / 1e9:6.1f} GB  KV/token {kv_bytes_per_token(m) / 1e3:7.1f} KB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="alisa", description="Sparsity-aware KV caching: simulator and tools")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run one scenario (default: the bundled default scenario)")
+    r.add_argument("scenario", nargs="?", help="scenario YAML path or bundled name (see `alisa scenarios`)")
+    r.add_argument("--out", help="output folder (default results/<scenario name>)")
+    r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field of the resolved scenario, e.g. workload.batch_size=32")
+    r.add_argument("--backend", choices=("sim", "real"), default="sim")
+    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sweep", help="run the Cartesian product of a scenario's `sweep:` lists")
+    s.add_argument("scenario")
+    s.add_argument("--out")
+    s.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    s.set_defaults(func=cmd_sweep)
+
+    sub.add_parser("scenarios", help="list bundled scenarios").set_defaults(func=cmd_scenarios)
+    sub.add_parser("profiles", help="list hardware profiles").set_defaults(func=cmd_profiles)
+    sub.add_parser("models", help="list the model catalog").set_defaults(func=cmd_models)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"alisa: error: {e.message()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alisa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

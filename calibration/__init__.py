@@ -1,0 +1,1 @@
+"""Measure a GPU and host, fit cost models, write a hardware profile."""

@@ -1,0 +1,1 @@
+"""Triton kernels for SWA decoding and their torch references."""

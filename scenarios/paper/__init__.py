@@ -1,0 +1,1 @@
+"""Bundled data (YAML); a package only so that it installs with alisa."""

@@ -1,0 +1,139 @@
+"""Cost model: the time of each operation on a hardware profile.
+
+Analytic terms are rooflines plus launch latency; a measured profile's tables replace
+them where present (piecewise-linear interpolation in log-log space, extrapolated at the
+edge rate). The simulator engine and the schedulers' optimisers both call this module,
+so there is one definition of what each operation costs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+from .hardware import GB, HardwareProfile, OpTable
+
+
+@dataclass(frozen=True)
+class _Interp:
+    """log-log piecewise-linear interpolation with linear-in-size extrapolation."""
+
+    log_x: tuple[float, ...]
+    log_y: tuple[float, ...]
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    @classmethod
+    def of(cls, t: OpTable) -> "_Interp":
+        return cls(tuple(math.log(v) for v in t.size), tuple(math.log(v) for v in t.seconds),
+                   tuple(t.size), tuple(t.seconds))
+
+    def __call__(self, size: float) -> float:
+        if size <= 0:
+            return 0.0
+        x, y = self.x, self.y
+        if size <= x[0]:
+            return y[0]  # below the grid, latency dominates: the smallest measured time
+        if size >= x[-1]:
+            # beyond the grid, extend at the incremental rate of the last segment
+            rate = (y[-1] - y[-2]) / (x[-1] - x[-2])
+            return y[-1] + max(rate, 0.0) * (size - x[-1])
+        ls = math.log(size)
+        i = bisect.bisect_right(self.log_x, ls) - 1
+        f = (ls - self.log_x[i]) / (self.log_x[i + 1] - self.log_x[i])
+        return math.exp(self.log_y[i] + f * (self.log_y[i + 1] - self.log_y[i]))
+
+
+@dataclass
+class CostModel:
+    hw: HardwareProfile
+    _tables: dict[str, _Interp] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._tables = {k: _Interp.of(t) for k, t in self.hw.tables.items()}
+
+    # -- derived rates --------------------------------------------------------
+    @property
+    def launch_s(self) -> float:
+        return self.hw.kernel_launch_us * 1e-6
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.hw.fp16_tflops * 1e12 * self.hw.gemm_efficiency
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return self.hw.hbm_gbps * GB * self.hw.hbm_efficiency
+
+    def _table(self, key: str) -> _Interp | None:
+        return self._tables.get(key)
+
+    # -- GPU compute ----------------------------------------------------------
+    def gemm_s(self, m: int, n: int, k: int, dtype_bytes: int = 2) -> float:
+        """y[m,n] = x[m,k] W[k,n]: max(FLOPs / rate, bytes / bandwidth) + launch."""
+        if m <= 0:
+            return 0.0
+        t = self._table(f"gemm:{n}x{k}")
+        if t is not None:
+            return t(m)
+        flops = 2.0 * m * n * k
+        bytes_ = (m * k + k * n + m * n) * dtype_bytes
+        return max(flops / self.flops_per_s, bytes_ / self.hbm_bytes_per_s) + self.launch_s
+
+    def attention_decode_s(self, kv_bytes_read: float, int8: bool = False) -> float:
+        """One decode step's attention: memory-bound on the KV bytes it reads."""
+        if kv_bytes_read <= 0:
+            return 0.0
+        t = self._table("attention_decode")
+        base = t(kv_bytes_read) if t is not None else kv_bytes_read / self.hbm_bytes_per_s + self.launch_s
+        return base * (1.0 + self.hw.int8_attention_overhead) if int8 else base
+
+    def attention_prefill_s(self, batch: int, heads: int, head_dim: int, tokens: int) -> float:
+        """Causal attention over a prompt: 4 B H d p^2 / 2 FLOPs at the attention efficiency."""
+        flops = 4.0 * batch * heads * head_dim * tokens * tokens / 2.0
+        rate = self.hw.fp16_tflops * 1e12 * self.hw.attention_efficiency
+        return flops / rate + self.launch_s
+
+    def elementwise_s(self, bytes_moved: float) -> float:
+        """Norms, activations, residual adds: one pass over the bytes."""
+        return bytes_moved / self.hbm_bytes_per_s + self.launch_s if bytes_moved > 0 else 0.0
+
+    def quantize_int8_s(self, fp16_bytes: float) -> float:
+        """Quantise fp16 KV to INT8 with per-token scales: read 2 B, write 1 B per element."""
+        if fp16_bytes <= 0:
+            return 0.0
+        t = self._table("quantize_int8")
+        return t(fp16_bytes) if t is not None else 1.5 * fp16_bytes / self.hbm_bytes_per_s + self.launch_s
+
+    # -- transfers ------------------------------------------------------------
+    def _copy_s(self, key: str, nbytes: float, chunks: int, gbps: float, pinned: bool) -> float:
+        if nbytes <= 0:
+            return 0.0
+        chunks = max(1, chunks)
+        per_chunk = nbytes / chunks
+        t = self._table(f"{key}_{'pinned' if pinned else 'pageable'}")
+        if t is not None:
+            return chunks * t(per_chunk)
+        bw = gbps * GB * self.hw.pcie_efficiency * (1.0 if pinned else self.hw.pcie_pageable_factor)
+        return chunks * self.hw.pcie_latency_us * 1e-6 + nbytes / bw
+
+    def h2d_s(self, nbytes: float, chunks: int = 1, pinned: bool = True) -> float:
+        return self._copy_s("h2d", nbytes, chunks, self.hw.pcie_h2d_gbps, pinned)
+
+    def d2h_s(self, nbytes: float, chunks: int = 1, pinned: bool = True) -> float:
+        return self._copy_s("d2h", nbytes, chunks, self.hw.pcie_d2h_gbps, pinned)
+
+    # -- host -----------------------------------------------------------------
+    def cpu_gather_s(self, nbytes: float) -> float:
+        """Gather scattered KV rows into a pinned staging buffer on the CPU."""
+        if nbytes <= 0:
+            return 0.0
+        t = self._table("cpu_gather")
+        return t(nbytes) if t is not None else nbytes / (self.hw.cpu_gather_gbps * GB) + 2e-6
+
+    def cpu_attention_s(self, kv_bytes_read: float, flops: float) -> float:
+        """Attention on the CPU (FlexGen's cpu_cache_compute): bound by gather bandwidth or FLOPs."""
+        if kv_bytes_read <= 0:
+            return 0.0
+        return max(kv_bytes_read / (self.hw.cpu_gather_gbps * GB), flops / (self.hw.cpu_tflops * 1e12))

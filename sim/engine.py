@@ -1,0 +1,226 @@
+"""SimPy engine: times a policy's StepPlans on a model of GPU, CPU, PCIe and memory.
+
+Resources: one GPU compute stream, an H2D and a D2H copy engine (PCIe is full duplex,
+so they are separate), one CPU worker that gathers host-resident KV rows into pinned
+staging; GPU and host memory are capacity-limited pools (``simpy.Container``).
+
+Within a step, each layer's work flows gather -> H2D -> compute -> D2H; each resource
+serves layers in order, so the next layer's fetch overlaps this layer's compute and the
+write-back of this layer overlaps the next one. A step's fetches start when the step
+starts (its selection depends on the previous step's attention); its write-backs may
+run on into the next step. A step whose layers move nothing runs as one GPU interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from .plan import OutOfMemory, StepPlan
+from .policies.base import Policy
+from .step_cost import LayerTimes
+
+LANES = ("GPU compute", "H2D", "D2H", "CPU")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    phase: str
+    start_s: float
+    end_s: float
+    context_len: int
+    attended_tokens: int
+    h2d_bytes: float
+    d2h_bytes: float
+    recomputed_tokens: int
+    recompute_ratio: float
+    gpu_bytes: float
+    cpu_bytes: float
+
+    @property
+    def time_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class EngineResult:
+    steps: list[StepRecord]              # prefill first (step -1), then decode steps
+    events: list[tuple[str, str, float, float, dict[str, Any]]]  # lane, name, start, dur, args
+    memory_log: list[tuple[float, float, float]]                 # time, gpu bytes, cpu bytes
+    oom: OutOfMemory | None
+    peak_gpu_bytes: float
+    peak_cpu_bytes: float
+    total_time_s: float
+    sim_events: int
+    sim_wall_s: float
+    trace_truncated_at_step: int | None = None
+    policy_summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, policy: Policy, max_layer_events: int = 250_000) -> None:
+        self.policy = policy
+        self.coster = policy.coster
+        self.env = simpy.Environment()
+        lay = policy.layout
+        self.gpu_mem = simpy.Container(self.env, capacity=lay.gpu_capacity_bytes, init=0)
+        self.cpu_mem = simpy.Container(self.env, capacity=lay.cpu_capacity_bytes, init=0)
+        self.max_layer_events = max_layer_events
+        self.events: list[tuple[str, str, float, float, dict[str, Any]]] = []
+        self.memory_log: list[tuple[float, float, float]] = []
+        self.records: list[StepRecord] = []
+        self.oom: OutOfMemory | None = None
+        self._d2h_tail: simpy.Event | None = None
+        self._trace_cut: int | None = None
+        self._peak_gpu = 0.0
+        self._peak_cpu = 0.0
+        self._sim_events = 0
+
+    # -- memory -------------------------------------------------------------------
+    def _set_level(self, pool: simpy.Container, target: float) -> None:
+        delta = target - pool.level
+        if delta > 0:
+            pool.put(delta)
+        elif delta < 0:
+            pool.get(-delta)
+
+    def _apply_memory(self, plan: StepPlan) -> OutOfMemory | None:
+        lay, c = self.policy.layout, self.coster
+        per_layer_seq = self.policy.batch * self.policy.model.num_layers
+        gpu = lay.gpu_static_bytes + per_layer_seq * plan.gpu_kv_tokens * c.kv_bytes + plan.gpu_extra_bytes
+        cpu = lay.cpu_static_bytes + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes
+                                                     + plan.cpu_hidden_tokens * c.hidden_bytes)
+        if gpu > self.gpu_mem.capacity:
+            return OutOfMemory("gpu", f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; "
+                                      f"capacity {self.gpu_mem.capacity / 1e9:.2f} GB", plan.step)
+        if cpu > self.cpu_mem.capacity:
+            return OutOfMemory("cpu", f"step {plan.step} needs {cpu / 1e9:.2f} GB of host memory; "
+                                      f"capacity {self.cpu_mem.capacity / 1e9:.2f} GB", plan.step)
+        self._set_level(self.gpu_mem, gpu)
+        self._set_level(self.cpu_mem, cpu)
+        self._peak_gpu = max(self._peak_gpu, gpu)
+        self._peak_cpu = max(self._peak_cpu, cpu)
+        self.memory_log.append((self.env.now, gpu, cpu))
+        return None
+
+    # -- trace ---------------------------------------------------------------------
+    def _trace(self, lane: str, name: str, start: float, dur: float, args: dict[str, Any] | None = None) -> None:
+        if dur > 0 and self._trace_cut is None:
+            self.events.append((lane, name, start, dur, args or {}))
+
+    # -- one step --------------------------------------------------------------------
+    def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
+        env = self.env
+        times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
+        m_head = self.policy.batch  # logits for the last position of each sequence
+        head_s = self.coster.lm_head_s(m_head)
+        label = "prefill" if plan.step < 0 else f"step {plan.step}"
+        if self._trace_cut is None and len(self.events) + 4 * len(times) > self.max_layer_events:
+            self._trace_cut = plan.step
+        start = env.now
+        moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
+        if not moves:
+            total = sum(t.compute_s for t in times) + head_s
+            yield env.timeout(total)
+            self._sim_events += 1
+            if self._trace_cut is None:
+                t0 = start
+                for l, t in enumerate(times):
+                    self._trace("GPU compute", f"L{l}", t0, t.compute_s, {"step": plan.step})
+                    t0 += t.compute_s
+                self._trace("GPU compute", "lm_head", t0, head_s, {"step": plan.step})
+            return
+        L = len(times)
+        gathered = [env.event() for _ in range(L)]
+        loaded = [env.event() for _ in range(L)]
+        computed = [env.event() for _ in range(L)]
+
+        def cpu_proc():
+            for l, t in enumerate(times):
+                if t.gather_s > 0:
+                    s = env.now
+                    yield env.timeout(t.gather_s)
+                    self._trace("CPU", f"gather L{l}", s, t.gather_s, {"step": plan.step})
+                gathered[l].succeed()
+
+        def h2d_proc():
+            for l, t in enumerate(times):
+                yield gathered[l]
+                if t.h2d_s > 0:
+                    s = env.now
+                    yield env.timeout(t.h2d_s)
+                    self._trace("H2D", f"L{l}", s, t.h2d_s, {"step": plan.step, "bytes": t.h2d_bytes})
+                loaded[l].succeed()
+
+        def d2h_proc(prev: simpy.Event | None):
+            if prev is not None:
+                yield prev
+            for l, t in enumerate(times):
+                yield computed[l]
+                if t.d2h_s > 0:
+                    s = env.now
+                    yield env.timeout(t.d2h_s)
+                    self._trace("D2H", f"L{l}", s, t.d2h_s, {"step": plan.step, "bytes": t.d2h_bytes})
+
+        env.process(cpu_proc())
+        env.process(h2d_proc())
+        if any(t.d2h_s for t in times):
+            self._d2h_tail = env.process(d2h_proc(self._d2h_tail))
+        for l, t in enumerate(times):
+            yield loaded[l]
+            s = env.now
+            yield env.timeout(t.compute_s)
+            self._trace("GPU compute", f"L{l}", s, t.compute_s, {"step": plan.step})
+            computed[l].succeed()
+        s = env.now
+        yield env.timeout(head_s)
+        self._trace("GPU compute", "lm_head", s, head_s, {"step": plan.step})
+        self._sim_events += 7 * L
+        _ = label
+
+    def _record(self, plan: StepPlan, start: float) -> None:
+        times = [self.coster.layer_times(lp) for lp in plan.layers]
+        b = self.policy.batch
+        self.records.append(StepRecord(
+            step=plan.step, phase=plan.phase, start_s=start, end_s=self.env.now, context_len=plan.context_len,
+            attended_tokens=plan.attended_tokens,
+            h2d_bytes=sum(t.h2d_bytes for t in times), d2h_bytes=sum(t.d2h_bytes for t in times),
+            recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
+            recompute_ratio=plan.recompute_ratio,
+            gpu_bytes=self.gpu_mem.level, cpu_bytes=self.cpu_mem.level))
+
+    def _main(self):  # type: ignore[no-untyped-def]
+        oom = self.policy.static_check()
+        if oom:
+            self.oom = oom
+            return
+        gen = self.policy.sc.workload.gen_len
+        for step in range(-1, gen - 1):
+            plan = self.policy.prefill() if step < 0 else self.policy.decode(step)
+            if isinstance(plan, OutOfMemory):
+                self.oom = plan
+                return
+            oom = self._apply_memory(plan)
+            if oom:
+                self.oom = oom
+                return
+            start = self.env.now
+            yield from self._run_step(plan)
+            self._record(plan, start)
+        if self._d2h_tail is not None:
+            yield self._d2h_tail  # the run ends when the last write-back lands
+
+    def run(self) -> EngineResult:
+        wall0 = time.perf_counter()
+        self.env.process(self._main())
+        self.env.run()
+        wall = time.perf_counter() - wall0
+        return EngineResult(
+            steps=self.records, events=self.events, memory_log=self.memory_log, oom=self.oom,
+            peak_gpu_bytes=self._peak_gpu, peak_cpu_bytes=self._peak_cpu, total_time_s=self.env.now,
+            sim_events=self._sim_events, sim_wall_s=wall, trace_truncated_at_step=self._trace_cut,
+            policy_summary=self.policy.summary())

@@ -1,0 +1,143 @@
+"""Hardware profiles: the numbers the cost model runs on.
+
+A profile is a YAML file in ``hardware_profiles/`` (or any path). ``source`` says whether
+its numbers come from a datasheet or were measured by ``alisa calibrate``. A measured
+profile may carry ``tables``: time against size per operation, which override the
+analytic roofline terms where present.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+
+from .errors import InputError
+
+GB = 1e9  # every *_gb and *_gbps field is decimal: 1 GB = 1e9 bytes
+
+
+class OpTable(BaseModel):
+    """Measured time of one operation against its size (piecewise-linear in log-log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: list[float] = Field(description="operation size (bytes, tokens or FLOPs, as the key says)")
+    seconds: list[float]
+    fit_rel_error: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpTable":
+        if len(self.size) != len(self.seconds) or len(self.size) < 2:
+            raise ValueError("size and seconds must have the same length, at least 2")
+        if any(b <= a for a, b in zip(self.size, self.size[1:])):
+            raise ValueError("size must be strictly increasing")
+        if any(s <= 0 for s in self.size) or any(t <= 0 for t in self.seconds):
+            raise ValueError("sizes and times must be positive")
+        return self
+
+
+class HardwareProfile(BaseModel):
+    """One GPU plus its host. Peak figures; efficiencies turn them into achieved rates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: Literal["datasheet", "measured"]
+    provenance: str = Field(description="where the numbers come from (datasheet, calibrate run)")
+    gpu_name: str = ""
+    gpu_memory_gb: PositiveFloat
+    hbm_gbps: PositiveFloat
+    fp16_tflops: PositiveFloat
+    pcie_h2d_gbps: PositiveFloat
+    pcie_d2h_gbps: PositiveFloat
+    pcie_latency_us: float = Field(10.0, ge=0)
+    pcie_pageable_factor: float = Field(0.4, gt=0, le=1, description="pageable / pinned bandwidth")
+    cpu_memory_gb: PositiveFloat
+    cpu_gather_gbps: PositiveFloat
+    cpu_tflops: PositiveFloat = 1.0
+    kernel_launch_us: float = Field(5.0, ge=0)
+    # Shares of peak that real kernels reach. Datasheet profiles use our assumptions
+    # (documented in docs/simulator.md); measured profiles fold them into the rates.
+    gemm_efficiency: float = Field(0.7, gt=0, le=1)
+    hbm_efficiency: float = Field(0.8, gt=0, le=1)
+    pcie_efficiency: float = Field(0.8, gt=0, le=1)
+    attention_efficiency: float = Field(0.5, gt=0, le=1, description="prefill attention, of fp16 peak")
+    int8_attention_overhead: float = Field(0.15, ge=0, description="extra time of dequant in attention")
+    gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
+    tables: dict[str, OpTable] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, v: dict[str, OpTable]) -> dict[str, OpTable]:
+        plain = {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable", "cpu_gather",
+                 "attention_decode", "quantize_int8", "h2d_d2h_concurrent"}
+        for key in v:
+            if key not in plain and not key.startswith("gemm:"):
+                raise ValueError(f"unknown table '{key}' (known: {sorted(plain)} and gemm:NxK)")
+        return v
+
+    @property
+    def gpu_memory_bytes(self) -> float:
+        return self.gpu_memory_gb * GB
+
+    @property
+    def cpu_memory_bytes(self) -> float:
+        return self.cpu_memory_gb * GB
+
+
+def _bundled_dir() -> Path:
+    return Path(str(resources.files("alisa.hardware_profiles")))
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in _bundled_dir().glob("*.yaml"))
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A bundled profile's name, or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise InputError(f"hardware profile file '{name_or_path}' does not exist", field="hardware")
+        return p
+    cand = _bundled_dir() / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        raise InputError(
+            f"unknown hardware profile '{name_or_path}'; known: {', '.join(profile_names())}",
+            field="hardware",
+        )
+    return cand
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", file=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", file=str(path)) from None
+
+
+def profile_config(name_or_path: str) -> dict[str, Any]:
+    """A profile as a plain mapping, before validation (so it can be overridden)."""
+    path = profile_path(name_or_path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise InputError("a hardware profile must be a mapping", file=str(path))
+    return data
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    from .validation import validate_model  # local: avoids a cycle at import
+
+    path = profile_path(name_or_path)
+    return validate_model(HardwareProfile, profile_config(name_or_path), file=str(path))

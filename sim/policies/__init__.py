@@ -1,0 +1,18 @@
+"""Scheduling policies: each turns a scenario into StepPlans."""
+
+from __future__ import annotations
+
+from ..costs import CostModel
+from ..scenario import Scenario
+from ..step_cost import StepCoster
+from .alisa import AlisaPolicy
+from .base import Policy
+from .dense_gpu import DenseGpuPolicy
+
+REGISTRY: dict[str, type[Policy]] = {"alisa": AlisaPolicy, "dense-gpu": DenseGpuPolicy}
+
+
+def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
+    cost = cost or CostModel(scenario.hardware)
+    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv)
+    return REGISTRY[scenario.policy.name](scenario, coster)

@@ -1,0 +1,235 @@
+"""Scenario schema (pydantic v2), YAML loading, `--set` overrides and sweep expansion.
+
+A scenario is model x hardware x workload x policy. Names of models and hardware
+profiles are resolved into mappings *before* overrides apply, so `--set model.num_layers=2`
+or `--set hardware.pcie_h2d_gbps=25` edit the resolved values and are validated like the
+file itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from .catalog import model_config
+from .errors import InputError
+from .hardware import HardwareProfile, profile_config, profile_path, read_yaml
+from .models import ModelSpec, weight_bytes
+from .validation import validate_model
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: PositiveInt
+    prompt_len: PositiveInt
+    gen_len: PositiveInt
+
+
+class _PolicyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    int8_kv: bool = False
+    gpu_kv_budget_gb: PositiveFloat | None = Field(
+        None, description="GPU memory for KV; default: what weights and workspace leave")
+
+
+class AlisaPolicyConfig(_PolicyBase):
+    name: Literal["alisa"]
+    kv_sparsity: float = Field(0.8, ge=0.0, lt=1.0, description="share of cached tokens not attended")
+    local_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of attended budget in the recent window")
+    recompute: bool = True
+    recompute_ratio: float | Literal["auto"] = Field(
+        "auto", description="share of host-resident selected tokens recomputed; auto = per-step optimum")
+    selection_trace: str | None = Field(None, description="path to a selection trace (.npz)")
+    selection_churn: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="without a trace: share of the global selection replaced each step (our choice)")
+
+
+class DenseGpuPolicyConfig(_PolicyBase):
+    name: Literal["dense-gpu"]
+
+
+PolicyConfig = Annotated[Union[AlisaPolicyConfig, DenseGpuPolicyConfig], Field(discriminator="name")]
+
+
+class OutputOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trace_max_layer_events: NonNegativeInt = Field(
+        250_000, description="layer-level trace events kept; later steps are traced per step only")
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: ModelSpec
+    hardware: HardwareProfile
+    workload: Workload
+    policy: PolicyConfig
+    seed: int = 0
+    sweep: dict[str, list[Any]] | None = None
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+
+POLICY_NAMES = ("alisa", "dense-gpu")
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+def _resolve_names(raw: dict[str, Any], file: str) -> dict[str, Any]:
+    data = copy.deepcopy(raw)
+    model = data.get("model")
+    if isinstance(model, str):
+        try:
+            data["model"] = model_config(model)
+        except InputError as e:
+            raise InputError(e.reason, file=file, field="model") from None
+    hw = data.get("hardware")
+    if isinstance(hw, str):
+        try:
+            ref = hw
+            if not Path(hw).is_absolute() and (Path(file).parent / hw).is_file():
+                ref = str(Path(file).parent / hw)  # a profile path relative to the scenario
+            profile_path(ref)
+            data["hardware"] = profile_config(ref)
+        except InputError as e:
+            raise InputError(e.reason, file=e.file or file, field=e.field or "hardware") from None
+    trace = (data.get("policy") or {}).get("selection_trace") if isinstance(data.get("policy"), dict) else None
+    if isinstance(trace, str) and not Path(trace).is_absolute() and (Path(file).parent / trace).exists():
+        data["policy"]["selection_trace"] = str(Path(file).parent / trace)
+    return data
+
+
+def parse_set(expr: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", value parsed as YAML so 32 is int and true is bool)."""
+    if "=" not in expr:
+        raise InputError(f"--set '{expr}' must look like dotted.path=value", field="--set")
+    key, _, value = expr.partition("=")
+    key = key.strip()
+    if not key:
+        raise InputError(f"--set '{expr}' has no field name", field="--set")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, *, file: str, strict: bool) -> None:
+    """Set data[a][b][c] = value. With strict, the field must already exist."""
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+            raise InputError(f"no such field (at '{'.'.join(parts[:i + 1])}')", file=file, field=dotted)
+        node = node[part]
+    last = parts[-1]
+    if not isinstance(node, dict):
+        raise InputError("no such field", file=file, field=dotted)
+    if strict and last not in node:
+        raise InputError("no such field in the scenario", file=file, field=dotted)
+    node[last] = value
+
+
+def check_runnable(s: Scenario, file: str) -> None:
+    """Reject scenarios that no policy could run: weights exceed GPU + host memory."""
+    need = weight_bytes(s.model)
+    have = s.hardware.gpu_memory_bytes + s.hardware.cpu_memory_bytes
+    if need > have:
+        raise InputError(
+            f"model weights ({need / 1e9:.1f} GB) exceed GPU + CPU memory ({have / 1e9:.1f} GB)",
+            file=file, field="model")
+    budget = s.policy.gpu_kv_budget_gb
+    if budget is not None and budget > s.hardware.gpu_memory_gb:
+        raise InputError(
+            f"GPU KV budget {budget} GB exceeds the GPU's memory ({s.hardware.gpu_memory_gb} GB)",
+            file=file, field="policy.gpu_kv_budget_gb")
+    if s.model.max_positions < s.workload.prompt_len + s.workload.gen_len:
+        pass  # position limits are the model's concern, not the simulator's: allowed, noted in docs
+
+
+def build_scenario(resolved: dict[str, Any], file: str) -> Scenario:
+    policy = resolved.get("policy")
+    if isinstance(policy, dict) and policy.get("name") not in POLICY_NAMES:
+        raise InputError(f"unknown policy '{policy.get('name')}'; known: {', '.join(POLICY_NAMES)}",
+                         file=file, field="policy.name")
+    try:
+        scenario = validate_model(Scenario, resolved, file=file)
+    except InputError as e:
+        if e.field and e.field.startswith("policy.") and e.reason.startswith("unknown field"):
+            pname = policy.get("name") if isinstance(policy, dict) else "?"
+            e = InputError(f"not a parameter of policy '{pname}'", file=file, field=e.field.replace(f"policy.{pname}.", "policy."))
+        elif e.field and isinstance(policy, dict):
+            e = InputError(e.reason, file=file, field=e.field.replace(f"policy.{policy.get('name')}.", "policy."))
+        raise e from None
+    check_runnable(scenario, file)
+    return scenario
+
+
+def load_resolved(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    file = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("scenario file does not exist", file=file)
+    raw = read_yaml(p)
+    if not isinstance(raw, dict):
+        raise InputError("a scenario must be a YAML mapping", file=file)
+    for req in ("name", "model", "hardware", "workload", "policy"):
+        if req not in raw:
+            raise InputError("missing required field", file=file, field=req)
+    data = _resolve_names(raw, file)
+    for expr in overrides or []:
+        key, value = parse_set(expr)
+        set_path(data, key, value, file=file, strict=False)
+        data = _resolve_names(data, file) if key in ("model", "hardware") else data
+    return data, file
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    data, file = load_resolved(path, overrides)
+    return build_scenario(data, file)
+
+
+def expand_sweep(path: str | Path, overrides: list[str] | None = None) -> list[tuple[dict[str, Any], Scenario]]:
+    """Every point of the scenario's `sweep:` Cartesian product, validated up front."""
+    data, file = load_resolved(path, overrides)
+    sweep = data.get("sweep")
+    if not sweep:
+        return [({}, build_scenario(data, file))]
+    if not isinstance(sweep, dict):
+        raise InputError("sweep must map dotted field paths to lists of values", file=file, field="sweep")
+    keys = list(sweep)
+    for k in keys:
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise InputError("a sweep entry must be a non-empty list", file=file, field=f"sweep.{k}")
+    points = []
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        point = copy.deepcopy(data)
+        point["sweep"] = None
+        for k, v in zip(keys, combo):
+            try:
+                set_path(point, k, v, file=file, strict=False)
+            except InputError as e:
+                raise InputError(f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}") from None
+            if k in ("model", "hardware"):
+                point = _resolve_names(point, file)
+        params = dict(zip(keys, combo))
+        try:
+            scenario = build_scenario(point, file)
+        except InputError as e:
+            if e.field in keys and e.reason.startswith(("unknown field", "not a parameter")):
+                raise InputError(f"sweep over a missing field ({e.reason})", file=file,
+                                 field=f"sweep.{e.field}") from None
+            raise
+        points.append((params, scenario))
+    return points

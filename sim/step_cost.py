@@ -1,0 +1,106 @@
+"""Cost of a planned layer and step: the one definition both the engine and the
+schedulers' optimisers use.
+
+A layer's work splits over four resources that run concurrently: the CPU (gathering
+host-resident rows into pinned staging), the H2D copy engine, the GPU, and the D2H
+copy engine. ``LayerTimes`` gives each one's busy time for a LayerPlan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .costs import CostModel
+from .models import (ModelSpec, hidden_bytes_per_token_per_layer, kv_bytes_per_token_per_layer,
+                     kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape,
+                     stored_kv_bytes_per_token_per_layer)
+from .plan import LayerPlan
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTimes:
+    gather_s: float
+    h2d_s: float
+    compute_s: float
+    d2h_s: float
+    h2d_bytes: float
+    d2h_bytes: float
+
+
+@dataclass
+class StepCoster:
+    """Times LayerPlans for one model, batch and KV format; memoises by plan."""
+
+    model: ModelSpec
+    batch: int
+    cost: CostModel
+    int8_kv: bool = False
+    _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.kv_bytes = stored_kv_bytes_per_token_per_layer(self.model, self.int8_kv)
+        self.kv_fp16_bytes = kv_bytes_per_token_per_layer(self.model)
+        self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
+
+    # -- GPU compute pieces ----------------------------------------------------
+    def dense_layer_compute_s(self, m: int) -> float:
+        """GEMMs, norms and activations of one layer on m tokens (attention excluded)."""
+        c, md = self.cost, self.model
+        t = sum(c.gemm_s(m, n, k, md.dtype_bytes) for _, n, k in layer_gemm_shapes(md))
+        ew_bytes = m * (6 * md.hidden_size + 3 * md.ffn_dim) * md.dtype_bytes
+        return t + c.elementwise_s(ew_bytes) + 2 * c.launch_s
+
+    def lm_head_s(self, m: int) -> float:
+        n, k = lm_head_gemm_shape(self.model)
+        return self.cost.gemm_s(m, n, k, self.model.dtype_bytes) + self.cost.elementwise_s(
+            m * self.model.hidden_size * self.model.dtype_bytes)
+
+    def recompute_s(self, tokens_total: int) -> float:
+        n, k = kv_recompute_gemm_shape(self.model)
+        return self.cost.gemm_s(tokens_total, n, k, self.model.dtype_bytes) if tokens_total > 0 else 0.0
+
+    # -- one layer --------------------------------------------------------------
+    def layer_times(self, lp: LayerPlan) -> LayerTimes:
+        hit = self._cache.get(lp)
+        if hit is not None:
+            return hit
+        c, md, b = self.cost, self.model, self.batch
+        m = b * lp.new_tokens
+        compute = self.dense_layer_compute_s(m)
+        if lp.prefill:
+            compute += c.attention_prefill_s(b, md.num_heads, md.head_dim, lp.new_tokens)
+        else:
+            gpu_attended = lp.attended_tokens - lp.cpu_attention_tokens
+            compute += c.attention_decode_s(b * gpu_attended * self.kv_bytes, self.int8_kv)
+        compute += self.recompute_s(b * lp.recompute_tokens)
+        if self.int8_kv:
+            compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
+        fetch_bytes = b * (lp.h2d_kv_tokens * self.kv_bytes + lp.recompute_tokens * self.hidden_bytes)
+        gather = c.cpu_gather_s(fetch_bytes)
+        if lp.cpu_attention_tokens:
+            # attention on the CPU over host-resident KV; q goes down and o comes back up
+            flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
+            gather += c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops)
+        h2d = c.h2d_s(fetch_bytes) + c.h2d_s(lp.weight_h2d_bytes)
+        d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)
+        d2h = c.d2h_s(d2h_bytes)
+        if lp.cpu_attention_tokens:
+            act = b * md.hidden_size * md.dtype_bytes
+            d2h += c.d2h_s(act)
+            h2d += c.h2d_s(act)
+            fetch_bytes += act
+            d2h_bytes += act
+        out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + lp.weight_h2d_bytes, d2h_bytes)
+        self._cache[lp] = out
+        return out
+
+    def pipelined_estimate_s(self, layers: tuple[LayerPlan, ...] | list[LayerPlan]) -> float:
+        """Makespan of gather -> H2D -> compute over the layers (a 3-stage flow shop),
+        each stage FIFO, the next layer's fetch overlapping this layer's compute."""
+        g_end = h_end = c_end = 0.0
+        for lp in layers:
+            t = self.layer_times(lp)
+            g_end = g_end + t.gather_s
+            h_end = max(h_end, g_end) + t.h2d_s
+            c_end = max(c_end, h_end) + t.compute_s
+        return c_end
