@@ -5,8 +5,8 @@ window of w = round(local_fraction * a) recent tokens plus g = a - w globally im
 earlier ones. The GPU holds C tokens per sequence and layer (its KV budget):
 
 * Phase I   n <= C: all KV on the GPU, nothing moves.
-* Phase II  n > C: every token older than the window has a host copy (the token leaving
-  the window is written back each step, D2H). Global selections not in the GPU cache
+* Phase II  n > C: the n - C tokens the GPU cannot hold live on the host (the token the
+  cache evicts each step is written back, D2H; a fetched token keeps its host copy). Global selections not in the GPU cache
   cross PCIe as KV: gathered on the CPU into pinned staging, then one H2D copy per layer,
   the next layer's fetch overlapping this layer's compute.
 * Phase III a share r of those host-resident selections is fetched as the layer input x
@@ -64,7 +64,9 @@ class AlisaPolicy(Policy):
         super().__init__(scenario, coster)
         trace = read_trace(self.cfg.selection_trace) if self.cfg.selection_trace else None
         self.churn = ChurnModel(self.cfg.selection_churn, trace, self.model.num_layers)
-        self.rng = np.random.default_rng(scenario.seed)
+        # one uniform per (step, layer): counter-based, so a change of phase timing
+        # (another budget or sparsity) does not shift the rounding of later steps
+        self.u = np.random.default_rng(scenario.seed).random((max(1, scenario.workload.gen_len), self.model.num_layers))
         wl = scenario.workload
         self.a_max, _ = swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)
         self.staging_bytes = 2 * self.batch * self.a_max * max(self.coster.kv_bytes, self.coster.hidden_bytes)
@@ -110,9 +112,10 @@ class AlisaPolicy(Policy):
         self.r_min = max(self.r_min, r)
         return None
 
-    def _round(self, x: float) -> int:
+    def _round(self, x: float, step: int, layer: int) -> int:
+        """Stochastic rounding, monotone in x for a fixed (step, layer)."""
         base = math.floor(x)
-        return base + int(self.rng.random() < (x - base))
+        return base + int(self.u[step, layer] < (x - base))
 
     # -- plans -----------------------------------------------------------------
     def prefill(self) -> StepPlan | OutOfMemory:
@@ -125,7 +128,7 @@ class AlisaPolicy(Policy):
             return StepPlan(-1, "prefill", p, self.batch, layers, p, 0)
         if self.C < 1:
             return self._too_small(-1)
-        spill = p - min(w, self.C)
+        spill = p - self.C
         oom = self._fit_host(spill, -1)
         if oom:
             return oom
@@ -147,10 +150,12 @@ class AlisaPolicy(Policy):
         """Expected selected tokens not GPU-resident, per sequence and layer (see module doc)."""
         g = a - w
         C = self.C
+        pool = n - w - g
+        if g > 0:
+            churn = min(churn, pool / g)  # no more new selections than unselected tokens
         window_miss = max(0, w - C)
         K = max(0, C - w)
         kept = (1.0 - churn) * g * (1.0 - min(1.0, K / g)) if g > 0 else 0.0
-        pool = n - w - g
         p_new_resident = min(1.0, max(0, K - g) / pool) if pool > 0 else 1.0
         new = churn * g * (1.0 - p_new_resident)
         return window_miss + kept + new
@@ -166,7 +171,7 @@ class AlisaPolicy(Policy):
         if self.C < 1:
             return self._too_small(step)
 
-        host = max(self.host_tokens, n - min(w, self.C))
+        host = max(self.host_tokens, n - self.C)
         d2h = host - self.host_tokens
         oom = self._fit_host(host, step)
         if oom:
@@ -174,7 +179,7 @@ class AlisaPolicy(Policy):
         self.host_tokens = host
 
         churn = self.churn.at(step)
-        misses = [self._round(self._misses(n, a, w, float(c))) for c in churn]
+        misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
         r = self._choose_ratio(misses, a, d2h)
         layers = tuple(
             LayerPlan(attended_tokens=a, h2d_kv_tokens=m - round(r * m), recompute_tokens=round(r * m),

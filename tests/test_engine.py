@@ -1,0 +1,193 @@
+"""The engine and the ALISA scheduler: properties, hand-computed cases, determinism."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alisa.sim.costs import CostModel
+from alisa.sim.engine import Engine
+from alisa.sim.hardware import GB, HardwareProfile, OpTable
+from alisa.sim.memory import MemoryLayout
+from alisa.sim.models import kv_bytes_per_token
+from alisa.sim.plan import LayerPlan, StepPlan
+from alisa.sim.runner import simulate
+from alisa.sim.step_cost import LayerTimes
+
+from .conftest import scenario
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_tokens_generated_is_batch_times_gen_len():
+    r, _ = simulate(scenario())
+    assert not r["oom"]
+    assert r["tokens_generated"] == 8 * 64
+    assert r["throughput_tokens_per_s"] == pytest.approx(r["tokens_generated"] / r["total_time_s"])
+    assert r["total_time_s"] >= r["prefill_time_s"] + r["decode_time_s"] - 1e-12
+
+
+def test_same_seed_same_result():
+    a, _ = simulate(scenario(policy__gpu_kv_budget_gb=0.4))
+    b, _ = simulate(scenario(policy__gpu_kv_budget_gb=0.4))
+    for r in (a, b):
+        r.pop("sim_wall_s")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["phases"]["II"]["steps"] > 0  # the case exercises the stochastic rounding
+
+
+def test_large_budget_stays_in_phase_one():
+    r, er = simulate(scenario(policy__gpu_kv_budget_gb=4))
+    assert r["phases"]["I"]["steps"] == 63 and r["phases"]["II"]["steps"] == r["phases"]["III"]["steps"] == 0
+    assert r["h2d_bytes"] == 0 and r["d2h_bytes"] == 0 and r["recomputed_tokens"] == 0
+
+
+def test_small_budget_reaches_all_three_phases():
+    r, _ = simulate(scenario(workload__gen_len=512, policy__gpu_kv_budget_gb=1.0, policy__selection_churn=0.4,
+                             hardware__pcie_h2d_gbps=2.0))
+    assert all(r["phases"][p]["steps"] > 0 for p in ("I", "II", "III")), r["phases"]
+    assert r["recomputed_tokens"] > 0
+
+
+@FAST
+@given(batch=st.integers(1, 16), budget=st.floats(0.15, 3.0), s=st.floats(0.0, 0.95),
+       churn=st.floats(0.0, 1.0), int8=st.booleans())
+def test_memory_within_capacity_at_every_event(batch, budget, s, churn, int8):
+    sc = scenario(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__kv_sparsity=s,
+                  policy__selection_churn=churn, policy__int8_kv=int8, hardware__cpu_memory_gb=3)
+    r, er = simulate(sc)
+    for _, gpu, cpu in er.memory_log:
+        assert gpu <= sc.hardware.gpu_memory_bytes
+        assert cpu <= sc.hardware.cpu_memory_bytes
+    if r["oom"]:
+        assert r["oom_reason"] and r["throughput_tokens_per_s"] == 0.0
+
+
+@FAST
+@given(batch=st.integers(1, 16), budget=st.floats(0.2, 2.0), s=st.floats(0.5, 0.95),
+       churn=st.floats(0.05, 1.0), recompute=st.booleans())
+def test_doubling_pcie_never_lowers_alisa_throughput(batch, budget, s, churn, recompute):
+    base = dict(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__kv_sparsity=s,
+                policy__selection_churn=churn, policy__recompute=recompute)
+    slow, _ = simulate(scenario(**base))
+    fast, _ = simulate(scenario(**base, hardware__pcie_h2d_gbps=2 * 15.75, hardware__pcie_d2h_gbps=2 * 15.75))
+    if slow["oom"]:
+        return
+    assert fast["throughput_tokens_per_s"] >= slow["throughput_tokens_per_s"] * (1 - 1e-9)
+
+
+@FAST
+@given(batch=st.integers(1, 16), budget=st.floats(0.2, 2.0), s=st.floats(0.0, 0.9),
+       ds=st.floats(0.01, 0.09), churn=st.floats(0.0, 1.0))
+def test_more_sparsity_never_moves_more_bytes(batch, budget, s, ds, churn):
+    base = dict(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__selection_churn=churn,
+                policy__recompute=False)
+    lo, _ = simulate(scenario(**base, policy__kv_sparsity=s))
+    hi, _ = simulate(scenario(**base, policy__kv_sparsity=s + ds))
+    if lo["oom"] or hi["oom"]:
+        return
+    assert hi["h2d_bytes"] + hi["d2h_bytes"] <= lo["h2d_bytes"] + lo["d2h_bytes"]
+
+
+def test_dense_gpu_memory_matches_hand_formula():
+    sc = scenario(policy={"name": "dense-gpu"})
+    r, er = simulate(sc)
+    lay_gpu_static = er.memory_log[0][1] - 8 * 128 * kv_bytes_per_token(sc.model)  # after prefill: 128 tokens
+    final_tokens = 128 + 63
+    assert r["peak_gpu_bytes"] == pytest.approx(lay_gpu_static + 8 * final_tokens * kv_bytes_per_token(sc.model))
+
+
+def test_dense_gpu_oom_is_reported_not_raised():
+    r, _ = simulate(scenario(policy={"name": "dense-gpu"}, workload__batch_size=256, workload__prompt_len=2048))
+    assert r["oom"] and r["oom_pool"] == "gpu" and "KV cache" in r["oom_reason"]
+    assert r["throughput_tokens_per_s"] == 0.0
+
+
+# -- the engine's pipeline against a hand-computed schedule -------------------------
+
+class _FixedCoster:
+    kv_bytes = 1
+    hidden_bytes = 1
+
+    def __init__(self, times: dict[int, LayerTimes], head_s: float) -> None:
+        self.times, self.head_s = times, head_s
+
+    def layer_times(self, lp: LayerPlan) -> LayerTimes:
+        return self.times[lp.attended_tokens]
+
+    def lm_head_s(self, m: int) -> float:
+        return self.head_s
+
+
+class _OnePlanPolicy:
+    def __init__(self, plans: list[StepPlan], coster: _FixedCoster) -> None:
+        self.plans, self.coster, self.batch = plans, coster, 1
+        self.model = SimpleNamespace(num_layers=2)
+        self.sc = SimpleNamespace(workload=SimpleNamespace(gen_len=len(plans)))
+        self.layout = MemoryLayout(1e12, 1e12, 0, 0, 0, 0, 0, 0)
+
+    def static_check(self):
+        return None
+
+    def prefill(self):
+        return self.plans[0]
+
+    def decode(self, step):
+        return self.plans[step + 1]
+
+    def summary(self):
+        return {}
+
+
+def test_engine_pipeline_matches_hand_schedule():
+    # layer A: gather 1, h2d 2, compute 3, d2h 4 ; layer B: gather 1, h2d 2, compute 1, d2h 1
+    coster = _FixedCoster({1: LayerTimes(1, 2, 3, 4, 0, 0), 2: LayerTimes(1, 2, 1, 1, 0, 0)}, head_s=0.5)
+    step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1), LayerPlan(attended_tokens=2)), 0, 0)
+    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    # step 1: gather A [0,1] B [1,2]; h2d A [1,3] B [3,5]; compute A [3,6] B [6,7]; head [7,7.5]
+    # d2h A [6,10] B [10,11] runs on past the step's end.
+    assert er.steps[0].end_s == pytest.approx(7.5)
+    # step 2 starts at 7.5 and ends at 15.0; its d2h waits for step 1's d2h (ends 11):
+    # d2h A [max(11, 13.5), 17.5], B [17.5, 18.5]; the run ends with the last write-back.
+    assert er.steps[1].end_s == pytest.approx(15.0)
+    assert er.total_time_s == pytest.approx(18.5)
+    lanes = {e[0] for e in er.events}
+    assert lanes == {"CPU", "H2D", "GPU compute", "D2H"}
+
+
+# -- cost model against hand-computed values -------------------------------------------
+
+def _hw(**kw) -> HardwareProfile:
+    base = dict(name="h", source="datasheet", provenance="test", gpu_memory_gb=80, hbm_gbps=1000,
+                fp16_tflops=100, pcie_h2d_gbps=10, pcie_d2h_gbps=20, pcie_latency_us=10, cpu_memory_gb=100,
+                cpu_gather_gbps=5, kernel_launch_us=5, gemm_efficiency=1, hbm_efficiency=1, pcie_efficiency=1)
+    base.update(kw)
+    return HardwareProfile(**base)
+
+
+def test_cost_model_hand_values():
+    c = CostModel(_hw())
+    # 1 GB over 10 GB/s pinned + one 10 us latency
+    assert c.h2d_s(1e9) == pytest.approx(0.1 + 10e-6)
+    assert c.d2h_s(1e9, chunks=4) == pytest.approx(0.05 + 40e-6)
+    # pageable at 0.4 of pinned
+    assert c.h2d_s(1e9, pinned=False) == pytest.approx(0.25 + 10e-6)
+    # GEMV-like GEMM is bandwidth-bound: (4096 + 4096*4096 + 4096) * 2 B / 1e12 B/s + 5 us
+    assert c.gemm_s(1, 4096, 4096) == pytest.approx((2 * 4096 + 4096 ** 2) * 2 / 1e12 + 5e-6)
+    # big GEMM is compute-bound: 2 * 8192^3 / 1e14
+    assert c.gemm_s(8192, 8192, 8192) == pytest.approx(2 * 8192 ** 3 / 1e14 + 5e-6)
+
+
+def test_measured_table_overrides_and_interpolates():
+    t = OpTable(size=[1e3, 1e6, 1e9], seconds=[1e-5, 1e-4, 0.1])
+    c = CostModel(_hw(tables={"h2d_pinned": t}))
+    assert c.h2d_s(1e6) == pytest.approx(1e-4)
+    # log-log midpoint between 1e6 and 1e9 bytes
+    assert c.h2d_s(10 ** 7.5) == pytest.approx(10 ** ((-4 + -1) / 2))
+    # beyond the grid: the last segment's incremental rate
+    assert c.h2d_s(2e9) == pytest.approx(0.1 + (0.1 - 1e-4) / (1e9 - 1e6) * 1e9)
+    assert c.d2h_s(1e6) == pytest.approx(10e-6 + 1e6 / 20e9)  # no table for d2h: analytic
