@@ -1,5 +1,15 @@
 from __future__ import annotations
 
+import os
+
+try:  # Triton kernels run in the interpreter where there is no GPU (CI); set before import
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
+
 import copy
 from pathlib import Path
 from typing import Any

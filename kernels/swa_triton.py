@@ -1,0 +1,319 @@
+"""Triton kernels for SWA decoding.
+
+1. ``sparse_decode_attention``: each (sequence, KV head) program block serves the query
+   heads of its GQA group against the KV rows named by a ragged index list; the list is
+   split over several programs (flash-decoding) and a second kernel combines the splits.
+   fp16/bf16 inputs, fp32 accumulation; K/V may be INT8 with per-row scales, dequantised
+   in registers. Optionally writes the raw scores and returns the log-sum-exp, from which
+   the attention weights follow without a second pass over K.
+2. ``importance_update``: SWA's per-token importance (attention weight summed over the
+   group's query heads and over the last k steps) kept in a score buffer on the device,
+   with a ring of the last k steps' (indices, weights) so the oldest step can be
+   subtracted; no host round trip.
+3. ``quantize_kv``: INT8 per row (token and head) with an fp16 scale, on write.
+
+On a machine without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1),
+which is how CI tests them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------
+# 1. sparse decode attention
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _sparse_decode_split(
+    Q, K, V, KS, VS, IDX, LEN, O_PART, LSE_PART, S_OUT,
+    sqb, sqh, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    sksb, sksh, sksn,
+    svsb, svsh, svsn,
+    sib, sih, sin,
+    slb, slh,
+    sob, soh, sos, sod,
+    smb, smh, sms,
+    ssb, ssh, ssn,
+    sm_scale, Hkv, chunk,
+    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+    INT8: tl.constexpr, WRITE_SCORES: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // Hkv
+    hk = pid % Hkv
+    n_idx = tl.load(LEN + b * slb + hk * slh)
+    start = split * chunk
+    end = tl.minimum(start + chunk, n_idx)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_g = offs_g < G
+    mask_d = offs_d < D
+    heads = hk * G + offs_g
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :] * sqd,
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        tok = tl.load(IDX + b * sib + hk * sih + offs_n * sin, mask=mask_n, other=0).to(tl.int64)
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(K + b * skb + hk * skh + tok[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0)
+        v = tl.load(V + b * svb + hk * svh + tok[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0)
+        if INT8:
+            ks = tl.load(KS + b * sksb + hk * sksh + tok * sksn, mask=mask_n, other=0.0).to(tl.float32)
+            vs = tl.load(VS + b * svsb + hk * svsh + tok * svsn, mask=mask_n, other=0.0).to(tl.float32)
+            k = (k.to(tl.float32) * ks[:, None]).to(q.dtype)
+            v = (v.to(tl.float32) * vs[:, None]).to(q.dtype)
+        elif DOT_F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        if WRITE_SCORES:
+            tl.store(S_OUT + b * ssb + heads[:, None] * ssh + offs_n[None, :] * ssn, s,
+                     mask=mask_g[:, None] & mask_n[None, :])
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    has = l_i > 0
+    out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    tl.store(O_PART + b * sob + heads[:, None] * soh + split * sos + offs_d[None, :] * sod, out,
+             mask=mask_g[:, None] & mask_d[None, :])
+    tl.store(LSE_PART + b * smb + heads * smh + split * sms, lse, mask=mask_g)
+
+
+@triton.jit
+def _combine_splits(
+    O_PART, LSE_PART, O, LSE,
+    sob, soh, sos, sod,
+    smb, smh, sms,
+    s_ob, s_oh, s_od,
+    s_lb, s_lh,
+    Hq, n_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // Hq
+    h = pid % Hq
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < n_splits
+    mask_d = offs_d < D
+    lse = tl.load(LSE_PART + b * smb + h * smh + offs_s * sms, mask=mask_s, other=float("-inf"))
+    m = tl.max(lse, 0)
+    finite = m > float("-inf")
+    m_safe = tl.where(finite, m, 0.0)
+    w = tl.where(lse > float("-inf"), tl.exp(lse - m_safe), 0.0)
+    total = tl.sum(w, 0)
+    o = tl.load(O_PART + b * sob + h * soh + offs_s[:, None] * sos + offs_d[None, :] * sod,
+                mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(finite, total, 1.0)
+    out = tl.where(finite, out, 0.0)
+    tl.store(O + b * s_ob + h * s_oh + offs_d * s_od, out.to(O.dtype.element_ty), mask=mask_d)
+    tl.store(LSE + b * s_lb + h * s_lh, tl.where(finite, m_safe + tl.log(tl.where(finite, total, 1.0)), float("-inf")))
+
+
+def _num_splits(batch_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
+    """Enough programs to fill the GPU (about two per SM), never a split without work."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        target = 2 * sms
+    else:
+        target = 4
+    want = max(1, math.ceil(target / max(1, batch_heads)))
+    return max(1, min(want, math.ceil(max(1, max_len) / block_n), 64))
+
+
+def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
+                            lengths: torch.Tensor, sm_scale: float | None = None,
+                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+                            return_scores: bool = False, num_splits: int | None = None,
+                            block_n: int = 64, out: torch.Tensor | None = None,
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Attention of q over the KV rows named by `indices` (see module and reference docs).
+
+    Returns (out [B,Hq,D] in q's dtype, lse [B,Hq] fp32, scores [B,Hq,I] fp32 or None).
+    With int8 K/V, pass their per-row scales. Scores past a list's length are unspecified.
+    `out` (optional, [B,Hq,D] in q's dtype) receives the result in place.
+    """
+    B, Hq, D = q.shape
+    Hkv = k.shape[1]
+    if Hq % Hkv:
+        raise ValueError(f"query heads {Hq} not a multiple of KV heads {Hkv}")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"q must be fp16 or bf16, got {q.dtype}")
+    int8 = k.dtype == torch.int8
+    if int8 and (k_scale is None or v_scale is None):
+        raise ValueError("int8 K/V need k_scale and v_scale")
+    G = Hq // Hkv
+    I = indices.shape[-1]
+    lengths = lengths.to(torch.int32)
+    max_len = I
+    S = num_splits or _num_splits(B * Hkv, max_len, block_n, q.device)
+    chunk = max(block_n, math.ceil(max(1, max_len) / S / block_n) * block_n)
+    S = max(1, math.ceil(max(1, max_len) / chunk))
+    f32 = torch.float32
+    o_part = torch.empty(B, Hq, S, D, device=q.device, dtype=f32)
+    lse_part = torch.empty(B, Hq, S, device=q.device, dtype=f32)
+    scores = torch.empty(B, Hq, max(I, 1), device=q.device, dtype=f32) if return_scores else o_part
+    ks = k_scale if int8 else lengths  # placeholders when unused: never read
+    vs = v_scale if int8 else lengths
+    ks_strides = ks.stride() if int8 else (0, 0, 0)
+    vs_strides = vs.stride() if int8 else (0, 0, 0)
+    BLOCK_D = triton.next_power_of_2(D)
+    BLOCK_G = max(16, triton.next_power_of_2(G))
+    dot_f32 = INTERPRET and q.dtype == torch.bfloat16  # the interpreter has no bf16 dot
+    _sparse_decode_split[(B * Hkv, S)](
+        q, k, v, ks, vs, indices, lengths, o_part, lse_part, scores,
+        *q.stride(), *k.stride(), *v.stride(), *ks_strides, *vs_strides,
+        *indices.stride(), *lengths.stride(), *o_part.stride(), *lse_part.stride(),
+        *(scores.stride() if return_scores else (0, 0, 0)),
+        sm_scale if sm_scale is not None else 1.0 / math.sqrt(D), Hkv, chunk,
+        G=G, BLOCK_G=BLOCK_G, BLOCK_N=block_n, BLOCK_D=BLOCK_D, D=D,
+        INT8=int8, WRITE_SCORES=return_scores, DOT_F32=dot_f32,
+        num_warps=4,
+    )
+    if out is None:
+        out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
+    lse = torch.full((B, Hq), float("nan"), device=q.device, dtype=f32)
+    _combine_splits[(B * Hq,)](
+        o_part, lse_part, out, lse, *o_part.stride(), *lse_part.stride(), *out.stride(), *lse.stride(),
+        Hq, S, BLOCK_S=max(2, triton.next_power_of_2(S)), BLOCK_D=BLOCK_D, D=D, num_warps=2,
+    )
+    return out, lse, (scores[..., :I] if return_scores else None)
+
+
+def attention_weights(scores: torch.Tensor, lse: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Softmax weights [B,Hq,I] from the kernel's scores and lse (0 past each list's length)."""
+    B, Hq, I = scores.shape
+    G = Hq // lengths.shape[1]
+    ln = lengths.repeat_interleave(G, dim=1)
+    valid = torch.arange(I, device=scores.device)[None, None, :] < ln[..., None]
+    return torch.where(valid, torch.exp(scores - lse[..., None]), torch.zeros((), device=scores.device))
+
+
+# ---------------------------------------------------------------------------
+# 2. importance scores
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _importance_update(
+    S_IN, LSE, IDX, LEN, SCORE, RING_IDX, RING_W, RING_LEN, slot,
+    s_sb, s_sh, s_sn,
+    s_lb, s_lh,
+    sib, sih, sin,
+    slb, slh,
+    scb, sch, scn,
+    srb, srh, srs, srn,
+    swb, swh, sws, swn,
+    srlb, srlh, srls,
+    Hkv,
+    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // Hkv
+    hk = pid % Hkv
+    # the step leaving the k-step window gives back what it added
+    n_old = tl.load(RING_LEN + b * srlb + hk * srlh + slot * srls)
+    for n0 in range(0, n_old, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        mask = offs < n_old
+        tok = tl.load(RING_IDX + b * srb + hk * srh + slot * srs + offs * srn, mask=mask, other=0).to(tl.int64)
+        w = tl.load(RING_W + b * swb + hk * swh + slot * sws + offs * swn, mask=mask, other=0.0)
+        tl.atomic_add(SCORE + b * scb + hk * sch + tok * scn, -w, mask=mask)
+    tl.debug_barrier()  # the slot is read in full before it is overwritten below
+    n = tl.load(LEN + b * slb + hk * slh)
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_g = offs_g < G
+    heads = hk * G + offs_g
+    lse = tl.load(LSE + b * s_lb + heads * s_lh, mask=mask_g, other=0.0)
+    for n0 in range(0, n, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        mask = offs < n
+        s = tl.load(S_IN + b * s_sb + heads[:, None] * s_sh + offs[None, :] * s_sn,
+                    mask=mask_g[:, None] & mask[None, :], other=float("-inf"))
+        p = tl.where(mask_g[:, None] & mask[None, :], tl.exp(s - lse[:, None]), 0.0)
+        w = tl.sum(p, 0)
+        tok = tl.load(IDX + b * sib + hk * sih + offs * sin, mask=mask, other=0)
+        tl.atomic_add(SCORE + b * scb + hk * sch + tok.to(tl.int64) * scn, w, mask=mask)
+        tl.store(RING_IDX + b * srb + hk * srh + slot * srs + offs * srn, tok.to(RING_IDX.dtype.element_ty), mask=mask)
+        tl.store(RING_W + b * swb + hk * swh + slot * sws + offs * swn, w, mask=mask)
+    tl.store(RING_LEN + b * srlb + hk * srlh + slot * srls, n)
+
+
+def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch.Tensor, ring_len: torch.Tensor,
+                      slot: int, indices: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
+                      lse: torch.Tensor, block_n: int = 128) -> None:
+    """In place: score[b, hk, t] = weight token t received over the last k steps (k = ring slots).
+
+    `scores`/`lse` are what ``sparse_decode_attention(..., return_scores=True)`` returned.
+    score and ring_w are fp32; ring_idx int32; ring_len int32 [B, Hkv, k].
+    """
+    B, Hkv, _ = score.shape
+    Hq = scores.shape[1]
+    G = Hq // Hkv
+    lengths = lengths.to(torch.int32)
+    _importance_update[(B * Hkv,)](
+        scores, lse, indices, lengths, score, ring_idx, ring_w, ring_len, slot,
+        *scores.stride(), *lse.stride(), *indices.stride(), *lengths.stride(), *score.stride(),
+        *ring_idx.stride(), *ring_w.stride(), *ring_len.stride(), Hkv,
+        G=G, BLOCK_G=max(2, triton.next_power_of_2(G)), BLOCK_N=block_n, num_warps=4,
+    )
+
+
+# ---------------------------------------------------------------------------
+# 3. INT8 KV quantisation on write
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _quantize_rows(X, QOUT, SCALE, n_rows, sxr, sxd, sqr, sqd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows < n_rows)[:, None] & (offs_d < D)[None, :]
+    x = tl.load(X + rows[:, None].to(tl.int64) * sxr + offs_d[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), 1)
+    scale = tl.where(amax > 0, amax / 127.0, 1.0)
+    scale = scale.to(tl.float16).to(tl.float32)  # quantise with the scale as it will be stored
+    qv = x / scale[:, None]
+    qv = tl.where(qv >= 0, tl.floor(qv + 0.5), tl.ceil(qv - 0.5))  # round half away from zero
+    qv = tl.minimum(tl.maximum(qv, -127.0), 127.0)
+    tl.store(QOUT + rows[:, None].to(tl.int64) * sqr + offs_d[None, :] * sqd, qv.to(tl.int8), mask=mask)
+    tl.store(SCALE + rows, scale.to(tl.float16), mask=rows < n_rows)
+
+
+def quantize_kv(x: torch.Tensor, block_r: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 per row of the last dim with an fp16 scale: (q like x in int8, scale x.shape[:-1])."""
+    D = x.shape[-1]
+    rows = x.reshape(-1, D)
+    q = torch.empty(rows.shape, device=x.device, dtype=torch.int8)
+    scale = torch.empty(rows.shape[0], device=x.device, dtype=torch.float16)
+    n = rows.shape[0]
+    if n:
+        _quantize_rows[(triton.cdiv(n, block_r),)](rows, q, scale, n, *rows.stride(), *q.stride(),
+                                                   BLOCK_R=block_r, BLOCK_D=triton.next_power_of_2(D), D=D)
+    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
