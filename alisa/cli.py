@@ -124,6 +124,37 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alisa.calibration.run import calibrate, require_gpu, write_profile
+
+    require_gpu()  # before anything else: a clear message and exit 2 where there is none
+    models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
+    name = args.name
+    out = Path(args.out) if args.out else Path("hardware_profiles") / f"{name}.yaml"
+    stages = 6
+    with tqdm(total=stages, desc="calibrate", unit="stage", file=sys.stderr) as bar:
+        def step(label: str) -> None:
+            bar.set_postfix_str(label)
+            if bar.n < stages and label != "launch latency":
+                bar.update(1)
+        profile, rows = calibrate(args.quick, name, models, progress=step)
+        bar.update(stages - bar.n)
+    write_profile(profile, rows, out)
+    fits = profile["meta"]["fits"]
+    print(f"{profile['gpu_name']}: HBM {profile['hbm_gbps']} GB/s, fp16 {profile['fp16_tflops']} TFLOP/s, "
+          f"H2D {profile['pcie_h2d_gbps']} GB/s, D2H {profile['pcie_d2h_gbps']} GB/s, "
+          f"pageable x{profile['pcie_pageable_factor']}, gather {profile['cpu_gather_gbps']} GB/s, "
+          f"launch {profile['kernel_launch_us']} us")
+    for op, f in fits.items():
+        err = f.get("mean_rel_error", f.get("roofline_mean_rel_error"))
+        if err is not None:
+            print(f"  fit {op:28s} mean rel. error {100 * err:6.2f}%")
+    print(f"wrote {out} ({profile['meta']['wall_s']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="alisa", description="Sparsity-aware KV caching: simulator and tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -143,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("calibrate", help="measure this GPU and host; write a hardware profile")
+    c.add_argument("--quick", action="store_true", help="a smaller grid (about 2 minutes)")
+    c.add_argument("--name", default="local-measured", help="profile name (default local-measured)")
+    c.add_argument("--out", help="profile path (default hardware_profiles/<name>.yaml)")
+    c.add_argument("--models", help="catalog models whose GEMM shapes to time (comma-separated)")
+    c.set_defaults(func=cmd_calibrate)
 
     sub.add_parser("scenarios", help="list bundled scenarios").set_defaults(func=cmd_scenarios)
     sub.add_parser("profiles", help="list hardware profiles").set_defaults(func=cmd_profiles)

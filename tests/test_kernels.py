@@ -20,6 +20,11 @@ from alisa.kernels.swa_triton import (attention_weights, importance_update, quan
                                       sparse_decode_attention)
 
 SEED = random.SystemRandom().randrange(2**31)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same tests run compiled
+
+
+def dev(*xs):
+    return [x.to(DEV) for x in xs]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,10 +59,11 @@ def test_sparse_decode_attention_matches_reference(G, lengths_kind):
     D = rnd.choice([16, 32, 64])
     I = rnd.randint(1, N)
     q, k, v, idx, lengths = _case(gen, B, Hkv, G, N, D, I, lengths_kind)
-    poisoned = torch.full(q.shape, float("nan"), dtype=q.dtype)
-    out, lse, scores = sparse_decode_attention(q, k, v, idx, lengths, return_scores=True,
+    poisoned = torch.full(q.shape, float("nan"), dtype=q.dtype, device=DEV)
+    out, lse, scores = sparse_decode_attention(*dev(q, k, v, idx, lengths), return_scores=True,
                                                num_splits=rnd.choice([1, 2, 3]), block_n=16, out=poisoned)
     assert out.data_ptr() == poisoned.data_ptr()
+    out, lse, scores = out.cpu(), lse.cpu(), scores.cpu()
     ref_o, ref_lse, ref_w = sparse_decode_attention_ref(q, k, v, idx, lengths)
     msg = f"seed {SEED} B{B} Hkv{Hkv} G{G} N{N} D{D} I{I}"
     if lengths_kind == "empty":
@@ -74,7 +80,8 @@ def test_sparse_decode_attention_matches_reference(G, lengths_kind):
 def test_sparse_decode_bf16_inputs():
     gen = torch.Generator().manual_seed(SEED)
     q, k, v, idx, lengths = _case(gen, 2, 2, 4, 70, 32, 33, "ragged", dtype=torch.bfloat16)
-    out, _, _ = sparse_decode_attention(q, k, v, idx, lengths, block_n=16)
+    out, _, _ = sparse_decode_attention(*dev(q, k, v, idx, lengths), block_n=16)
+    out = out.cpu()
     ref, _, _ = sparse_decode_attention_ref(q, k, v, idx, lengths)
     assert out.dtype == torch.bfloat16
     assert _rel(out, ref) < 1e-2, f"seed {SEED}"  # bf16 output rounding (8 bits of mantissa)
@@ -84,7 +91,7 @@ def test_quantize_kv_matches_reference_and_bounds_error():
     gen = torch.Generator().manual_seed(SEED)
     x = torch.randn(3, 2, 37, 64, generator=gen).half() * 3
     x[0, 0, 0] = 0  # an all-zero row keeps scale 1
-    q, s = quantize_kv(x)
+    q, s = (t.cpu() for t in quantize_kv(x.to(DEV)))
     rq, rs = quantize_kv_ref(x)
     assert torch.equal(s, rs), f"seed {SEED}"
     assert (q.int() - rq.int()).abs().max() <= 1, f"seed {SEED}"  # ties may round either way
@@ -96,9 +103,11 @@ def test_quantize_kv_matches_reference_and_bounds_error():
 def test_sparse_decode_int8_kv(G):
     gen = torch.Generator().manual_seed(SEED + 10 * G)
     q, k, v, idx, lengths = _case(gen, 2, 2, G, 90, 64, 50, "ragged")
-    kq, ks = quantize_kv(k)
-    vq, vs = quantize_kv(v)
-    out, _, _ = sparse_decode_attention(q, kq, vq, idx, lengths, k_scale=ks, v_scale=vs, block_n=16)
+    kq, ks = (t.cpu() for t in quantize_kv(k.to(DEV)))
+    vq, vs = (t.cpu() for t in quantize_kv(v.to(DEV)))
+    out, _, _ = sparse_decode_attention(*dev(q, kq, vq, idx, lengths), k_scale=ks.to(DEV), v_scale=vs.to(DEV),
+                                        block_n=16)
+    out = out.cpu()
     ref, _, _ = sparse_decode_attention_ref(q, k, v, idx, lengths)          # against fp16 K/V
     assert _rel(out, ref) < 2e-2, f"seed {SEED}"
     ref_q, _, _ = sparse_decode_attention_ref(q, kq, vq, idx, lengths, k_scale=ks, v_scale=vs)
@@ -114,15 +123,17 @@ def test_importance_update_matches_reference_over_steps(G):
     ring_w = torch.zeros(B, Hkv, k_steps, I)
     ring_len = torch.zeros(B, Hkv, k_steps, dtype=torch.int32)
     r_score, r_idx, r_w, r_len = score.clone(), ring_idx.clone(), ring_w.clone(), ring_len.clone()
+    score, ring_idx, ring_w, ring_len = dev(score, ring_idx, ring_w, ring_len)
     history = []
     for step in range(7):  # more steps than slots: exercises the subtraction
         q, kk, vv, idx, lengths = _case(gen, B, Hkv, G, N, D, I, "ragged")
-        _, lse, scores = sparse_decode_attention(q, kk, vv, idx, lengths, return_scores=True, block_n=16)
-        importance_update(score, ring_idx, ring_w, ring_len, step % k_steps, idx, lengths, scores, lse, block_n=16)
+        _, lse, scores = sparse_decode_attention(*dev(q, kk, vv, idx, lengths), return_scores=True, block_n=16)
+        importance_update(score, ring_idx, ring_w, ring_len, step % k_steps, *dev(idx, lengths), scores, lse,
+                          block_n=16)
         _, _, w = sparse_decode_attention_ref(q, kk, vv, idx, lengths, dtype=torch.float32)
         importance_update_ref(r_score, r_idx, r_w, r_len, step % k_steps, idx, lengths, w)
         history.append((idx, lengths, w))
-        assert torch.allclose(score, r_score, atol=1e-4), f"seed {SEED} step {step}"
+        assert torch.allclose(score.cpu(), r_score, atol=1e-4), f"seed {SEED} step {step}"
     # independent check: the sum over the last k steps computed from scratch
     want = torch.zeros(B, Hkv, N)
     for idx, lengths, w in history[-k_steps:]:
@@ -130,14 +141,15 @@ def test_importance_update_matches_reference_over_steps(G):
             for hk in range(Hkv):
                 n = int(lengths[b, hk])
                 want[b, hk].index_add_(0, idx[b, hk, :n].long(), w[b, hk * G:(hk + 1) * G, :n].sum(0))
-    assert torch.allclose(score, want, atol=1e-4), f"seed {SEED}"
+    assert torch.allclose(score.cpu(), want, atol=1e-4), f"seed {SEED}"
 
 
 def test_rejects_bad_inputs():
-    q = torch.randn(1, 3, 16).half()
-    k = torch.randn(1, 2, 8, 16).half()
+    q = torch.randn(1, 3, 16, device=DEV).half()
+    k = torch.randn(1, 2, 8, 16, device=DEV).half()
     with pytest.raises(ValueError):
-        sparse_decode_attention(q, k, k, torch.zeros(1, 2, 4, dtype=torch.int32), torch.ones(1, 2))
+        sparse_decode_attention(q, k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV), torch.ones(1, 2, device=DEV))
     with pytest.raises(TypeError):
-        sparse_decode_attention(q.float()[:, :2], k, k, torch.zeros(1, 2, 4, dtype=torch.int32), torch.ones(1, 2))
+        sparse_decode_attention(q.float()[:, :2], k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV),
+                                torch.ones(1, 2, device=DEV))
     _ = math.pi

@@ -1,0 +1,230 @@
+"""Measurements on the local GPU and host. Each returns plain rows (dicts) with the
+median time and its spread (10th and 90th percentiles) over many repeats.
+
+GPU work is timed with CUDA events after a warm-up; host-only work (CPU gathers) with
+a monotonic clock. Inputs are random, never zeros.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Grid:
+    transfer_sizes: list[int]
+    chunk_bytes: list[int]
+    chunk_counts: list[int]
+    gather_rows: list[int]
+    gather_row_bytes: list[int]
+    gather_threads: list[int]
+    gemm_tokens: list[int]
+    attention_tokens: list[int]
+    attention_batches: list[int]
+    repeats: int
+
+
+def quick_grid() -> Grid:
+    return Grid(transfer_sizes=[4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20],
+                chunk_bytes=[16 << 10], chunk_counts=[16, 256], gather_rows=[256, 4096],
+                gather_row_bytes=[16 << 10], gather_threads=[1, 8], gemm_tokens=[1, 8, 64, 512, 4096],
+                attention_tokens=[256, 2048, 16384], attention_batches=[8, 32], repeats=15)
+
+
+def full_grid(threads: int) -> Grid:
+    return Grid(transfer_sizes=[4 << (2 * i) for i in range(10)] + [1 << 30],  # 4 KiB .. 1 GiB
+                chunk_bytes=[4 << 10, 16 << 10, 64 << 10], chunk_counts=[16, 256, 2048],
+                gather_rows=[64, 256, 1024, 4096, 16384], gather_row_bytes=[2 << 10, 16 << 10],
+                gather_threads=sorted({1, 2, 4, 8, max(1, threads)}),
+                gemm_tokens=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+                attention_tokens=[64, 256, 1024, 4096, 16384, 65536], attention_batches=[1, 8, 32], repeats=30)
+
+
+def _stats(ts: list[float]) -> tuple[float, float, float]:
+    ts = sorted(ts)
+    q = lambda f: ts[min(len(ts) - 1, int(f * (len(ts) - 1) + 0.5))]  # noqa: E731
+    return statistics.median(ts), q(0.1), q(0.9)
+
+
+def time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e-3)
+    return _stats(ts)
+
+
+def time_host(fn: Callable[[], object], repeats: int, warmup: int = 2) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return _stats(ts)
+
+
+def _row(op: str, size: float, st: tuple[float, float, float], **params: object) -> dict:
+    return {"op": op, "size": float(size), "seconds": st[0], "p10": st[1], "p90": st[2], **params}
+
+
+def launch_latency(repeats: int) -> dict:
+    x = torch.randn(1, device="cuda")
+    n = 200
+
+    def many() -> None:
+        for _ in range(n):
+            x.add_(1.0)
+
+    med, lo, hi = time_cuda(many, max(5, repeats // 3))
+    return _row("launch", 1, (med / n, lo / n, hi / n))
+
+
+def hbm_copy(repeats: int) -> dict:
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+    st = time_cuda(lambda: b.copy_(a), repeats)
+    del a, b
+    return _row("hbm_copy", 2 * n, st)  # bytes read + written
+
+
+def transfers(g: Grid) -> list[dict]:
+    rows = []
+    top = max(g.transfer_sizes)
+    pinned = torch.empty(top, dtype=torch.uint8, pin_memory=True).random_()
+    pageable = torch.empty(top, dtype=torch.uint8).random_()
+    dev = torch.empty(top, dtype=torch.uint8, device="cuda").random_()
+    dev2 = torch.empty(top, dtype=torch.uint8, device="cuda").random_()
+    pinned2 = torch.empty(top, dtype=torch.uint8, pin_memory=True)
+    reps = lambda s: max(5, g.repeats if s < (64 << 20) else g.repeats // 3)  # noqa: E731
+    for s in g.transfer_sizes:
+        d, hp, hq = dev[:s], pinned[:s], pageable[:s]
+        rows.append(_row("h2d_pinned", s, time_cuda(lambda: d.copy_(hp, non_blocking=True), reps(s))))
+        rows.append(_row("d2h_pinned", s, time_cuda(lambda: hp.copy_(d, non_blocking=True), reps(s))))
+        rows.append(_row("h2d_pageable", s, time_cuda(lambda: d.copy_(hq), reps(s))))
+        rows.append(_row("d2h_pageable", s, time_cuda(lambda: hq.copy_(d), reps(s))))
+        # both directions at once on two streams: is PCIe full duplex here?
+        s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+        d2, hp2 = dev2[:s], pinned2[:s]
+
+        def both() -> None:
+            cur = torch.cuda.current_stream()
+            s1.wait_stream(cur)
+            s2.wait_stream(cur)
+            with torch.cuda.stream(s1):
+                d.copy_(hp, non_blocking=True)
+            with torch.cuda.stream(s2):
+                hp2.copy_(d2, non_blocking=True)
+            cur.wait_stream(s1)
+            cur.wait_stream(s2)
+
+        rows.append(_row("h2d_d2h_concurrent", s, time_cuda(both, reps(s))))
+    for m in g.chunk_bytes:
+        for n in g.chunk_counts:
+            if m * n > top:
+                continue
+            views = [(dev[i * m:(i + 1) * m], pinned[i * m:(i + 1) * m]) for i in range(n)]
+
+            def chunked() -> None:
+                for d, h in views:
+                    d.copy_(h, non_blocking=True)
+
+            rows.append(_row("h2d_chunked", m * n, time_cuda(chunked, max(5, g.repeats // 2)), chunk_bytes=m, chunks=n))
+    del pinned, pageable, dev, dev2, pinned2
+    torch.cuda.empty_cache()
+    return rows
+
+
+def cpu_gather(g: Grid) -> list[dict]:
+    """index_select of scattered KV rows into pinned staging, by rows, row bytes, threads."""
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for rb in g.gather_row_bytes:
+            total_rows = max(max(g.gather_rows) * 4, (256 << 20) // rb)
+            src = torch.randn(total_rows, rb // 2, dtype=torch.float32).half()
+            for r in g.gather_rows:
+                idx = torch.randperm(total_rows)[:r].sort().values
+                out = torch.empty(r, rb // 2, dtype=torch.float16, pin_memory=True)
+                for t in g.gather_threads:
+                    torch.set_num_threads(t)
+                    st = time_host(lambda: torch.index_select(src, 0, idx, out=out), max(5, g.repeats // 2))
+                    rows.append(_row("cpu_gather", r * rb, st, rows=r, row_bytes=rb, threads=t))
+            del src
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
+def gemms(shapes: list[tuple[int, int]], g: Grid) -> list[dict]:
+    rows = []
+    for n, k in shapes:
+        w = torch.randn(k, n, device="cuda", dtype=torch.float16)
+        for m in g.gemm_tokens:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            st = time_cuda(lambda: torch.matmul(x, w), max(5, g.repeats // 2))
+            rows.append(_row(f"gemm:{n}x{k}", m, st, m=m, n=n, k=k, flops=2.0 * m * n * k))
+        del w
+    torch.cuda.empty_cache()
+    return rows
+
+
+def attention(g: Grid) -> list[dict]:
+    """The SWA sparse decode kernel (fp16 and INT8 K/V), dense SDPA decode, prefill SDPA."""
+    import torch.nn.functional as F
+
+    from alisa.kernels.swa_triton import quantize_kv, sparse_decode_attention
+
+    rows = []
+    hq, d = 32, 128
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for gqa in (1, 4):
+        hkv = hq // gqa
+        for b in g.attention_batches:
+            for a in g.attention_tokens:
+                ctx = a * 2
+                if 2 * b * hkv * ctx * d * 2 > 16e9:
+                    continue
+                q = torch.randn(b, hq, d, device="cuda", dtype=torch.float16, generator=gen)
+                k = torch.randn(b, hkv, ctx, d, device="cuda", dtype=torch.float16, generator=gen)
+                v = torch.randn_like(k)
+                idx = torch.rand(b, hkv, ctx, device="cuda", generator=gen).argsort(-1)[..., :a].sort(-1).values
+                idx = idx.to(torch.int32).contiguous()
+                ln = torch.full((b, hkv), a, device="cuda", dtype=torch.int32)
+                out = torch.empty(b, hq, d, device="cuda", dtype=torch.float16)
+                kv_bytes = b * hkv * a * d * 2 * 2
+                st = time_cuda(lambda: sparse_decode_attention(q, k, v, idx, ln, out=out), g.repeats)
+                rows.append(_row("attention_decode", kv_bytes, st, batch=b, gqa=gqa, attended=a, kv="fp16"))
+                kq, ks = quantize_kv(k)
+                vq, vs = quantize_kv(v)
+                st = time_cuda(lambda: sparse_decode_attention(q, kq, vq, idx, ln, k_scale=ks, v_scale=vs, out=out),
+                               g.repeats)
+                rows.append(_row("attention_decode_int8", b * hkv * a * (d + 2) * 2, st, batch=b, gqa=gqa,
+                                 attended=a, kv="int8"))
+                st = time_cuda(lambda: F.scaled_dot_product_attention(q[:, :, None], k[:, :, :a], v[:, :, :a],
+                                                                      enable_gqa=gqa > 1), g.repeats)
+                rows.append(_row("attention_dense_sdpa", kv_bytes, st, batch=b, gqa=gqa, attended=a))
+                x = k[:, :, :a]
+                st = time_cuda(lambda: quantize_kv(x), g.repeats)
+                rows.append(_row("quantize_int8", x.numel() * 2, st))
+                del q, k, v, kq, vq, out
+            torch.cuda.empty_cache()
+    for p in (512, 2048):
+        q = torch.randn(4, hq, p, d, device="cuda", dtype=torch.float16, generator=gen)
+        st = time_cuda(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True), g.repeats)
+        rows.append(_row("attention_prefill", 4.0 * 4 * hq * d * p * p / 2, st, batch=4, prompt=p))
+    return rows

@@ -1,0 +1,136 @@
+"""Turn measurement rows into a hardware profile (``source: measured``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from alisa.sim.costs import CostModel
+from alisa.sim.hardware import HardwareProfile
+
+from .fit import fit_latency_bandwidth, rel_errors, table_points
+
+
+def _by_op(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[r["op"]].append(r)
+    return out
+
+
+def _xy(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r["size"] for r in rows], float), np.array([r["seconds"] for r in rows], float)
+
+
+def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    ops = _by_op(rows)
+    fits: dict[str, dict[str, float]] = {}
+    tables: dict[str, dict[str, Any]] = {}
+
+    def add_table(key: str, op_rows: list[dict], err: float | None) -> None:
+        x, t = _xy(op_rows)
+        size, sec = table_points(x, t)
+        if len(size) >= 2:
+            tables[key] = {"size": size, "seconds": sec, **({"fit_rel_error": round(err, 4)} if err is not None else {})}
+
+    # PCIe: latency + bytes / bandwidth per direction and memory kind
+    rates: dict[str, float] = {}
+    lats: list[float] = []
+    for op in ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable"):
+        if op in ops:
+            x, t = _xy(ops[op])
+            f = fit_latency_bandwidth(x, t)
+            rates[op] = f.rate_per_s
+            if op.endswith("pinned"):
+                lats.append(f.latency_s)
+            fits[op] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
+                        "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+            add_table(op, ops[op], f.mean_rel_error)
+    if "h2d_d2h_concurrent" in ops and "h2d_pinned" in ops and "d2h_pinned" in ops:
+        big = max(r["size"] for r in ops["h2d_d2h_concurrent"])
+        both = next(r["seconds"] for r in ops["h2d_d2h_concurrent"] if r["size"] == big)
+        one = max(next(r["seconds"] for r in ops[o] if r["size"] == big) for o in ("h2d_pinned", "d2h_pinned"))
+        fits["duplex"] = {"bytes_each_way": big, "both_s": both, "slower_alone_s": one,
+                          "slowdown_when_concurrent": both / one}
+        add_table("h2d_d2h_concurrent", ops["h2d_d2h_concurrent"], None)
+
+    # CPU gather: the thread count that gathers fastest at the largest size
+    gather_gbps = None
+    if "cpu_gather" in ops:
+        g = ops["cpu_gather"]
+        top = max(r["size"] for r in g)
+        best_t = min((r for r in g if r["size"] == top), key=lambda r: r["seconds"])["threads"]
+        sel = [r for r in g if r["threads"] == best_t]
+        x, t = _xy(sel)
+        f = fit_latency_bandwidth(x, t)
+        gather_gbps = f.rate_per_s / 1e9
+        fits["cpu_gather"] = {"threads": best_t, "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
+                              "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        add_table("cpu_gather", sel, f.mean_rel_error)
+
+    hbm_gbps = ops["hbm_copy"][0]["size"] / ops["hbm_copy"][0]["seconds"] / 1e9
+    peak_flops = max((r["flops"] / r["seconds"] for k, v in ops.items() if k.startswith("gemm:") for r in v),
+                     default=None)
+    launch_us = ops["launch"][0]["seconds"] * 1e6 if "launch" in ops else 5.0
+
+    if "attention_decode" in ops:
+        x, t = _xy(ops["attention_decode"])
+        f = fit_latency_bandwidth(x, t)
+        fits["attention_decode"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
+                                    "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        add_table("attention_decode", ops["attention_decode"], f.mean_rel_error)
+    int8_overhead = 0.15
+    if "attention_decode_int8" in ops and "attention_decode" in ops:
+        # the fp16 fit extrapolates below its grid, where INT8's halved bytes fall
+        fp16 = fit_latency_bandwidth(*_xy(ops["attention_decode"]))
+        ratios = [r["seconds"] / float(fp16(r["size"])) for r in ops["attention_decode_int8"]]
+        int8_overhead = max(0.0, float(np.median(ratios)) - 1.0)
+        fits["attention_decode_int8"] = {"overhead_vs_fp16_at_equal_bytes": int8_overhead}
+    if "quantize_int8" in ops:
+        x, t = _xy(ops["quantize_int8"])
+        f = fit_latency_bandwidth(x, t)
+        fits["quantize_int8"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
+                                 "mean_rel_error": f.mean_rel_error}
+        add_table("quantize_int8", ops["quantize_int8"], f.mean_rel_error)
+    attn_eff = 0.5
+    if "attention_prefill" in ops and peak_flops:
+        attn_eff = min(1.0, max(r["size"] / r["seconds"] for r in ops["attention_prefill"]) / peak_flops)
+
+    ratio = [rates[f"{d}_pageable"] / rates[f"{d}_pinned"] for d in ("h2d", "d2h")
+             if f"{d}_pageable" in rates and f"{d}_pinned" in rates]
+    profile: dict[str, Any] = {
+        "name": name,
+        "source": "measured",
+        "provenance": (f"alisa calibrate{' --quick' if meta.get('quick') else ''} on {device['name']} "
+                       f"({meta['date']}); rates are measured, so efficiencies are 1.0"),
+        "gpu_name": device["name"],
+        "gpu_memory_gb": round(device["memory_bytes"] / 1e9, 3),
+        "hbm_gbps": round(hbm_gbps, 1),
+        "fp16_tflops": round(peak_flops / 1e12, 1) if peak_flops else 100.0,
+        "pcie_h2d_gbps": round(rates.get("h2d_pinned", 10e9) / 1e9, 3),
+        "pcie_d2h_gbps": round(rates.get("d2h_pinned", 10e9) / 1e9, 3),
+        "pcie_latency_us": round(float(np.mean(lats)) * 1e6, 2) if lats else 10.0,
+        "pcie_pageable_factor": round(min(1.0, float(np.mean(ratio))), 3) if ratio else 0.4,
+        "cpu_memory_gb": round(device["host_memory_bytes"] / 1e9, 1),
+        "cpu_gather_gbps": round(gather_gbps, 3) if gather_gbps else 10.0,
+        "kernel_launch_us": round(launch_us, 2),
+        "gemm_efficiency": 1.0,
+        "hbm_efficiency": 1.0,
+        "pcie_efficiency": 1.0,
+        "attention_efficiency": round(attn_eff, 3),
+        "int8_attention_overhead": round(int8_overhead, 3),
+        "tables": tables,
+        "meta": {**meta, "device": device, "fits": fits},
+    }
+    # GEMM tables, with the error of the analytic roofline at the measured peaks
+    analytic = CostModel(HardwareProfile(**{**profile, "tables": {}}))
+    for key in sorted(k for k in ops if k.startswith("gemm:")):
+        g = ops[key]
+        pred = np.array([analytic.gemm_s(int(r["m"]), int(r["n"]), int(r["k"])) for r in g])
+        mean_err, max_err = rel_errors(pred, np.array([r["seconds"] for r in g]))
+        fits[key] = {"roofline_mean_rel_error": mean_err, "roofline_max_rel_error": max_err}
+        add_table(key, g, mean_err)
+    HardwareProfile(**profile)  # fail here, not in a user's run, if anything is off
+    return profile

@@ -1,0 +1,117 @@
+"""Calibration on the CPU: fits recover known parameters, profiles round-trip, tables
+that equal the analytic model give the same simulation, and no GPU is a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from alisa.calibration.fit import fit_latency_bandwidth, table_points
+from alisa.calibration.profile import build_profile
+from alisa.calibration.run import write_profile
+from alisa.cli import main
+from alisa.sim.costs import CostModel
+from alisa.sim.hardware import HardwareProfile, load_profile
+from alisa.sim.runner import simulate
+
+from .conftest import scenario
+
+
+@pytest.mark.parametrize("lat_us, gbps", [(8.0, 25.0), (15.0, 55.0), (3.0, 9.0)])
+def test_fit_recovers_latency_and_bandwidth_under_noise(lat_us, gbps):
+    rng = np.random.default_rng(1)
+    x = np.logspace(12, 30, 40, base=2)
+    t = (lat_us * 1e-6 + x / (gbps * 1e9)) * rng.lognormal(0, 0.03, x.size)
+    f = fit_latency_bandwidth(x, t)
+    assert f.rate_per_s / 1e9 == pytest.approx(gbps, rel=0.03)
+    assert f.latency_s * 1e6 == pytest.approx(lat_us, rel=0.1)
+    assert f.mean_rel_error < 0.05
+
+
+def test_table_points_are_monotone_and_deduplicated():
+    size, sec = table_points(np.array([4, 1, 2, 2, 8]), np.array([3.0, 1.0, 2.0, 4.0, 2.5]))
+    assert size == [1, 2, 4, 8]
+    assert sec == sorted(sec) and sec[1] == 3.0
+
+
+def _synthetic_rows(lat=10e-6, bw=50e9, gather_bw=20e9, hbm=3e12, flops=700e12) -> list[dict]:
+    rows = [{"op": "launch", "size": 1, "seconds": 4e-6}, {"op": "hbm_copy", "size": 2 << 30, "seconds": (2 << 30) / hbm}]
+    for s in [4 << (2 * i) for i in range(10)]:
+        for op, b in (("h2d_pinned", bw), ("d2h_pinned", bw * 0.9), ("h2d_pageable", bw * 0.2), ("d2h_pageable", bw * 0.2)):
+            rows.append({"op": op, "size": s, "seconds": lat + s / b})
+        rows.append({"op": "h2d_d2h_concurrent", "size": s, "seconds": lat + s / (bw * 0.9)})
+    for r in (64, 1024, 16384):
+        for t, b in ((1, gather_bw / 4), (8, gather_bw)):
+            rows.append({"op": "cpu_gather", "size": r * 16384, "seconds": 2e-6 + r * 16384 / b, "threads": t})
+    for m in (1, 64, 4096):
+        n, k = 4096, 4096
+        t = max(2 * m * n * k / flops, (m * k + k * n + m * n) * 2 / hbm) + 4e-6
+        rows.append({"op": f"gemm:{n}x{k}", "size": m, "seconds": t, "m": m, "n": n, "k": k, "flops": 2.0 * m * n * k})
+    for kvb in (1e6, 1e7, 1e8):
+        rows.append({"op": "attention_decode", "size": kvb, "seconds": 5e-6 + kvb / (0.8 * hbm)})
+        rows.append({"op": "attention_decode_int8", "size": kvb / 2, "seconds": (5e-6 + kvb / 2 / (0.8 * hbm)) * 1.2})
+        rows.append({"op": "quantize_int8", "size": kvb, "seconds": 5e-6 + 1.5 * kvb / hbm})
+    rows.append({"op": "attention_prefill", "size": 1e12, "seconds": 1e12 / (0.5 * flops)})
+    return rows
+
+
+def _device():
+    return {"name": "Synthetic GPU", "memory_bytes": 80e9, "host_memory_bytes": 128e9, "sm_count": 1}
+
+
+def test_build_profile_recovers_synthetic_hardware(tmp_path):
+    p = build_profile(_synthetic_rows(), "synth", _device(), {"date": "2026-01-01", "quick": True})
+    assert p["pcie_h2d_gbps"] == pytest.approx(50, rel=0.02)
+    assert p["pcie_d2h_gbps"] == pytest.approx(45, rel=0.02)
+    assert p["pcie_latency_us"] == pytest.approx(10, rel=0.1)
+    assert p["pcie_pageable_factor"] == pytest.approx((0.2 + 0.2 / 0.9) / 2, rel=0.02)  # mean of directions
+    assert p["cpu_gather_gbps"] == pytest.approx(20, rel=0.05)
+    assert p["meta"]["fits"]["cpu_gather"]["threads"] == 8
+    assert p["hbm_gbps"] == pytest.approx(3000, rel=1e-3)
+    assert p["int8_attention_overhead"] == pytest.approx(0.2, abs=0.02)
+    assert p["attention_efficiency"] == pytest.approx(0.5 * 700 / p["fp16_tflops"], rel=0.02)
+    # round trip: write, load through the schema, equal
+    out = tmp_path / "synth.yaml"
+    write_profile(p, _synthetic_rows(), out)
+    loaded = load_profile(str(out))
+    assert loaded == HardwareProfile(**yaml.safe_load(out.read_text()))
+    assert loaded.source == "measured" and "gemm:4096x4096" in loaded.tables
+    assert json.loads(out.with_suffix(".measurements.json").read_text())[0]["op"] == "launch"
+
+
+def test_tables_equal_to_analytic_model_give_the_same_simulation():
+    sc = scenario(policy__gpu_kv_budget_gb=0.6, workload__gen_len=96)
+    analytic = CostModel(sc.hardware)
+    # dense log grids of the analytic model's own values as "measured" tables
+    grid = np.logspace(2, 11, 900)
+    tables = {
+        "h2d_pinned": {"size": list(grid), "seconds": [analytic.h2d_s(x) for x in grid]},
+        "d2h_pinned": {"size": list(grid), "seconds": [analytic.d2h_s(x) for x in grid]},
+        "cpu_gather": {"size": list(grid), "seconds": [analytic.cpu_gather_s(x) for x in grid]},
+        "attention_decode": {"size": list(grid), "seconds": [analytic.attention_decode_s(x) for x in grid]},
+    }
+    from alisa.sim.models import layer_gemm_shapes, lm_head_gemm_shape, kv_recompute_gemm_shape
+    ms = sorted({1, 8, 8 * 128} | set(range(1, 9)))
+    for n, k in [s[1:] for s in layer_gemm_shapes(sc.model)] + [lm_head_gemm_shape(sc.model), kv_recompute_gemm_shape(sc.model)]:
+        ms_all = sorted(set(ms) | set(range(1, 8 * 64)))
+        tables[f"gemm:{n}x{k}"] = {"size": ms_all, "seconds": [analytic.gemm_s(m, n, k) for m in ms_all]}
+    measured = sc.model_copy(update={"hardware": sc.hardware.model_copy(update={"tables": {
+        k: __import__("alisa.sim.hardware", fromlist=["OpTable"]).OpTable(**v) for k, v in tables.items()}})})
+    a, _ = simulate(sc)
+    b, _ = simulate(measured)
+    assert a["phases"]["II"]["steps"] > 0
+    assert b["total_time_s"] == pytest.approx(a["total_time_s"], rel=2e-3)
+    assert b["h2d_bytes"] == a["h2d_bytes"]
+
+
+def test_calibrate_without_gpu_is_a_clear_error(capsys, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["calibrate", "--quick", "--out", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "Traceback" not in err
+    assert not (tmp_path / "p.yaml").exists()
