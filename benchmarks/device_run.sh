@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run the GPU-side work on a machine whose Python already has torch + triton (e.g. the
+# lent H100): install carried wheels for what it lacks, install alisa without deps, then
+# run the stages named as arguments. Results go to $OUT (default ./device-out).
+#   bash benchmarks/device_run.sh ktest kbench calibrate validate
+set -uo pipefail
+OUT=${OUT:-device-out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
+for stage in "$@"; do
+  echo "=== $stage ($(date -u +%T))"
+  case $stage in
+    ktest) python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/ktest.log" | tail -5 ;;
+    kbench) python3 benchmarks/kernels.py --out "$OUT" 2>&1 | tee "$OUT/kbench.log" | tail -120 ;;
+    kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
+    calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
+    calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
+    validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done
+echo "=== done ($(date -u +%T))"
