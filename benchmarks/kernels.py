@@ -42,7 +42,7 @@ def hbm_ceiling_gbps() -> float:
     return 2 * n / t / 1e9
 
 
-def run_point(B, ctx, s, gqa, block_n, gen):
+def run_point(B, ctx, s, gqa, block_n, gen, num_stages=None):
     from alisa.kernels.swa_triton import sparse_decode_attention
 
     hkv = HQ // gqa
@@ -58,7 +58,8 @@ def run_point(B, ctx, s, gqa, block_n, gen):
     lengths = torch.full((B, hkv), I, device="cuda", dtype=torch.int32)
     out = torch.empty(B, HQ, D, device="cuda", dtype=torch.float16)
 
-    t_sparse = bench(lambda: sparse_decode_attention(q, k, v, idx, lengths, block_n=block_n, out=out))
+    t_sparse = bench(lambda: sparse_decode_attention(q, k, v, idx, lengths, block_n=block_n, out=out,
+                                                       num_stages=num_stages))
     # correctness on the GPU against SDPA over the gathered rows
     gi = idx.long()[..., None].expand(-1, -1, -1, D)
     def gathered():
@@ -81,7 +82,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a corner of the grid only")
     ap.add_argument("--block-n", type=int, default=64)
+    ap.add_argument("--num-stages", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--max-points", type=int, default=0, help="stop after this many points (debugging)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -106,7 +109,9 @@ def main() -> int:
                     if kv_bytes > KV_LIMIT_BYTES:
                         rows.append(dict(batch=B, context=ctx, sparsity=s, gqa=gqa, skipped="KV cache over 24 GB"))
                         continue
-                    r = run_point(B, ctx, s, gqa, args.block_n, gen)
+                    if args.max_points and len(rows) >= args.max_points:
+                        continue
+                    r = run_point(B, ctx, s, gqa, args.block_n, gen, args.num_stages)
                     r["pct_hbm"] = 100 * r["gbps"] / ceiling
                     rows.append(r)
                 torch.cuda.empty_cache()
@@ -127,7 +132,8 @@ def main() -> int:
           f"{torch.cuda.get_device_name(0)}; {time.time() - t0:.0f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"hbm_ceiling_gbps": ceiling, "triton": triton.__version__, "block_n": args.block_n}
+    extra = {"hbm_ceiling_gbps": ceiling, "triton": triton.__version__, "block_n": args.block_n,
+             "num_stages": args.num_stages}
     append_record(out / "kernels.json", rows, extra)
     (out / "kernels_table.md").write_text(f"```\n{table}\n```\n\nHBM ceiling {ceiling:.0f} GB/s; {json.dumps(machine())}\n")
     return 0

@@ -93,7 +93,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
               "host_memory_bytes": _host_memory_bytes(), "host_cpu": platform.processor() or platform.machine(),
               "host_cores": os.cpu_count()}
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-            "driver": _driver(), "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
+            "driver": _driver(), "cuda": str(torch.version.cuda), "torch": str(torch.__version__), "triton": triton.__version__,
             "python": platform.python_version(), "models": list(models), "stage_seconds": stage_s,
             "wall_s": round(time.time() - t0, 1),
             "attention_kernel": "alisa.kernels.swa_triton.sparse_decode_attention (Triton)"}
@@ -106,5 +106,6 @@ def write_profile(profile: dict[str, Any], rows: list[dict], out: Path) -> None:
 
     header = ("# Written by `alisa calibrate`: measured on the device named below; do not edit by hand.\n"
               "# Raw measurements: the .measurements.json file beside this one.\n")
-    write_text(out, header + yaml.safe_dump(profile, sort_keys=False, width=120))
+    plain = json.loads(json.dumps(profile, default=str))  # torch's version strings etc. become plain types
+    write_text(out, header + yaml.safe_dump(plain, sort_keys=False, width=120))
     write_text(out.with_suffix(".measurements.json"), json.dumps(rows, indent=0))

@@ -152,13 +152,16 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
                             lengths: torch.Tensor, sm_scale: float | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                             return_scores: bool = False, num_splits: int | None = None,
-                            block_n: int = 64, out: torch.Tensor | None = None,
+                            block_n: int = 64, out: torch.Tensor | None = None, num_stages: int = 1,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attention of q over the KV rows named by `indices` (see module and reference docs).
 
     Returns (out [B,Hq,D] in q's dtype, lse [B,Hq] fp32, scores [B,Hq,I] fp32 or None).
     With int8 K/V, pass their per-row scales. Scores past a list's length are unspecified.
     `out` (optional, [B,Hq,D] in q's dtype) receives the result in place.
+    num_stages defaults to 1: with Triton 3.6's software pipelining of this loop (the K/V
+    addresses come from indices loaded in the same loop), an H100 run hit an illegal
+    address now and then that compute-sanitizer could not reproduce (docs/kernels.md).
     """
     B, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -195,7 +198,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
         sm_scale if sm_scale is not None else 1.0 / math.sqrt(D), Hkv, chunk,
         G=G, BLOCK_G=BLOCK_G, BLOCK_N=block_n, BLOCK_D=BLOCK_D, D=D,
         INT8=int8, WRITE_SCORES=return_scores, DOT_F32=dot_f32,
-        num_warps=4,
+        num_warps=4, num_stages=num_stages,
     )
     if out is None:
         out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
