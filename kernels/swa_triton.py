@@ -18,6 +18,7 @@ which is how CI tests them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -49,7 +50,7 @@ def _sparse_decode_split(
     G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
     INT8: tl.constexpr, WRITE_SCORES: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # int64: b * stride overflows int32 past 2^31 elements
     split = tl.program_id(1)
     b = pid // Hkv
     hk = pid % Hkv
@@ -79,14 +80,18 @@ def _sparse_decode_split(
         k = tl.load(K + b * skb + hk * skh + tok[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0)
         v = tl.load(V + b * svb + hk * svh + tok[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0)
         if INT8:
+            # int8 -> fp16 is exact; per-row scales multiply the scores (K) and the
+            # probabilities (V) instead of every element: fewer ALU ops per byte read
             ks = tl.load(KS + b * sksb + hk * sksh + tok * sksn, mask=mask_n, other=0.0).to(tl.float32)
             vs = tl.load(VS + b * svsb + hk * svsh + tok * svsn, mask=mask_n, other=0.0).to(tl.float32)
-            k = (k.to(tl.float32) * ks[:, None]).to(q.dtype)
-            v = (v.to(tl.float32) * vs[:, None]).to(q.dtype)
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         elif DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k)) * sm_scale
+        if INT8:
+            s = s * ks[None, :]
         s = tl.where(mask_n[None, :], s, float("-inf"))
         if WRITE_SCORES:
             tl.store(S_OUT + b * ssb + heads[:, None] * ssh + offs_n[None, :] * ssn, s,
@@ -95,6 +100,8 @@ def _sparse_decode_split(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        if INT8:
+            p = p * vs[None, :]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
@@ -116,7 +123,7 @@ def _combine_splits(
     Hq, n_splits,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     b = pid // Hq
     h = pid % Hq
     offs_s = tl.arange(0, BLOCK_S)
@@ -137,11 +144,15 @@ def _combine_splits(
     tl.store(LSE + b * s_lb + h * s_lh, tl.where(finite, m_safe + tl.log(tl.where(finite, total, 1.0)), float("-inf")))
 
 
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_splits(batch_heads: int, max_len: int, block_n: int, device: torch.device) -> int:
     """Enough programs to fill the GPU (about two per SM), never a split without work."""
     if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        target = 2 * sms
+        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         target = 4
     want = max(1, math.ceil(target / max(1, batch_heads)))
@@ -159,9 +170,8 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     Returns (out [B,Hq,D] in q's dtype, lse [B,Hq] fp32, scores [B,Hq,I] fp32 or None).
     With int8 K/V, pass their per-row scales. Scores past a list's length are unspecified.
     `out` (optional, [B,Hq,D] in q's dtype) receives the result in place.
-    num_stages defaults to 1: with Triton 3.6's software pipelining of this loop (the K/V
-    addresses come from indices loaded in the same loop), an H100 run hit an illegal
-    address now and then that compute-sanitizer could not reproduce (docs/kernels.md).
+    num_stages: Triton's software-pipelining depth for the gather loop (benchmarks/kernels.py
+    compares settings; 1 turns pipelining off).
     """
     B, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -202,7 +212,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     )
     if out is None:
         out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
-    lse = torch.full((B, Hq), float("nan"), device=q.device, dtype=f32)
+    lse = torch.empty(B, Hq, device=q.device, dtype=f32)
     _combine_splits[(B * Hq,)](
         o_part, lse_part, out, lse, *o_part.stride(), *lse_part.stride(), *out.stride(), *lse.stride(),
         Hq, S, BLOCK_S=max(2, triton.next_power_of_2(S)), BLOCK_D=BLOCK_D, D=D, num_warps=2,
@@ -237,7 +247,7 @@ def _importance_update(
     Hkv,
     G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
     hk = pid % Hkv
     # the step leaving the k-step window gives back what it added
@@ -294,7 +304,7 @@ def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch
 
 @triton.jit
 def _quantize_rows(X, QOUT, SCALE, n_rows, sxr, sxd, sqr, sqd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (rows < n_rows)[:, None] & (offs_d < D)[None, :]
