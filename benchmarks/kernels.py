@@ -91,7 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a corner of the grid only")
     ap.add_argument("--block-n", type=int, default=64)
-    ap.add_argument("--num-stages", type=int, default=1)
+    ap.add_argument("--num-stages", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--max-points", type=int, default=0, help="stop after this many points (debugging)")
     args = ap.parse_args()

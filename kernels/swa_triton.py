@@ -163,7 +163,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
                             lengths: torch.Tensor, sm_scale: float | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                             return_scores: bool = False, num_splits: int | None = None,
-                            block_n: int = 64, out: torch.Tensor | None = None, num_stages: int = 1,
+                            block_n: int = 64, out: torch.Tensor | None = None, num_stages: int = 3,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attention of q over the KV rows named by `indices` (see module and reference docs).
 
