@@ -127,8 +127,14 @@ def cmd_models(_: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from alisa.calibration.run import calibrate, require_gpu, write_profile
+    from alisa.calibration.run import calibrate, refit, require_gpu, write_profile
 
+    if args.refit:
+        path = Path(args.refit)
+        profile, rows = refit(path)
+        write_profile(profile, rows, path)
+        print(f"refitted {path} from {path.with_suffix('.measurements.json')}")
+        return 0
     require_gpu()  # before anything else: a clear message and exit 2 where there is none
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     name = args.name
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="local-measured", help="profile name (default local-measured)")
     c.add_argument("--out", help="profile path (default hardware_profiles/<name>.yaml)")
     c.add_argument("--models", help="catalog models whose GEMM shapes to time (comma-separated)")
+    c.add_argument("--refit", metavar="PROFILE", help="rebuild a measured profile from its saved raw measurements")
     c.set_defaults(func=cmd_calibrate)
 
     sub.add_parser("scenarios", help="list bundled scenarios").set_defaults(func=cmd_scenarios)

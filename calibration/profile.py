@@ -56,20 +56,24 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
                           "slowdown_when_concurrent": both / one}
         add_table("h2d_d2h_concurrent", ops["h2d_d2h_concurrent"], None)
 
-    # CPU gather: the thread count that gathers fastest at the largest size
+    # CPU gather, rows of the largest row size (a 7B-class token's KV in one layer is
+    # 16 KiB; the cost model's table is by bytes alone, so one row size defines it). Per
+    # size, the fastest thread count: a gather pool picks its width, and this avoids a
+    # thread count that collided with other work on a shared host.
     gather_gbps = None
     if "cpu_gather" in ops:
-        # rows of the largest row size (a 7B-class token's KV in one layer is 16 KiB):
-        # the cost model's table is by bytes alone, so one row size must define it
         rb = max(r.get("row_bytes", 0) for r in ops["cpu_gather"])
         g = [r for r in ops["cpu_gather"] if r.get("row_bytes", 0) == rb]
-        top = max(r["size"] for r in g)
-        best_t = min((r for r in g if r["size"] == top), key=lambda r: r["seconds"])["threads"]
-        sel = [r for r in g if r["threads"] == best_t]
+        best: dict[float, dict] = {}
+        for r in g:
+            if r["size"] not in best or r["seconds"] < best[r["size"]]["seconds"]:
+                best[r["size"]] = r
+        sel = [best[k] for k in sorted(best)]
         x, t = _xy(sel)
         f = fit_latency_bandwidth(x, t)
         gather_gbps = f.rate_per_s / 1e9
-        fits["cpu_gather"] = {"threads": best_t, "row_bytes": rb, "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
+        fits["cpu_gather"] = {"threads_by_size": {int(r["size"]): r.get("threads") for r in sel}, "row_bytes": rb,
+                              "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
                               "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
         add_table("cpu_gather", sel, f.mean_rel_error)
 

@@ -109,3 +109,24 @@ def write_profile(profile: dict[str, Any], rows: list[dict], out: Path) -> None:
     plain = json.loads(json.dumps(profile, default=str))  # torch's version strings etc. become plain types
     write_text(out, header + yaml.safe_dump(plain, sort_keys=False, width=120))
     write_text(out.with_suffix(".measurements.json"), json.dumps(rows, indent=0))
+
+
+def refit(profile_path: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Rebuild a measured profile from the raw measurements saved beside it (no GPU)."""
+    import json
+
+    from alisa.sim.hardware import read_yaml
+    from .profile import build_profile
+
+    raw = profile_path.with_suffix(".measurements.json")
+    old = read_yaml(profile_path)
+    if not isinstance(old, dict) or old.get("source") != "measured":
+        raise InputError("not a measured profile (source: measured)", file=str(profile_path), field="source")
+    if not raw.is_file():
+        raise InputError("no raw measurements beside the profile", file=str(raw))
+    rows = json.loads(raw.read_text())
+    meta = dict(old.get("meta") or {})
+    device = meta.pop("device")
+    meta.pop("fits", None)
+    meta["refit"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return build_profile(rows, old["name"], device, meta), rows

@@ -45,7 +45,8 @@ def _synthetic_rows(lat=10e-6, bw=50e9, gather_bw=20e9, hbm=3e12, flops=700e12) 
         rows.append({"op": "h2d_d2h_concurrent", "size": s, "seconds": lat + s / (bw * 0.9)})
     for r in (64, 1024, 16384):
         for t, b in ((1, gather_bw / 4), (8, gather_bw)):
-            rows.append({"op": "cpu_gather", "size": r * 16384, "seconds": 2e-6 + r * 16384 / b, "threads": t})
+            rows.append({"op": "cpu_gather", "size": r * 16384, "seconds": 2e-6 + r * 16384 / b, "threads": t,
+                         "row_bytes": 16384})
     for m in (1, 64, 4096):
         n, k = 4096, 4096
         t = max(2 * m * n * k / flops, (m * k + k * n + m * n) * 2 / hbm) + 4e-6
@@ -69,7 +70,7 @@ def test_build_profile_recovers_synthetic_hardware(tmp_path):
     assert p["pcie_latency_us"] == pytest.approx(10, rel=0.1)
     assert p["pcie_pageable_factor"] == pytest.approx((0.2 + 0.2 / 0.9) / 2, rel=0.02)  # mean of directions
     assert p["cpu_gather_gbps"] == pytest.approx(20, rel=0.05)
-    assert p["meta"]["fits"]["cpu_gather"]["threads"] == 8
+    assert set(p["meta"]["fits"]["cpu_gather"]["threads_by_size"].values()) == {8}
     assert p["hbm_gbps"] == pytest.approx(3000, rel=1e-3)
     assert p["int8_attention_overhead"] == pytest.approx(0.2, abs=0.02)
     assert p["attention_efficiency"] == pytest.approx(0.5 * 700 / p["fp16_tflops"], rel=0.02)
