@@ -35,6 +35,8 @@ def memory_plot(er: EngineResult, title: str, gpu_cap: float, cpu_cap: float) ->
     fig, ax = plt.subplots(figsize=(8, 4))
     for phase, a, b in _phase_spans(er):
         ax.axvspan(a, b, color=PHASE_COLORS[phase], lw=0)
+        if (b - a) < 0.03 * max(er.total_time_s, 1e-12):
+            continue  # too narrow to label (phases can alternate near a boundary)
         ax.text((a + b) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     if er.memory_log:
         t = [m[0] for m in er.memory_log] + [er.total_time_s]
