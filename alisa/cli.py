@@ -55,8 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = resolve_scenario(args.scenario)
     sc = load_scenario(path, args.set)
     if args.backend == "real":
-        from alisa.runtime.cli_hook import run_real  # GPU-only; raises InputError without one
-        result = run_real(sc, Path(args.out) if args.out else None)
+        raise InputError("the real GPU backend is not built yet (it is planned; see README 'Status'); "
+                         "use --backend sim", field="--backend")
     else:
         out = Path(args.out) if args.out else Path("results") / sc.name
         result = run_scenario(sc, out, plots=not args.no_plots)

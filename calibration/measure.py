@@ -37,7 +37,7 @@ def quick_grid() -> Grid:
 
 
 def full_grid(threads: int) -> Grid:
-    return Grid(transfer_sizes=[(4 << 10) << (2 * i) for i in range(10)] + [1 << 30],  # 4 KiB .. 1 GiB
+    return Grid(transfer_sizes=[(4 << 10) << (2 * i) for i in range(10)],  # 4 KiB .. 1 GiB
                 chunk_bytes=[4 << 10, 16 << 10, 64 << 10], chunk_counts=[16, 256, 2048],
                 gather_rows=[64, 256, 1024, 4096, 16384], gather_row_bytes=[2 << 10, 16 << 10],
                 gather_threads=sorted({1, 2, 4, 8, max(1, threads)}),
