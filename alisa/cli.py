@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,6 +162,84 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_list(value: str, flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise InputError("needs at least one value", field=flag)
+    return items
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import platform
+    import shlex
+
+    from alisa.kernels.selection import POLICIES, PolicySpec
+
+    policies = _parse_list(args.policies, "--policies")
+    for p in policies:
+        if p not in POLICIES:
+            raise InputError(f"unknown policy '{p}'; known: {', '.join(POLICIES)}", field="--policies")
+    budgets = []
+    for b in _parse_list(args.budgets, "--budgets"):
+        try:
+            v = float(b)
+        except ValueError:
+            raise InputError(f"budget '{b}' is not a number", field="--budgets") from None
+        if not 0.0 < v <= 1.0:
+            raise InputError(f"budget {v} must lie in (0, 1]", field="--budgets")
+        budgets.append(v)
+    if args.tokens <= args.prefill + 1:
+        raise InputError(f"--tokens {args.tokens} must exceed --prefill {args.prefill} + 1", field="--tokens")
+    if args.trace_out and "swa" not in policies:
+        raise InputError("--trace-out records the swa policy's selections: add swa to --policies", field="--trace-out")
+
+    from tqdm import tqdm
+
+    from alisa.accuracy.evaluate import evaluate
+    from alisa.accuracy.models import load
+    from alisa.accuracy.report import rows_as_dicts, table, write_report
+    from alisa.accuracy.text import SOURCE, read_text, token_ids
+    from alisa.runtime.decoder import Decoder
+    from alisa.sim.selection import write_trace
+
+    text, label = read_text(args.text)
+    model, tok = load(args.model)
+    ids = token_ids(text, tok, model.config.vocab_size, args.tokens, label)
+    specs = [PolicySpec("dense")] + [PolicySpec(p, b, local_fraction=args.local_fraction)
+                                     for p in policies if p != "dense" for b in budgets]
+    trace_row = None
+    if args.trace_out:
+        tb = args.trace_budget if args.trace_budget is not None else budgets[0]
+        match = [i for i, s in enumerate(specs) if s.name == "swa" and abs(s.budget - tb) < 1e-9]
+        if not match:
+            raise InputError(f"--trace-budget {tb} is not among --budgets", field="--trace-budget")
+        trace_row = match[0]
+    dec = Decoder.from_hf(model)
+    with tqdm(total=args.tokens - 1 - args.prefill, desc="accuracy", unit="tok", file=sys.stderr) as bar:
+        rows, trace = evaluate(dec, ids, specs, args.prefill, args.shared_heads, trace_row, bar.update)
+    result = rows_as_dicts(rows)
+    out = Path(args.out)
+    meta = {"command": " ".join(shlex.quote(a) for a in ["alisa", *sys.argv[1:]]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "model": args.model, "text": label, "text_source": SOURCE if args.text is None else label,
+            "tokens": args.tokens, "prefill": args.prefill, "shared_heads": args.shared_heads,
+            "local_fraction": args.local_fraction}
+    write_report(out, result, meta)
+    print(table(result))
+    print(f"\nwrote {out}/accuracy.csv, accuracy.json, accuracy.png")
+    if trace is not None:
+        if not args.trace_indices:
+            from dataclasses import replace
+            trace = replace(trace, indices=None, indices_offsets=None)
+        write_trace(args.trace_out, trace)
+        churn = trace.churn()[1:].mean() if trace.num_steps > 1 else 0.0
+        print(f"wrote {args.trace_out} ({trace.num_steps} steps x {trace.num_layers} layers; "
+              f"mean global selection churn {churn:.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="alisa", description="Sparsity-aware KV caching: simulator and tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -188,6 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--models", help="catalog models whose GEMM shapes to time (comma-separated)")
     c.add_argument("--refit", metavar="PROFILE", help="rebuild a measured profile from its saved raw measurements")
     c.set_defaults(func=cmd_calibrate)
+
+    a = sub.add_parser("accuracy", help="SWA vs dense/local/streaming/H2O on a real model")
+    a.add_argument("--model", default="smollm2-135m", help="smollm2-135m (real weights) or tiny-llama (random)")
+    a.add_argument("--policies", default="dense,local,streaming,h2o,swa")
+    a.add_argument("--budgets", default="0.1,0.2,0.3,0.5", help="shares of cached tokens attended, in (0, 1]")
+    a.add_argument("--tokens", type=int, default=1024, help="tokens of the text to evaluate")
+    a.add_argument("--prefill", type=int, default=64, help="leading tokens run dense as the prompt")
+    a.add_argument("--local-fraction", type=float, default=0.5, help="window share of the budget (swa, h2o)")
+    a.add_argument("--shared-heads", action="store_true", help="one selection for all KV heads of a layer")
+    a.add_argument("--text", help="a UTF-8 text file (default: the bundled text)")
+    a.add_argument("--out", default="results/accuracy")
+    a.add_argument("--trace-out", help="write the swa selection trace (.npz) the simulator reads")
+    a.add_argument("--trace-budget", type=float, help="which swa budget to trace (default: the first)")
+    a.add_argument("--no-trace-indices", dest="trace_indices", action="store_false",
+                   help="trace counts only, not the selected indices (a much smaller file)")
+    a.set_defaults(func=cmd_accuracy)
 
     sub.add_parser("scenarios", help="list bundled scenarios").set_defaults(func=cmd_scenarios)
     sub.add_parser("profiles", help="list hardware profiles").set_defaults(func=cmd_profiles)

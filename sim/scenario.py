@@ -154,8 +154,11 @@ def check_runnable(s: Scenario, file: str) -> None:
         raise InputError(
             f"GPU KV budget {budget} GB exceeds the GPU's memory ({s.hardware.gpu_memory_gb} GB)",
             file=file, field="policy.gpu_kv_budget_gb")
-    if s.model.max_positions < s.workload.prompt_len + s.workload.gen_len:
-        pass  # position limits are the model's concern, not the simulator's: allowed, noted in docs
+    trace = getattr(s.policy, "selection_trace", None)
+    if trace:
+        from .selection import read_trace
+
+        read_trace(trace)  # a bad trace is reported at load time, naming the file
 
 
 def build_scenario(resolved: dict[str, Any], file: str) -> Scenario:

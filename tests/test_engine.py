@@ -191,3 +191,37 @@ def test_measured_table_overrides_and_interpolates():
     # beyond the grid: the last segment's incremental rate
     assert c.h2d_s(2e9) == pytest.approx(0.1 + (0.1 - 1e-4) / (1e9 - 1e6) * 1e9)
     assert c.d2h_s(1e6) == pytest.approx(10e-6 + 1e6 / 20e9)  # no table for d2h: analytic
+
+
+# -- selection traces drive Phase II traffic -----------------------------------------------
+
+def _trace(tmp_path, churn: float, layers: int = 3, steps: int = 20):
+    import numpy as np
+
+    from alisa.sim.selection import SelectionTrace, write_trace
+
+    sel = np.full((steps, layers), 100)
+    t = SelectionTrace(np.arange(100, 100 + steps), np.full(steps, 20), sel, (sel * churn).astype(int))
+    p = tmp_path / f"t{churn}.npz"
+    write_trace(p, t)
+    return str(p)
+
+
+def test_trace_churn_drives_traffic(tmp_path):
+    base = dict(policy__gpu_kv_budget_gb=0.5, policy__recompute=False)
+    lo, _ = simulate(scenario(**base, policy__selection_trace=_trace(tmp_path, 0.05)))
+    hi, _ = simulate(scenario(**base, policy__selection_trace=_trace(tmp_path, 0.6)))
+    const, _ = simulate(scenario(**base, policy__selection_churn=0.6))
+    assert lo["policy_details"]["churn_source"] == "trace"
+    assert hi["h2d_bytes"] > lo["h2d_bytes"]
+    assert hi["h2d_bytes"] == pytest.approx(const["h2d_bytes"], rel=0.02)  # a flat trace = that constant
+
+
+def test_bad_trace_is_input_error(tmp_path):
+    from alisa.sim.errors import InputError
+
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(InputError) as ei:
+        simulate(scenario(policy__selection_trace=str(bad)))
+    assert "not a selection trace" in ei.value.reason

@@ -1,0 +1,1 @@
+"""Compact decoder with pluggable KV store and attention; the real backend builds on it."""
