@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alisa.kernels.selection import LayerSelector, PolicySpec
-from alisa.runtime.decoder import Decoder, KVCache, repeat_kv
+from alisa.runtime.decoder import Decoder, KVCache
 from alisa.sim.selection import SelectionTrace
 
 
@@ -101,20 +101,22 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
     rec = _TraceRecorder(trace_row, c.num_layers) if trace_row is not None else None
 
     with torch.no_grad():
-        # prefill: dense causal; every query position feeds the importance state
+        # prefill: dense causal, identical for every row: run it once and broadcast
         pos = torch.arange(prefill, device=ids.device)
-        x = dec.embed(ids[:prefill].expand(B, prefill), pos)
+        x = dec.embed(ids[:prefill][None], pos)
+        causal = torch.ones(prefill, prefill, dtype=torch.bool, device=ids.device).triu(1)
         for layer in range(c.num_layers):
             _, q, k, v = dec.qkv(layer, x, pos)
-            K, V = cache.append(layer, k, v)
-            s = (q @ repeat_kv(K, G).transpose(-1, -2)) * dec.scale
-            s = s.masked_fill(torch.ones(prefill, prefill, dtype=torch.bool, device=ids.device).triu(1), -math.inf)
-            p = s.softmax(-1)
-            w = p.view(B, c.num_kv_heads, G, prefill, prefill).sum(2)
-            for i in range(prefill):
-                sels[layer].observe(w[:, :, i, : i + 1])
-            x = dec.finish_layer(layer, x, p @ repeat_kv(V, G))
+            cache.append(layer, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+            qg = q.view(1, c.num_kv_heads, G, prefill, c.head_dim)
+            s = (qg @ k[:, :, None].transpose(-1, -2)) * dec.scale                  # [1, Hkv, G, P, P]
+            p = s.masked_fill(causal, -math.inf).softmax(-1)
+            sels[layer].observe_prefill(p.sum(2).expand(B, -1, -1, -1))
+            a = (p @ v[:, :, None]).view(1, c.num_heads, prefill, c.head_dim)
+            x = dec.finish_layer(layer, x, a)
+        x = x.expand(B, -1, -1)
 
+        recall_acc = torch.zeros(B, dtype=torch.float64)
         for t in range(prefill, T - 1):
             n = t + 1
             pos = torch.tensor([t], device=ids.device)
@@ -122,17 +124,15 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
             for layer in range(c.num_layers):
                 _, q, k, v = dec.qkv(layer, x, pos)
                 K, V = cache.append(layer, k, v)
-                s = ((q @ repeat_kv(K, G).transpose(-1, -2)) * dec.scale)[:, :, 0]      # [B, Hq, n]
+                qg = q.view(B, c.num_kv_heads, G, c.head_dim)                          # GQA groups
+                s = (qg @ K.transpose(-1, -2)) * dec.scale                            # [B, Hkv, G, n]
                 m = sels[layer].mask(n)                                               # [B, Hkv, n]
-                mq = repeat_kv(m, G)
                 pd = s.softmax(-1)
-                recall = (pd * mq).sum(-1).mean(-1)                                   # [B]
-                p = s.masked_fill(~mq, -math.inf).softmax(-1)
-                out = (p[:, :, None] @ repeat_kv(V, G))                               # [B, Hq, 1, d]
-                sels[layer].observe(p.view(B, c.num_kv_heads, G, n).sum(2))
-                for r in range(B):
-                    rows[r].recall_sum += float(recall[r])
-                    rows[r].recall_n += 1
+                recall = (pd * m[:, :, None]).sum(-1).flatten(1).mean(-1)             # [B]
+                p = s.masked_fill(~m[:, :, None], -math.inf).softmax(-1)
+                out = (p @ V).view(B, c.num_heads, 1, c.head_dim)
+                sels[layer].observe(p.sum(2))
+                recall_acc += recall
                 if rec is not None:
                     if layer == 0:
                         rec.start_step(n, sels[layer].window(rec.row))
@@ -147,4 +147,7 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
                 rows[r].agree += int(top[r] == top[0])
             if progress:
                 progress(1)
+    for r in range(B):
+        rows[r].recall_sum = float(recall_acc[r])
+        rows[r].recall_n = (T - 1 - prefill) * c.num_layers
     return rows, (rec.trace() if rec is not None else None)

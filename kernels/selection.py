@@ -160,6 +160,24 @@ class LayerSelector:
         return self._window[row]
 
     # -- feedback -----------------------------------------------------------------------
+    def observe_prefill(self, weights: torch.Tensor) -> None:
+        """All P prompt positions at once: weights [B, H, P, P] (row i = query i, causal).
+        Equivalent to observe() for each query position in order."""
+        P = weights.shape[-1]
+        self.acc[:, :, :P] += weights.sum(2)
+        if self.ring is not None:
+            rows = self.swa_rows
+            w16 = weights[rows].to(torch.float16)                     # [R, H, P, P]
+            for j, r in enumerate(rows):
+                hist = self._history(self.specs[r], P)
+                lo = max(0, P - hist)
+                self.score[r, :, :P] = w16[j, :, lo:P].float().sum(1)
+                self.lo[r] = lo
+            for i in range(max(0, P - self.ring_len), P):               # the slots later steps subtract
+                self.ring[i % self.ring_len].zero_()
+                self.ring[i % self.ring_len, :, :, :P] = w16[:, :, i]
+        self.t += P
+
     def observe(self, weights: torch.Tensor) -> None:
         """weights [B, H, n]: attention each token received this step (summed over a KV
         head's query heads)."""

@@ -40,6 +40,8 @@ class StepRecord:
     recompute_ratio: float
     gpu_bytes: float
     cpu_bytes: float
+    tokens_out: int = 0
+    batch: int = 0
 
     @property
     def time_s(self) -> float:
@@ -90,10 +92,12 @@ class Engine:
 
     def _apply_memory(self, plan: StepPlan) -> OutOfMemory | None:
         lay, c = self.policy.layout, self.coster
-        per_layer_seq = self.policy.batch * self.policy.model.num_layers
-        gpu = lay.gpu_static_bytes + per_layer_seq * plan.gpu_kv_tokens * c.kv_bytes + plan.gpu_extra_bytes
-        cpu = lay.cpu_static_bytes + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes
-                                                     + plan.cpu_hidden_tokens * c.hidden_bytes)
+        per_layer_seq = plan.batch * self.policy.model.num_layers
+        gpu = plan.gpu_bytes if plan.gpu_bytes is not None else (
+            lay.gpu_static_bytes + per_layer_seq * plan.gpu_kv_tokens * c.kv_bytes + plan.gpu_extra_bytes)
+        cpu = plan.cpu_bytes if plan.cpu_bytes is not None else (
+            lay.cpu_static_bytes + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes
+                                                    + plan.cpu_hidden_tokens * c.hidden_bytes))
         if gpu > self.gpu_mem.capacity:
             return OutOfMemory("gpu", f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; "
                                       f"capacity {self.gpu_mem.capacity / 1e9:.2f} GB", plan.step)
@@ -116,9 +120,9 @@ class Engine:
     def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
         env = self.env
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
-        m_head = self.policy.batch  # logits for the last position of each sequence
+        m_head = plan.batch  # logits for the last position of each sequence
         head_s = self.coster.lm_head_s(m_head)
-        label = "prefill" if plan.step < 0 else f"step {plan.step}"
+        label = "prefill" if plan.phase == "prefill" else f"step {plan.step}"
         if self._trace_cut is None and len(self.events) + 4 * len(times) > self.max_layer_events:
             self._trace_cut = plan.step
         start = env.now
@@ -147,9 +151,13 @@ class Engine:
                     self._trace("CPU", f"gather L{l}", s, t.gather_s, {"step": plan.step})
                 gathered[l].succeed()
 
+        sync = [lp.sync_fetch for lp in plan.layers]
+
         def h2d_proc():
             for l, t in enumerate(times):
                 yield gathered[l]
+                if sync[l] and l > 0:
+                    yield computed[l - 1]  # no prefetch (e.g. Accelerate's offload hooks)
                 if t.h2d_s > 0:
                     s = env.now
                     yield env.timeout(t.h2d_s)
@@ -184,23 +192,22 @@ class Engine:
 
     def _record(self, plan: StepPlan, start: float) -> None:
         times = [self.coster.layer_times(lp) for lp in plan.layers]
-        b = self.policy.batch
+        b = plan.batch
         self.records.append(StepRecord(
             step=plan.step, phase=plan.phase, start_s=start, end_s=self.env.now, context_len=plan.context_len,
             attended_tokens=plan.attended_tokens,
             h2d_bytes=sum(t.h2d_bytes for t in times), d2h_bytes=sum(t.d2h_bytes for t in times),
             recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
             recompute_ratio=plan.recompute_ratio,
-            gpu_bytes=self.gpu_mem.level, cpu_bytes=self.cpu_mem.level))
+            gpu_bytes=self.gpu_mem.level, cpu_bytes=self.cpu_mem.level, tokens_out=plan.generated,
+            batch=plan.batch))
 
     def _main(self):  # type: ignore[no-untyped-def]
         oom = self.policy.static_check()
         if oom:
             self.oom = oom
             return
-        gen = self.policy.sc.workload.gen_len
-        for step in range(-1, gen - 1):
-            plan = self.policy.prefill() if step < 0 else self.policy.decode(step)
+        for plan in self.policy.plans():
             if isinstance(plan, OutOfMemory):
                 self.oom = plan
                 return

@@ -56,7 +56,7 @@ def memory_plot(er: EngineResult, title: str, gpu_cap: float, cpu_cap: float) ->
 
 def step_time_plot(er: EngineResult, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4))
-    decode = [r for r in er.steps if r.step >= 0]
+    decode = [r for r in er.steps if r.phase != "prefill"]
     for phase in ("I", "II", "III"):
         xs = [r.step for r in decode if r.phase == phase]
         ys = [r.time_s * 1e3 for r in decode if r.phase == phase]

@@ -36,10 +36,9 @@ def scenario_summary(sc: Scenario) -> dict[str, Any]:
 
 
 def build_result(sc: Scenario, er: EngineResult, backend: str = "sim") -> dict[str, Any]:
-    decode = [r for r in er.steps if r.step >= 0]
-    prefill = [r for r in er.steps if r.step < 0]
-    b = sc.workload.batch_size
-    completed = (len(decode) + 1) * b if prefill else 0
+    decode = [r for r in er.steps if r.phase != "prefill"]
+    prefill = [r for r in er.steps if r.phase == "prefill"]
+    completed = sum(r.tokens_out for r in er.steps)
     phases = {p: {"steps": 0, "time_s": 0.0} for p in ("I", "II", "III")}
     for r in decode:
         phases[r.phase]["steps"] += 1
@@ -77,7 +76,7 @@ def steps_csv(er: EngineResult) -> str:
     w = csv.writer(buf)
     w.writerow(STEP_FIELDS)
     for r in er.steps:
-        if r.step < 0:
+        if r.phase == "prefill":
             continue
         w.writerow([r.step, r.phase, f"{r.start_s:.9g}", f"{r.time_s:.9g}", r.context_len, r.attended_tokens,
                     int(r.h2d_bytes), int(r.d2h_bytes), r.recomputed_tokens, f"{r.recompute_ratio:.4g}",
@@ -98,7 +97,7 @@ def chrome_trace(er: EngineResult, title: str) -> str:
     steps_tid = len(LANES)
     ev.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": steps_tid, "args": {"name": "steps"}})
     for r in er.steps:
-        ev.append({"name": "prefill" if r.step < 0 else f"step {r.step} ({r.phase})", "ph": "X", "pid": 0,
+        ev.append({"name": "prefill" if r.phase == "prefill" else f"step {r.step} ({r.phase})", "ph": "X", "pid": 0,
                    "tid": steps_tid, "ts": r.start_s * 1e6, "dur": r.time_s * 1e6,
                    "args": {"phase": r.phase, "context_len": r.context_len}})
     return json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"})

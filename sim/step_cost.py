@@ -64,7 +64,8 @@ class StepCoster:
         hit = self._cache.get(lp)
         if hit is not None:
             return hit
-        c, md, b = self.cost, self.model, self.batch
+        c, md = self.cost, self.model
+        b = lp.seqs or self.batch
         m = b * lp.new_tokens
         compute = self.dense_layer_compute_s(m)
         if lp.prefill:
@@ -76,12 +77,15 @@ class StepCoster:
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
         fetch_bytes = b * (lp.h2d_kv_tokens * self.kv_bytes + lp.recompute_tokens * self.hidden_bytes)
-        gather = c.cpu_gather_s(fetch_bytes)
+        gather = 0.0 if lp.contiguous_fetch else c.cpu_gather_s(fetch_bytes)
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
             gather += c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops)
-        h2d = c.h2d_s(fetch_bytes) + c.h2d_s(lp.weight_h2d_bytes)
+        w_bytes = lp.weight_h2d_bytes * lp.weight_compression
+        h2d = c.h2d_s(fetch_bytes) + c.h2d_s(w_bytes)
+        if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
+            compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)
         d2h = c.d2h_s(d2h_bytes)
         if lp.cpu_attention_tokens:
@@ -90,7 +94,7 @@ class StepCoster:
             h2d += c.h2d_s(act)
             fetch_bytes += act
             d2h_bytes += act
-        out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + lp.weight_h2d_bytes, d2h_bytes)
+        out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes)
         self._cache[lp] = out
         return out
 

@@ -125,7 +125,7 @@ class _FixedCoster:
 
 class _OnePlanPolicy:
     def __init__(self, plans: list[StepPlan], coster: _FixedCoster) -> None:
-        self.plans, self.coster, self.batch = plans, coster, 1
+        self._plans, self.coster, self.batch = plans, coster, 1
         self.model = SimpleNamespace(num_layers=2)
         self.sc = SimpleNamespace(workload=SimpleNamespace(gen_len=len(plans)))
         self.layout = MemoryLayout(1e12, 1e12, 0, 0, 0, 0, 0, 0)
@@ -133,11 +133,8 @@ class _OnePlanPolicy:
     def static_check(self):
         return None
 
-    def prefill(self):
-        return self.plans[0]
-
-    def decode(self, step):
-        return self.plans[step + 1]
+    def plans(self):
+        yield from self._plans
 
     def summary(self):
         return {}

@@ -101,3 +101,20 @@ def test_unknown_policy_and_bad_budget():
     with pytest.raises(ValueError):
         PolicySpec("swa", 1.5)
     assert math.isclose(budget_tokens(0.2, 100), 20)
+
+
+def test_observe_prefill_equals_step_by_step():
+    specs = [PolicySpec("h2o", 0.3), PolicySpec("swa", 0.3), PolicySpec("swa", 0.5, history=4)]
+    P = 24
+    w = torch.rand(3, 2, P, P, generator=torch.Generator().manual_seed(5)).tril()
+    a, b = LayerSelector(specs, 2, 64), LayerSelector(specs, 2, 64)
+    a.observe_prefill(w)
+    for i in range(P):
+        b.observe(w[:, :, i, : i + 1])
+    assert torch.allclose(a.acc, b.acc, atol=1e-5) and torch.allclose(a.score, b.score, atol=1e-3)
+    for n in range(P, P + 6):  # and they go on alike
+        assert torch.equal(a.mask(n), b.mask(n))
+        x = torch.rand(3, 2, n, generator=torch.Generator().manual_seed(n))
+        a.observe(x)
+        b.observe(x)
+    assert torch.allclose(a.score, b.score, atol=1e-3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Iterator
 
 from ..hardware import GB
 from ..memory import MemoryLayout
@@ -36,6 +36,14 @@ class Policy(ABC):
 
     @abstractmethod
     def decode(self, step: int) -> StepPlan | OutOfMemory: ...
+
+    def plans(self) -> Iterator[StepPlan | OutOfMemory]:
+        """The run, step by step: prefill, then gen_len - 1 decode steps for a fixed batch.
+        Policies that batch continuously (vLLM) override this. The engine stops at the first
+        OutOfMemory."""
+        yield self.prefill()
+        for step in range(self.sc.workload.gen_len - 1):
+            yield self.decode(step)
 
     def static_check(self) -> OutOfMemory | None:
         """A reason the policy cannot start at all (weights and workspace do not fit)."""
