@@ -29,6 +29,8 @@ class LayerPlan:
     cpu_attention_tokens: int = 0  # tokens attended on the CPU where they live (FlexGen-style)
     seqs: int = 0                  # sequences in this layer's batch; 0 = the policy's batch size
     contiguous_fetch: bool = False # fetched KV is contiguous (blocks, whole caches): no CPU gather
+    pageable_fetch: bool = False   # fetched from pageable host memory (Accelerate's offload)
+    sub_batches: int = 1           # the layer runs its sequences as this many GPU batches (FlexGen)
     sync_fetch: bool = False       # no prefetch: this layer's fetch waits for the previous compute
     weight_compression: float = 1.0  # stored/fp16 bytes of streamed weights (FlexGen 4-bit: ~0.28)
     prefill: bool = False

@@ -56,7 +56,41 @@ class DenseGpuPolicyConfig(_PolicyBase):
     name: Literal["dense-gpu"]
 
 
-PolicyConfig = Annotated[Union[AlisaPolicyConfig, DenseGpuPolicyConfig], Field(discriminator="name")]
+class H2OPolicyConfig(_PolicyBase):
+    name: Literal["h2o"]
+    kv_budget: float = Field(0.2, gt=0.0, le=1.0, description="share of cached tokens kept (recent + heavy hitters)")
+
+
+class AcceleratePolicyConfig(_PolicyBase):
+    name: Literal["accelerate"]
+
+
+class ZeroInferencePolicyConfig(_PolicyBase):
+    name: Literal["zero-inference"]
+
+
+class FlexGenPolicyConfig(_PolicyBase):
+    name: Literal["flexgen"]
+    gpu_batch_size: PositiveInt | None = Field(None, description="fixed; default: searched")
+    weights_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
+    cache_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
+    cpu_cache_compute: bool | Literal["auto"] = Field("auto", description="attention on the CPU for host KV; auto = searched")
+    compress_weight: bool = False
+    compress_cache: bool = False
+
+
+class VllmPolicyConfig(_PolicyBase):
+    name: Literal["vllm"]
+    block_size: PositiveInt = 16
+    preemption: Literal["recompute", "swap"] = "recompute"
+    swap_space_gb: float = Field(4.0, ge=0)
+    requests: PositiveInt | None = Field(None, description="requests served; default: batch_size")
+    gen_len_spread: float = Field(0.0, ge=0.0, lt=1.0, description="gen lengths uniform in gen_len x (1 +- spread)")
+
+
+PolicyConfig = Annotated[Union[AlisaPolicyConfig, DenseGpuPolicyConfig, H2OPolicyConfig, AcceleratePolicyConfig,
+                               ZeroInferencePolicyConfig, FlexGenPolicyConfig, VllmPolicyConfig],
+                         Field(discriminator="name")]
 
 
 class OutputOptions(BaseModel):
@@ -79,7 +113,7 @@ class Scenario(BaseModel):
     output: OutputOptions = Field(default_factory=OutputOptions)
 
 
-POLICY_NAMES = ("alisa", "dense-gpu")
+POLICY_NAMES = ("alisa", "dense-gpu", "flexgen", "vllm", "accelerate", "zero-inference", "h2o")
 
 
 # ---------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class StepCoster:
         c, md = self.cost, self.model
         b = lp.seqs or self.batch
         m = b * lp.new_tokens
-        compute = self.dense_layer_compute_s(m)
+        compute = lp.sub_batches * self.dense_layer_compute_s(max(1, m // lp.sub_batches))
         if lp.prefill:
             compute += c.attention_prefill_s(b, md.num_heads, md.head_dim, lp.new_tokens)
         else:
@@ -83,7 +83,8 @@ class StepCoster:
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
             gather += c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops)
         w_bytes = lp.weight_h2d_bytes * lp.weight_compression
-        h2d = c.h2d_s(fetch_bytes) + c.h2d_s(w_bytes)
+        pinned = not lp.pageable_fetch
+        h2d = c.h2d_s(fetch_bytes, pinned=pinned) + c.h2d_s(w_bytes, pinned=pinned)
         if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
             compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)

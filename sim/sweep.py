@@ -10,7 +10,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .atomic import write_text
+from .atomic import write_bytes, write_text
+from .errors import InputError
+from .results import scenario_summary
 from .runner import simulate
 from .scenario import Scenario
 
@@ -20,7 +22,8 @@ METRICS = ("policy", "oom", "oom_reason", "throughput_tokens_per_s", "total_time
 
 
 def flat_row(params: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {f"param:{k}": v for k, v in params.items()}
+    row: dict[str, Any] = {f"param:{k}": (v.get("name", json.dumps(v)) if isinstance(v, dict) else v)
+                           for k, v in params.items()}
     for k in METRICS:
         if k.startswith("phase_"):
             _, ph, _ = k.split("_")
@@ -31,7 +34,16 @@ def flat_row(params: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_point(i: int, sc: Scenario) -> tuple[int, dict[str, Any]]:
-    result, _ = simulate(sc)
+    """One point; a point that cannot be planned (an infeasible FlexGen LP) becomes a row
+    that says why, so one bad corner does not sink the sweep."""
+    try:
+        result, _ = simulate(sc)
+    except InputError as e:
+        result = {"scenario": scenario_summary(sc), "policy": sc.policy.name, "oom": True, "oom_pool": "plan",
+                  "oom_reason": e.reason, "throughput_tokens_per_s": 0.0, "total_time_s": 0.0, "prefill_time_s": 0.0,
+                  "decode_time_s": 0.0, "phases": {p: {"steps": 0, "time_s": 0.0} for p in ("I", "II", "III")},
+                  "peak_gpu_bytes": 0, "peak_cpu_bytes": 0, "h2d_bytes": 0, "d2h_bytes": 0, "recomputed_tokens": 0,
+                  "sim_wall_s": 0.0}
     return i, result
 
 
@@ -63,4 +75,46 @@ def run_sweep(points: list[tuple[dict[str, Any], Scenario]], out: Path, jobs: in
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.csv", buf.getvalue())
     write_text(out / "sweep.json", json.dumps([results[i] for i in range(len(points))], indent=1))
+    png = grouped_bars(rows, str(out.name))
+    if png:
+        write_bytes(out / "sweep.png", png)
     return rows
+
+
+def grouped_bars(rows: list[dict[str, Any]], title: str) -> bytes | None:
+    """Throughput per policy (bars) for each combination of the other swept fields (groups)."""
+    keys = [k for k in rows[0] if k.startswith("param:")]
+    if len({r["policy"] for r in rows}) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    group_keys = [k for k in keys if k != "param:policy"]
+    label = lambda r: "\n".join(f"{k.removeprefix('param:').split('.')[-1]}={r[k]}" for k in group_keys) or "all"  # noqa: E731
+    groups = list(dict.fromkeys(label(r) for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    width = 0.8 / len(policies)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) * max(1, len(policies) / 3)), 4.2))
+    x = np.arange(len(groups))
+    for j, pol in enumerate(policies):
+        ys = []
+        for g in groups:
+            v = [r["throughput_tokens_per_s"] for r in rows if r["policy"] == pol and label(r) == g]
+            ys.append(v[0] if v else 0.0)
+        bars = ax.bar(x + (j - (len(policies) - 1) / 2) * width, ys, width, label=pol)
+        for b, y in zip(bars, ys):
+            if y == 0:
+                ax.text(b.get_x() + b.get_width() / 2, 0, "OOM", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(x, groups, fontsize=7)
+    ax.set_ylabel("throughput (tokens/s)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -42,7 +42,7 @@ def scenario(**changes: Any) -> Scenario:
         parts = k.split("__")
         for p in parts[:-1]:
             node = node[p]
-        node[parts[-1]] = v
+        node[parts[-1]] = model_config(v) if k == "model" else profile_config(v) if k == "hardware" else v
     return build_scenario(d, "<test>")
 
 

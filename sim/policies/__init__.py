@@ -8,8 +8,14 @@ from ..step_cost import StepCoster
 from .alisa import AlisaPolicy
 from .base import Policy
 from .dense_gpu import DenseGpuPolicy
+from .flexgen import FlexGenPolicy
+from .simple_baselines import AcceleratePolicy, H2OPolicy, ZeroInferencePolicy
+from .vllm import VllmPolicy
 
-REGISTRY: dict[str, type[Policy]] = {"alisa": AlisaPolicy, "dense-gpu": DenseGpuPolicy}
+REGISTRY: dict[str, type[Policy]] = {
+    "alisa": AlisaPolicy, "dense-gpu": DenseGpuPolicy, "flexgen": FlexGenPolicy, "vllm": VllmPolicy,
+    "accelerate": AcceleratePolicy, "zero-inference": ZeroInferencePolicy, "h2o": H2OPolicy,
+}
 
 
 def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:

@@ -82,8 +82,10 @@ class AlisaPolicy(Policy):
         budget = self.cfg.gpu_kv_budget_gb * GB if self.cfg.gpu_kv_budget_gb is not None else None
         wl = self.sc.workload
         a_max, _ = swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        # without an explicit budget, keep at least the window resident plus staging
-        min_kv = (self.batch * self.model.num_layers * self.coster.kv_bytes * a_max
+        # without an explicit budget, weights come first: KV spills to host token by token,
+        # while a streamed layer costs all its weights every step. Reserve only the fetch
+        # staging plus a small resident cache (64 tokens per sequence and layer).
+        min_kv = (self.batch * self.model.num_layers * self.coster.kv_bytes * min(64, a_max)
                   + 2 * self.batch * a_max * max(self.coster.kv_bytes, self.coster.hidden_bytes))
         return plan_memory(self.model, self.batch, wl.prompt_len, hw.gpu_memory_bytes, hw.cpu_memory_bytes,
                            hw.gpu_reserved_gb * GB, budget, min_kv, allow_weight_offload=True)
@@ -190,7 +192,7 @@ class AlisaPolicy(Policy):
         self.recompute_steps += recomputed
         self.r_history.append(r)
         cpu_hidden = host if self.cfg.recompute else 0
-        cpu_kv = host - round(self.r_min * host)
+        cpu_kv = host - math.ceil(self.r_min * host - 1e-9)  # dropped KV rounds up: stay within the host
         return StepPlan(step, "III" if recomputed else "II", n, self.batch, layers, self.C, cpu_kv,
                         cpu_hidden, r, gpu_extra_bytes=self.staging_bytes)
 

@@ -1,0 +1,107 @@
+"""Baselines that differ from dense-gpu in where weights live or how much KV is kept.
+
+* ``accelerate`` — HuggingFace Accelerate's ``device_map="auto"`` offload: the layers that
+  fit stay on the GPU, the rest are copied from (pageable) host memory every forward,
+  synchronously by the module hooks (no prefetch). KV stays on the GPU; dense attention.
+  Leaves out: disk offload, Accelerate's own per-module overheads.
+* ``zero-inference`` — DeepSpeed ZeRO-Inference: all weights in pinned host memory,
+  streamed layer by layer with the next layer prefetched while this one computes; KV on
+  the GPU; dense attention. Leaves out: its KV offload option and NVMe offload.
+* ``h2o`` — H2O heavy-hitter eviction on the GPU only: the cache keeps ceil(kv_budget x n)
+  tokens (recent plus heavy hitters); evicted tokens are gone, so memory and attention
+  shrink with the budget. Leaves out: the accuracy side (``alisa accuracy`` has it) and
+  the score bookkeeping's own cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..hardware import GB
+from ..memory import MemoryLayout, plan_memory
+from ..models import layer_weight_bytes, weight_bytes
+from ..plan import LayerPlan, OutOfMemory, StepPlan
+from .base import Policy
+
+
+class _GpuKvPolicy(Policy):
+    """Shared: KV on the GPU, OOM when it no longer fits; per-layer weight streaming."""
+
+    stream_all = False       # every layer's weights come from host (zero-inference)
+    sync = False             # no prefetch (accelerate)
+    pageable = False
+
+    def plan_layout(self) -> MemoryLayout:
+        hw, pol, m = self.sc.hardware, self.sc.policy, self.model
+        budget = pol.gpu_kv_budget_gb * GB if pol.gpu_kv_budget_gb is not None else None
+        lay = plan_memory(m, self.batch, self.sc.workload.prompt_len, hw.gpu_memory_bytes, hw.cpu_memory_bytes,
+                          hw.gpu_reserved_gb * GB, budget, self._min_kv_bytes(), allow_weight_offload=True)
+        if self.stream_all:  # every layer streams; two layer buffers on the GPU
+            lw = layer_weight_bytes(m)
+            w_gpu = weight_bytes(m) - m.num_layers * lw + 2 * lw
+            free = lay.gpu_capacity_bytes - lay.reserved_bytes - lay.workspace_bytes - w_gpu
+            lay = MemoryLayout(lay.gpu_capacity_bytes, lay.cpu_capacity_bytes, lay.reserved_bytes, lay.workspace_bytes,
+                               w_gpu, m.num_layers * lw, m.num_layers, budget if budget is not None else max(0.0, free))
+        return lay
+
+    def _min_kv_bytes(self) -> float:
+        wl = self.sc.workload
+        return self.batch * self.model.num_layers * self.coster.kv_bytes * (wl.prompt_len + wl.gen_len)
+
+    def kept_tokens(self, n: int) -> int:
+        return n
+
+    def _layer(self, l: int, **kw) -> LayerPlan:  # type: ignore[no-untyped-def]
+        wb = self.weight_stream_bytes(l)
+        return LayerPlan(weight_h2d_bytes=wb, contiguous_fetch=True, sync_fetch=self.sync and wb > 0,
+                         pageable_fetch=self.pageable, **kw)
+
+    def _fits(self, n: int, step: int) -> OutOfMemory | None:
+        cap = self.kv_tokens_capacity(self.layout.kv_budget_bytes)
+        if n > cap:
+            need = n * self.batch * self.model.num_layers * self.coster.kv_bytes
+            return OutOfMemory("gpu", (
+                f"KV cache of {n} tokens x batch {self.batch} needs {need / GB:.2f} GB; "
+                f"the GPU has {self.layout.kv_budget_bytes / GB:.2f} GB for KV (holds {cap} tokens per sequence)"), step)
+        return None
+
+    def prefill(self) -> StepPlan | OutOfMemory:
+        p = self.sc.workload.prompt_len
+        kept = self.kept_tokens(p)
+        oom = self._fits(kept, -1)
+        if oom:
+            return oom
+        layers = tuple(self._layer(l, new_tokens=p, attended_tokens=p, prefill=True) for l in range(self.model.num_layers))
+        return StepPlan(-1, "prefill", p, self.batch, layers, kept, 0)
+
+    def decode(self, step: int) -> StepPlan | OutOfMemory:
+        n = self.sc.workload.prompt_len + step + 1
+        kept = self.kept_tokens(n)
+        oom = self._fits(kept, step)
+        if oom:
+            return oom
+        layers = tuple(self._layer(l, attended_tokens=kept) for l in range(self.model.num_layers))
+        return StepPlan(step, "I", n, self.batch, layers, kept, 0)
+
+
+class AcceleratePolicy(_GpuKvPolicy):
+    name = "accelerate"
+    sync = True
+    pageable = True
+
+
+class ZeroInferencePolicy(_GpuKvPolicy):
+    name = "zero-inference"
+    stream_all = True
+
+
+class H2OPolicy(_GpuKvPolicy):
+    name = "h2o"
+
+    def _min_kv_bytes(self) -> float:
+        wl = self.sc.workload
+        return self.batch * self.model.num_layers * self.coster.kv_bytes * self.kept_tokens(wl.prompt_len + wl.gen_len)
+
+    def kept_tokens(self, n: int) -> int:
+        b = self.sc.policy.kv_budget
+        return n if b >= 1.0 else max(1, min(n, math.ceil(b * n - 1e-9)))
