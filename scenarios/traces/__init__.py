@@ -1,0 +1,1 @@
+"""Selection traces recorded by `alisa accuracy --trace-out` (data only)."""
