@@ -29,10 +29,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from alisa.sim.plots import png_bytes
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     dense = [r for r in rows if r["policy"] == "dense"]
@@ -46,10 +45,7 @@ def plot_png(rows: list[dict[str, Any]], title: str) -> bytes:
     ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:

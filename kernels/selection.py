@@ -99,7 +99,6 @@ class LayerSelector:
     def mask(self, n: int) -> torch.Tensor:
         B, H = len(self.specs), self.H
         m = torch.zeros(B, H, n, dtype=torch.bool, device=self.dev)
-        pos = torch.arange(n, device=self.dev)
         for r, s in enumerate(self.specs):
             k = budget_tokens(s.budget, n)
             if s.name == "dense" or k >= n:
@@ -130,7 +129,6 @@ class LayerSelector:
                     else:
                         top = cand.topk(g, dim=-1).indices
                         m[r].scatter_(-1, top, True)
-        _ = pos
         return m
 
     def _h2o_keep(self, r: int, n: int, k: int, w: int) -> torch.Tensor:

@@ -122,7 +122,6 @@ class Engine:
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
         m_head = plan.batch  # logits for the last position of each sequence
         head_s = self.coster.lm_head_s(m_head)
-        label = "prefill" if plan.phase == "prefill" else f"step {plan.step}"
         if self._trace_cut is None and len(self.events) + 4 * len(times) > self.max_layer_events:
             self._trace_cut = plan.step
         start = env.now
@@ -188,7 +187,6 @@ class Engine:
         yield env.timeout(head_s)
         self._trace("GPU compute", "lm_head", s, head_s, {"step": plan.step})
         self._sim_events += 7 * L
-        _ = label
 
     def _record(self, plan: StepPlan, start: float) -> None:
         times = [self.coster.layer_times(lp) for lp in plan.layers]

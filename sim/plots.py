@@ -24,7 +24,8 @@ def _phase_spans(er: EngineResult) -> list[tuple[str, float, float]]:
     return spans
 
 
-def _png(fig: plt.Figure) -> bytes:
+def png_bytes(fig: plt.Figure) -> bytes:
+    """Render and close a figure (every PNG the project writes goes through here)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -51,7 +52,7 @@ def memory_plot(er: EngineResult, title: str, gpu_cap: float, cpu_cap: float) ->
     ax.set_ylabel("GB")
     ax.set_title(title, fontsize=10, pad=14)
     ax.legend(fontsize=8, loc="upper left")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def step_time_plot(er: EngineResult, title: str) -> bytes:
@@ -67,4 +68,4 @@ def step_time_plot(er: EngineResult, title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     if decode:
         ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)

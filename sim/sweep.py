@@ -86,11 +86,10 @@ def grouped_bars(rows: list[dict[str, Any]], title: str) -> bytes | None:
     keys = [k for k in rows[0] if k.startswith("param:")]
     if len({r["policy"] for r in rows}) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from .plots import png_bytes
 
     group_keys = [k for k in keys if k != "param:policy"]
     label = lambda r: "\n".join(f"{k.removeprefix('param:').split('.')[-1]}={r[k]}" for k in group_keys) or "all"  # noqa: E731
@@ -112,9 +111,4 @@ def grouped_bars(rows: list[dict[str, Any]], title: str) -> bytes | None:
     ax.set_ylabel("throughput (tokens/s)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

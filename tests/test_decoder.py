@@ -10,6 +10,11 @@ transformers = pytest.importorskip("transformers")
 from alisa.runtime.decoder import Decoder, KVCache, dense_causal  # noqa: E402
 
 
+def _pair(family: str):
+    m = _tiny(family)
+    return m, Decoder.from_hf(m)
+
+
 def _tiny(family: str):
     torch.manual_seed(0)
     if family == "llama":
@@ -27,8 +32,7 @@ def _tiny(family: str):
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_prefill_logits_match_transformers(family):
-    m = _tiny(family)
-    dec = Decoder.from_hf(m)
+    m, dec = _pair(family)
     ids = torch.randint(0, 97, (2, 40))
     with torch.no_grad():
         ref = m(ids).logits
@@ -38,8 +42,7 @@ def test_prefill_logits_match_transformers(family):
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_token_by_token_decode_matches_transformers(family):
-    m = _tiny(family)
-    dec = Decoder.from_hf(m)
+    m, dec = _pair(family)
     ids = torch.randint(0, 97, (1, 30))
     with torch.no_grad():
         ref = m(ids).logits

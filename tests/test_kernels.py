@@ -6,7 +6,6 @@ poisoned with NaN before each launch, so an unwritten element fails the comparis
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -152,4 +151,3 @@ def test_rejects_bad_inputs():
     with pytest.raises(TypeError):
         sparse_decode_attention(q.float()[:, :2], k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV),
                                 torch.ones(1, 2, device=DEV))
-    _ = math.pi

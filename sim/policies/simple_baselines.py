@@ -24,7 +24,7 @@ from ..plan import LayerPlan, OutOfMemory, StepPlan
 from .base import Policy
 
 
-class _GpuKvPolicy(Policy):
+class GpuKvPolicy(Policy):
     """Shared: KV on the GPU, OOM when it no longer fits; per-layer weight streaming."""
 
     stream_all = False       # every layer's weights come from host (zero-inference)
@@ -84,18 +84,18 @@ class _GpuKvPolicy(Policy):
         return StepPlan(step, "I", n, self.batch, layers, kept, 0)
 
 
-class AcceleratePolicy(_GpuKvPolicy):
+class AcceleratePolicy(GpuKvPolicy):
     name = "accelerate"
     sync = True
     pageable = True
 
 
-class ZeroInferencePolicy(_GpuKvPolicy):
+class ZeroInferencePolicy(GpuKvPolicy):
     name = "zero-inference"
     stream_all = True
 
 
-class H2OPolicy(_GpuKvPolicy):
+class H2OPolicy(GpuKvPolicy):
     name = "h2o"
 
     def _min_kv_bytes(self) -> float:
