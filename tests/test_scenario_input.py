@@ -128,3 +128,16 @@ def test_bundled_listing(capsys):
     out = capsys.readouterr().out
     for n in ("v100-32gb", "a100-40gb", "a100-80gb", "h100-80gb", "rtx-4090", "l4"):
         assert n in out
+
+
+def test_sweep_over_policies_draws_grouped_bars_and_survives_a_bad_point(write_yaml, tmp_path):
+    import json as _json
+
+    p = write_yaml({**GOOD, "sweep": {"policy": [{"name": "alisa", "gpu_kv_budget_gb": 2}, {"name": "dense-gpu"},
+                                                 {"name": "flexgen", "gpu_batch_size": 3}]}})
+    out = tmp_path / "sw"
+    assert main(["sweep", str(p), "--out", str(out), "--jobs", "1"]) == 0
+    assert (out / "sweep.png").stat().st_size > 0
+    res = _json.loads((out / "sweep.json").read_text())
+    assert [r["policy"] for r in res] == ["alisa", "dense-gpu", "flexgen"]
+    assert res[2]["oom"] and "does not divide" in res[2]["oom_reason"]   # a bad point is a row, not a crash
