@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from alisa.sim.costs import CostModel
 from alisa.sim.engine import Engine
-from alisa.sim.hardware import GB, HardwareProfile, OpTable
+from alisa.sim.hardware import HardwareProfile, OpTable
 from alisa.sim.memory import MemoryLayout
 from alisa.sim.models import kv_bytes_per_token
 from alisa.sim.plan import LayerPlan, StepPlan

@@ -1,4 +1,4 @@
-import math, sys, torch, traceback
+import sys, torch
 from alisa.kernels.swa_triton import sparse_decode_attention
 torch.manual_seed(0)
 def case(B,HQ,hkv,D,ctx,I,bn,splits):

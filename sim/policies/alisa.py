@@ -205,7 +205,6 @@ class AlisaPolicy(Policy):
         m = round(sum(misses) / len(misses))
         if m == 0:
             return self.r_min
-        hid = d2h if self.cfg.recompute else 0
         L = self.model.num_layers
         best_r, best_t = self.r_min, math.inf
         for r in R_GRID:
@@ -213,7 +212,7 @@ class AlisaPolicy(Policy):
                 continue
             rec = round(r * m)
             lp = LayerPlan(attended_tokens=a, h2d_kv_tokens=m - rec, recompute_tokens=rec,
-                           d2h_kv_tokens=d2h, d2h_hidden_tokens=hid)
+                           d2h_kv_tokens=d2h, d2h_hidden_tokens=d2h)  # recompute is on here
             t = self.coster.layer_times(lp)
             # uniform layers through a 3-stage pipeline: fill + (L-1) x bottleneck stage
             est = t.gather_s + t.h2d_s + t.compute_s + (L - 1) * max(t.gather_s, t.h2d_s, t.compute_s)
