@@ -86,6 +86,42 @@ class _TraceRecorder:
                               np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32))
 
 
+def masked_attention(dec: Decoder, q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, m: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode position: q [B, Hq, 1, d] over K, V [B, Hkv, n, d] restricted to mask m
+    [B, Hkv, n]. Returns (output [B, Hq, 1, d], masked weights and full-softmax weights,
+    both [B, Hkv, G, n])."""
+    c = dec.cfg
+    B, G = q.shape[0], c.num_heads // c.num_kv_heads
+    qg = q.view(B, c.num_kv_heads, G, c.head_dim)                                  # GQA groups
+    s = (qg @ K.transpose(-1, -2)) * dec.scale                                     # [B, Hkv, G, n]
+    p = s.masked_fill(~m[:, :, None], -math.inf).softmax(-1)
+    return (p @ V).view(B, c.num_heads, 1, c.head_dim), p, s.softmax(-1)
+
+
+def prefill_observed(dec: Decoder, ids: torch.Tensor, cache: KVCache, sels: list[LayerSelector],
+                     broadcast: int | None = None) -> torch.Tensor:
+    """Dense causal prefill of ids [b, P] that fills the cache and each layer's selector
+    (with `broadcast`, one row is run and copied to that many). Returns the hidden [B, P, h]."""
+    c = dec.cfg
+    b, P = ids.shape
+    G = c.num_heads // c.num_kv_heads
+    B = broadcast or b
+    pos = torch.arange(P, device=ids.device)
+    x = dec.embed(ids, pos)
+    causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).triu(1)
+    for layer in range(c.num_layers):
+        _, q, k, v = dec.qkv(layer, x, pos)
+        cache.append(layer, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+        qg = q.view(b, c.num_kv_heads, G, P, c.head_dim)
+        s = (qg @ k[:, :, None].transpose(-1, -2)) * dec.scale                      # [b, Hkv, G, P, P]
+        p = s.masked_fill(causal, -math.inf).softmax(-1)
+        sels[layer].observe_prefill(p.sum(2).expand(B, -1, -1, -1))
+        a = (p @ v[:, :, None]).view(b, c.num_heads, P, c.head_dim)
+        x = dec.finish_layer(layer, x, a)
+    return x.expand(B, -1, -1)
+
+
 def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: int, shared_heads: bool = False,
              trace_row: int | None = None, progress: Callable[[int], None] | None = None,
              ) -> tuple[list[RowMetrics], SelectionTrace | None]:
@@ -102,19 +138,7 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
 
     with torch.no_grad():
         # prefill: dense causal, identical for every row: run it once and broadcast
-        pos = torch.arange(prefill, device=ids.device)
-        x = dec.embed(ids[:prefill][None], pos)
-        causal = torch.ones(prefill, prefill, dtype=torch.bool, device=ids.device).triu(1)
-        for layer in range(c.num_layers):
-            _, q, k, v = dec.qkv(layer, x, pos)
-            cache.append(layer, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
-            qg = q.view(1, c.num_kv_heads, G, prefill, c.head_dim)
-            s = (qg @ k[:, :, None].transpose(-1, -2)) * dec.scale                  # [1, Hkv, G, P, P]
-            p = s.masked_fill(causal, -math.inf).softmax(-1)
-            sels[layer].observe_prefill(p.sum(2).expand(B, -1, -1, -1))
-            a = (p @ v[:, :, None]).view(1, c.num_heads, prefill, c.head_dim)
-            x = dec.finish_layer(layer, x, a)
-        x = x.expand(B, -1, -1)
+        x = prefill_observed(dec, ids[:prefill][None], cache, sels, broadcast=B)
 
         recall_acc = torch.zeros(B, dtype=torch.float64)
         for t in range(prefill, T - 1):
@@ -124,13 +148,9 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
             for layer in range(c.num_layers):
                 _, q, k, v = dec.qkv(layer, x, pos)
                 K, V = cache.append(layer, k, v)
-                qg = q.view(B, c.num_kv_heads, G, c.head_dim)                          # GQA groups
-                s = (qg @ K.transpose(-1, -2)) * dec.scale                            # [B, Hkv, G, n]
                 m = sels[layer].mask(n)                                               # [B, Hkv, n]
-                pd = s.softmax(-1)
+                out, p, pd = masked_attention(dec, q, K, V, m)
                 recall = (pd * m[:, :, None]).sum(-1).flatten(1).mean(-1)             # [B]
-                p = s.masked_fill(~m[:, :, None], -math.inf).softmax(-1)
-                out = (p @ V).view(B, c.num_heads, 1, c.head_dim)
                 sels[layer].observe(p.sum(2))
                 recall_acc += recall
                 if rec is not None:

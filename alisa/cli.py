@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -43,7 +46,8 @@ def render_summary(r: dict[str, Any]) -> str:
         ("peak host memory", _fmt_bytes(r["peak_cpu_bytes"])),
         ("H2D / D2H", f"{_fmt_bytes(r['h2d_bytes'])} / {_fmt_bytes(r['d2h_bytes'])}"),
         ("recomputed tokens", str(r["recomputed_tokens"])),
-        ("simulation wall time", f"{r['sim_wall_s']:.3f} s ({r['sim_events']} events)"),
+        (("simulation wall time", f"{r['sim_wall_s']:.3f} s ({r['sim_events']} events)") if r["backend"] == "sim"
+         else ("device", f"{r['real']['device']}, weights {r['real']['weights']}")),
     ]
     return head + "\n" + _table(rows)
 
@@ -55,18 +59,101 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     path = resolve_scenario(args.scenario)
     sc = load_scenario(path, args.set)
+    out = Path(args.out) if args.out else Path("results") / sc.name
     if args.backend == "real":
-        raise InputError("the real GPU backend is not built yet (it is planned; see README 'Status'); "
-                         "use --backend sim", field="--backend")
+        from alisa.runtime.executor import RealOptions
+        from alisa.runtime.run import run_real
+
+        result = run_real(sc, out, RealOptions(selection=args.selection, weights=args.weights), plots=not args.no_plots)
     else:
-        out = Path(args.out) if args.out else Path("results") / sc.name
         result = run_scenario(sc, out, plots=not args.no_plots)
-        print(render_summary(result))
-        print(f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png"))
-        print("open trace.json at https://ui.perfetto.dev (Open trace file) or chrome://tracing")
-        return 0
     print(render_summary(result))
+    print(f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png"))
+    print("open trace.json at https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return 0
+
+
+def _point_label(sc_name: str, params: dict[str, Any]) -> str:
+    parts = [sc_name] + [f"{k.split('.')[-1]}-{v.get('name') if isinstance(v, dict) else v}" for k, v in params.items()]
+    return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alisa.runtime.executor import RealOptions
+    from alisa.runtime.validate import compare, fmt_value, read_run, step_time_figure, summarize
+    from alisa.sim.atomic import write_bytes, write_text
+    from alisa.sim.bundled import resolve_scenario
+    from alisa.sim.runner import run_scenario
+    from alisa.sim.scenario import expand_sweep
+
+    points = []
+    for path in args.scenarios:
+        for params, sc in expand_sweep(resolve_scenario(path), args.set):
+            points.append((_point_label(sc.name, params), sc))
+    if len({p[0] for p in points}) != len(points):
+        raise InputError("two scenarios (or sweep points) share a name; give them distinct `name:` fields",
+                         field="name")
+    out = Path(args.out)
+    real_from = Path(args.real_from) if args.real_from else None
+    if real_from is not None:
+        missing = [lab for lab, _ in points if not (real_from / lab / "real" / "result.json").is_file()]
+        if missing:
+            raise InputError(f"no measured run for {', '.join(missing)}", file=str(real_from), field="--real-from")
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    opts = RealOptions(selection=args.selection, weights=args.weights)
+    from alisa.runtime.run import run_real
+
+    for label, sc in tqdm(points, desc="validate", unit="scenario", file=sys.stderr):
+        d = out / label
+        real_dir = (real_from / label / "real") if real_from else d / "real"
+        if real_from is None:
+            try:
+                run_real(sc, real_dir, opts, plots=False)
+            except InputError as e:
+                if len(points) == 1:
+                    raise
+                failures[label] = e.message()
+                print(f"alisa: {label}: {e.message()}", file=sys.stderr)
+                continue
+        if args.real_only:
+            continue
+        run_scenario(sc, d / "sim", plots=False)
+        sim, sim_steps = read_run(d / "sim")
+        real, real_steps = read_run(real_dir)
+        metrics = compare(sim, real)
+        point_rows = [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error}
+                      for m in metrics]
+        rows += point_rows
+        write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
+                                                      "real": real.get("real", {})}, indent=2))
+        write_bytes(d / "step_time_compare.png", step_time_figure(
+            sim_steps, real_steps, f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
+                                   f"({real.get('real', {}).get('device', '?')})"))
+        print(f"\n{label}")
+        for r in point_rows:
+            err = "n/a" if r["error"] is None else f"{100 * r['error']:+.1f}%"
+            print(f"  {r['metric']:26s} sim {fmt_value(r['metric'], r['sim']):>14s}  "
+                  f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}")
+    if args.real_only:
+        print(f"wrote measured runs under {out}" + (f"; failed: {', '.join(failures)}" if failures else ""))
+        return 0 if not failures else 1
+    summary = summarize(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["scenario", "metric", "sim", "real", "error"])
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out / "validation.csv", buf.getvalue())
+    write_text(out / "summary.json", json.dumps({"summary": summary, "failures": failures,
+                                                 "scenarios": [lab for lab, _ in points]}, indent=2))
+    print("\nmedian / worst |error| over scenarios")
+    for k, v in summary.items():
+        print(f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
+              f"({v['worst_scenario']}, n={v['n']})")
+    print(f"\nwrote {out}/validation.csv, summary.json and per-scenario folders")
+    return 0 if not failures else 1
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -240,6 +327,13 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selection", choices=("plan", "free"), default="plan",
+                   help="real backend: fetch the plan's count of misses (plan) or serve pure SWA (free)")
+    p.add_argument("--weights", choices=("auto", "random", "real"), default="auto",
+                   help="real backend: real weights where bundled (smollm2-135m), else random")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="alisa", description="Sparsity-aware KV caching: simulator and tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -249,9 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default results/<scenario name>)")
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override a field of the resolved scenario, e.g. workload.batch_size=32")
-    r.add_argument("--backend", choices=("sim", "real"), default="sim")
+    r.add_argument("--backend", choices=("sim", "real"), default="sim",
+                   help="sim: the SimPy model; real: run the plans on this machine's CUDA GPU")
+    _real_flags(r)
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="run scenarios on both backends and report simulated vs measured")
+    v.add_argument("scenarios", nargs="+", help="scenario YAMLs or bundled names (sweeps expand to their points)")
+    v.add_argument("--out", default="results/validation")
+    v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _real_flags(v)
+    v.add_argument("--real-only", action="store_true", help="only the measured runs (e.g. on a GPU machine)")
+    v.add_argument("--real-from", metavar="DIR", help="compare with measured runs written by --real-only")
+    v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("sweep", help="run the Cartesian product of a scenario's `sweep:` lists")
     s.add_argument("scenario")

@@ -21,7 +21,10 @@ for stage in "$@"; do
     kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
     calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
     calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
+    realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
+    smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
+    val-*) bash benchmarks/validation_matrix.sh "$OUT" "${stage#val-}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -159,6 +159,21 @@ def _num_splits(batch_heads: int, max_len: int, block_n: int, device: torch.devi
     return max(1, min(want, math.ceil(max(1, max_len) / block_n), 64))
 
 
+def _split_plan(batch_heads: int, max_len: int, block_n: int, device: torch.device,
+                num_splits: int | None = None) -> tuple[int, int]:
+    """(splits, tokens per split) for an index list of max_len."""
+    S = num_splits or _num_splits(batch_heads, max_len, block_n, device)
+    chunk = max(block_n, math.ceil(max(1, max_len) / S / block_n) * block_n)
+    return max(1, math.ceil(max(1, max_len) / chunk)), chunk
+
+
+def combine_block(batch_heads: int, max_len: int, device: torch.device, block_n: int = 64) -> int:
+    """The combine kernel's compile-time block for an index list of max_len (the split
+    count rounded up to a power of two): each distinct value is one Triton compile."""
+    S, _ = _split_plan(batch_heads, max_len, block_n, device)
+    return max(2, triton.next_power_of_2(S))
+
+
 def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
                             lengths: torch.Tensor, sm_scale: float | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
@@ -186,9 +201,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     I = indices.shape[-1]
     lengths = lengths.to(torch.int32)
     max_len = I
-    S = num_splits or _num_splits(B * Hkv, max_len, block_n, q.device)
-    chunk = max(block_n, math.ceil(max(1, max_len) / S / block_n) * block_n)
-    S = max(1, math.ceil(max(1, max_len) / chunk))
+    S, chunk = _split_plan(B * Hkv, max_len, block_n, q.device, num_splits)
     f32 = torch.float32
     o_part = torch.empty(B, Hq, S, D, device=q.device, dtype=f32)
     lse_part = torch.empty(B, Hq, S, device=q.device, dtype=f32)

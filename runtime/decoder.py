@@ -109,15 +109,25 @@ class Decoder:
             x = x + F.embedding(positions + self.cfg.pos_offset, self.w["pos"])[None]
         return x
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [B, H, T, d] rotated by position (rotate-half convention, as transformers)."""
-        f = positions.float()[:, None] * self.inv_freq[None, :]
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions [T] (shared by the batch) or [B, T]; a caller decoding
+        one position through every layer computes them once (``qkv(..., rope=)``)."""
+        f = positions.float()[..., None] * self.inv_freq
         emb = torch.cat([f, f], dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        if emb.dim() == 3:
+            emb = emb[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor,
+              tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, H, T, d] rotated by position (rotate-half convention, as transformers);
+        positions [T] shared by the batch, or [B, T] per sequence."""
+        cos, sin = tables if tables is not None else self.rope_tables(positions, x.dtype)
         x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
-    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor,
+            rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer input x [B, T, h] -> (normed x, q [B,Hq,T,d], k [B,Hkv,T,d], v [B,Hkv,T,d])."""
         c = self.cfg
         B, T, _ = x.shape
@@ -128,12 +138,24 @@ class Decoder:
         k = y[..., qd:qd + kd].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
         v = y[..., qd + kd:].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
         if c.family == "llama":
-            q, k = self._rope(q, positions), self._rope(k, positions)
+            q, k = self._rope(q, positions, rope), self._rope(k, positions, rope)
         return xn, q, k, v
 
     def kv_from_input(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recompute K, V of tokens from their layer input x (ALISA's Phase III)."""
-        _, _, k, v = self.qkv(layer, x, positions)
+        """Recompute K, V [B, Hkv, T, d] of tokens from their layer input x [B, T, h] (ALISA's
+        Phase III): only the K and V rows of the fused projection, [h, 2 kv_dim]
+        (``kv_recompute_gemm_shape``). positions: [T] or [B, T]."""
+        c = self.cfg
+        B, T, _ = x.shape
+        xn = self._norm(x, f"{layer}.ln1")
+        qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        w = self.w[f"{layer}.qkv"][qd:]
+        bias = self.w.get(f"{layer}.qkv_b")
+        y = F.linear(xn, w, bias[qd:] if bias is not None else None)
+        k = y[..., :kd].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = y[..., kd:].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        if c.family == "llama":
+            k = self._rope(k, positions)
         return k, v
 
     def finish_layer(self, layer: int, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -150,3 +150,12 @@ def kv_recompute_gemm_shape(model: ModelSpec) -> tuple[int, int]:
 
 def lm_head_gemm_shape(model: ModelSpec) -> tuple[int, int]:
     return model.vocab_size, model.hidden_size
+
+
+def swa_importance_bytes(model: ModelSpec, batch: int, max_tokens: int, history: int, ring_tokens: int) -> int:
+    """GPU memory of SWA's importance bookkeeping, all layers: an fp32 score per token and
+    sequence, plus a ring of the last `history` steps' (token id int32, weight fp32) lists of
+    up to `ring_tokens` entries and their lengths (int32), so the oldest step can be taken
+    back out. Selection is per sequence (shared by its KV heads)."""
+    per_layer = batch * (max_tokens * 4 + history * ring_tokens * 8 + history * 4)
+    return model.num_layers * per_layer

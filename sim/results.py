@@ -13,6 +13,7 @@ from typing import Any
 
 from .atomic import write_bytes, write_text
 from .engine import LANES, EngineResult
+from .hardware import GB
 from .models import kv_bytes_per_token, weight_bytes
 from .scenario import Scenario
 
@@ -30,6 +31,7 @@ def scenario_summary(sc: Scenario) -> dict[str, Any]:
         "workload": sc.workload.model_dump(),
         "policy": sc.policy.model_dump(),
         "seed": sc.seed,
+        "gpu_reserved_bytes": int(sc.hardware.gpu_reserved_gb * GB),
         "kv_bytes_per_token": kv_bytes_per_token(sc.model),
         "weight_bytes": weight_bytes(sc.model),
     }

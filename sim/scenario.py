@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from .catalog import model_config
 from .errors import InputError
@@ -50,6 +50,18 @@ class AlisaPolicyConfig(_PolicyBase):
     selection_churn: float = Field(
         0.2, ge=0.0, le=1.0,
         description="without a trace: share of the global selection replaced each step (our choice)")
+    gpu_kv_budget_tokens: PositiveInt | None = Field(
+        None, description="GPU-resident KV per sequence and layer, in tokens (instead of gpu_kv_budget_gb); "
+                          "fetch staging and importance scores come on top")
+    importance_history: PositiveInt | None = Field(
+        None, description="steps of attention summed into a token's importance; default: the window "
+                          "length at the longest context (our choice)")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "AlisaPolicyConfig":
+        if self.gpu_kv_budget_gb is not None and self.gpu_kv_budget_tokens is not None:
+            raise ValueError("give gpu_kv_budget_gb or gpu_kv_budget_tokens, not both")
+        return self
 
 
 class DenseGpuPolicyConfig(_PolicyBase):

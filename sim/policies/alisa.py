@@ -5,18 +5,21 @@ window of w = round(local_fraction * a) recent tokens plus g = a - w globally im
 earlier ones. The GPU holds C tokens per sequence and layer (its KV budget):
 
 * Phase I   n <= C: all KV on the GPU, nothing moves.
-* Phase II  n > C: the n - C tokens the GPU cannot hold live on the host (the token the
-  cache evicts each step is written back, D2H; a fetched token keeps its host copy). Global selections not in the GPU cache
+* Phase II  n > C: the n - C tokens the GPU cannot hold live only on the host. When a run
+  will outgrow the cache, the host keeps a copy of every token, written as it is made
+  (write-through: one token per sequence and layer per step, D2H, plus its layer input x
+  with recompute on), so an eviction never waits on a write-back. Global selections not in the GPU cache
   cross PCIe as KV: gathered on the CPU into pinned staging, then one H2D copy per layer,
   the next layer's fetch overlapping this layer's compute.
 * Phase III a share r of those host-resident selections is fetched as the layer input x
   (hidden_size elements instead of 2 kv_dim) and its K, V recomputed on the GPU. r is
-  chosen each step to minimise the cost model's pipelined step time. Host memory holds x
-  for every spilled token while recompute is on; if host memory runs short, KV of a share
-  r_min of host tokens is dropped, and those must be recomputed (r >= r_min).
+  chosen each step to minimise the cost model's pipelined step time. If host memory runs
+  short, the KV of a share r_min of the host-only tokens is dropped (their x stays), and
+  those must be recomputed (r >= r_min).
 
-The GPU budget is split into a staging area (two layers' worth of fetched tokens, so the
-next layer's fetch can land while this layer computes) and a resident cache of C tokens
+The GPU budget is split into SWA's importance scores (``swa_importance_bytes``), a staging
+area (two layers' worth of fetched tokens, so the next layer's fetch can land while this
+layer computes) and a resident cache of C tokens
 per sequence and layer: the newest min(C, w) window tokens and K = max(0, C - w) earlier
 tokens (recently selected ones). Misses per step and layer:
 
@@ -40,6 +43,7 @@ import numpy as np
 
 from ..hardware import GB
 from ..memory import MemoryLayout, plan_memory
+from ..models import swa_importance_bytes
 from ..plan import LayerPlan, OutOfMemory, StepPlan
 from ..scenario import AlisaPolicyConfig
 from ..selection import ChurnModel, read_trace
@@ -68,85 +72,130 @@ class AlisaPolicy(Policy):
         # (another budget or sparsity) does not shift the rounding of later steps
         self.u = np.random.default_rng(scenario.seed).random((max(1, scenario.workload.gen_len), self.model.num_layers))
         wl = scenario.workload
-        self.a_max, _ = swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        self.staging_bytes = 2 * self.batch * self.a_max * max(self.coster.kv_bytes, self.coster.hidden_bytes)
-        self.C = self.kv_tokens_capacity(max(0.0, self.layout.kv_budget_bytes - self.staging_bytes))
-        self.host_tokens = 0          # per sequence and layer: tokens with a host copy
-        self.r_min = 0.0              # share of host tokens whose KV was dropped
+        self.n_max = wl.prompt_len + wl.gen_len
+        self.a_max, _ = swa_budget(self.n_max, self.cfg.kv_sparsity, self.cfg.local_fraction)
+        self.staging_bytes = self._staging_bytes()
+        self.C = self.kv_tokens_capacity(max(0.0, self.layout.kv_budget_bytes - self.staging_bytes
+                                                - self.importance_bytes()))
+        # write-through: when the run will outgrow the GPU cache, every token's KV (and its
+        # layer input x, with recompute) is copied to the host as it is made, so eviction
+        # never waits on a write-back and any token can be fetched or recomputed later
+        self.spills = self.n_max > self.C
+        self.r_min = 0.0              # share of host-only tokens whose KV was dropped
         self.recompute_steps = 0
         self.r_history: list[float] = []
 
     # -- layout ----------------------------------------------------------------
+    def importance_history(self) -> int:
+        """Steps summed into importance (our default: the window at the longest context)."""
+        wl = self.sc.workload
+        if self.cfg.importance_history is not None:
+            return self.cfg.importance_history
+        return swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)[1]
+
+    def importance_bytes(self) -> int:
+        """SWA's scores and history ring on the GPU (none without sparsity)."""
+        if self.cfg.kv_sparsity <= 0:
+            return 0
+        wl = self.sc.workload
+        n_max = wl.prompt_len + wl.gen_len
+        a_max, _ = swa_budget(n_max, self.cfg.kv_sparsity, self.cfg.local_fraction)
+        return swa_importance_bytes(self.model, self.batch, n_max, self.importance_history(),
+                                    max(wl.prompt_len, a_max))
+
+    def _staging_bytes(self) -> float:
+        wl = self.sc.workload
+        a_max, _ = swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)
+        return 2 * self.batch * a_max * max(self.coster.kv_bytes, self.coster.hidden_bytes)
+
     def plan_layout(self) -> MemoryLayout:
         hw = self.sc.hardware
-        budget = self.cfg.gpu_kv_budget_gb * GB if self.cfg.gpu_kv_budget_gb is not None else None
+        per_token = self.batch * self.model.num_layers * self.coster.kv_bytes
+        extra = self._staging_bytes() + self.importance_bytes()
+        if self.cfg.gpu_kv_budget_tokens is not None:
+            budget = (self.cfg.gpu_kv_budget_tokens + 0.5) * per_token + extra  # + 0.5: no float floor loss
+        elif self.cfg.gpu_kv_budget_gb is not None:
+            budget = self.cfg.gpu_kv_budget_gb * GB
+        else:
+            budget = None
         wl = self.sc.workload
         a_max, _ = swa_budget(wl.prompt_len + wl.gen_len, self.cfg.kv_sparsity, self.cfg.local_fraction)
         # without an explicit budget, weights come first: KV spills to host token by token,
         # while a streamed layer costs all its weights every step. Reserve only the fetch
-        # staging plus a small resident cache (64 tokens per sequence and layer).
-        min_kv = (self.batch * self.model.num_layers * self.coster.kv_bytes * min(64, a_max)
-                  + 2 * self.batch * a_max * max(self.coster.kv_bytes, self.coster.hidden_bytes))
+        # staging, the importance scores and a small resident cache (64 tokens per sequence and layer).
+        min_kv = per_token * min(64, a_max) + extra
         return plan_memory(self.model, self.batch, wl.prompt_len, hw.gpu_memory_bytes, hw.cpu_memory_bytes,
                            hw.gpu_reserved_gb * GB, budget, min_kv, allow_weight_offload=True)
 
     # -- memory ----------------------------------------------------------------
-    def _host_bytes(self, host_tokens: int, r_min: float) -> float:
-        per = self.coster.kv_bytes * (1.0 - r_min) + (self.coster.hidden_bytes if self.cfg.recompute else 0)
-        return self.layout.cpu_static_bytes + self.batch * self.model.num_layers * host_tokens * per
+    def _host_bytes(self, n: int, r_min: float) -> float:
+        """Host copies of n tokens (write-through); KV of a share r_min of the host-only ones dropped."""
+        host_only = max(0, n - self.C)
+        kv_tokens = n - r_min * host_only
+        x_tokens = n if self.cfg.recompute else 0
+        per_seq_layer = kv_tokens * self.coster.kv_bytes + x_tokens * self.coster.hidden_bytes
+        return self.layout.cpu_static_bytes + self.batch * self.model.num_layers * per_seq_layer
 
-    def _fit_host(self, host_tokens: int, step: int) -> OutOfMemory | None:
+    def _fit_host(self, n: int, step: int) -> OutOfMemory | None:
         """Raise r_min (drop KV, keep x) until host memory fits; OOM if even that fails."""
         cap = self.layout.cpu_capacity_bytes
-        if self._host_bytes(host_tokens, self.r_min) <= cap:
+        if self._host_bytes(n, self.r_min) <= cap:
             return None
         if not self.cfg.recompute:
             return OutOfMemory("cpu", (
-                f"host KV of {host_tokens} tokens x batch {self.batch} needs "
-                f"{self._host_bytes(host_tokens, 0.0) / GB:.2f} GB; host memory is {cap / GB:.2f} GB"), step)
-        kv_all = self.batch * self.model.num_layers * host_tokens * self.coster.kv_bytes
-        over = self._host_bytes(host_tokens, 0.0) - cap
-        r = min(1.0, over / kv_all) if kv_all > 0 else 1.0
-        if self._host_bytes(host_tokens, r) > cap * (1 + 1e-12):
+                f"host copy of KV for {n} tokens x batch {self.batch} needs "
+                f"{self._host_bytes(n, 0.0) / GB:.2f} GB; host memory is {cap / GB:.2f} GB"), step)
+        host_only = max(0, n - self.C)
+        kv_drop = self.batch * self.model.num_layers * host_only * self.coster.kv_bytes
+        over = self._host_bytes(n, 0.0) - cap
+        r = min(1.0, over / kv_drop) if kv_drop > 0 else 1.0
+        if self._host_bytes(n, r) > cap * (1 + 1e-12):
             return OutOfMemory("cpu", (
-                f"even with all host KV dropped, hidden states of {host_tokens} tokens x batch "
-                f"{self.batch} exceed host memory ({cap / GB:.2f} GB)"), step)
+                f"even with the KV of all {host_only} host-only tokens dropped, host copies for {n} tokens x "
+                f"batch {self.batch} exceed host memory ({cap / GB:.2f} GB)"), step)
         self.r_min = max(self.r_min, r)
         return None
+
+    def _host_plan_fields(self, n: int) -> tuple[int, int]:
+        """(cpu_kv_tokens, cpu_hidden_tokens) per sequence and layer after a step at context n."""
+        if not self.spills:
+            return 0, 0
+        dropped = math.ceil(self.r_min * max(0, n - self.C) - 1e-9)  # round up: stay within the host
+        return n - dropped, (n if self.cfg.recompute else 0)
 
     def _round(self, x: float, step: int, layer: int) -> int:
         """Stochastic rounding, monotone in x for a fixed (step, layer)."""
         base = math.floor(x)
         return base + int(self.u[step, layer] < (x - base))
 
+    def _extra_bytes(self) -> float:
+        return (self.staging_bytes if self.spills else 0.0) + self.importance_bytes()
+
     # -- plans -----------------------------------------------------------------
     def prefill(self) -> StepPlan | OutOfMemory:
         p = self.sc.workload.prompt_len
         L = self.model.num_layers
-        a, w = swa_budget(p, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        if p <= self.C:
-            layers = tuple(LayerPlan(new_tokens=p, attended_tokens=p, prefill=True,
-                                     weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
-            return StepPlan(-1, "prefill", p, self.batch, layers, p, 0)
         if self.C < 1:
             return self._too_small(-1)
-        spill = p - self.C
-        oom = self._fit_host(spill, -1)
-        if oom:
-            return oom
-        self.host_tokens = spill
-        hid = spill if self.cfg.recompute else 0
-        layers = tuple(LayerPlan(new_tokens=p, attended_tokens=p, prefill=True, d2h_kv_tokens=spill,
-                                 d2h_hidden_tokens=hid, weight_h2d_bytes=self.weight_stream_bytes(l))
-                       for l in range(L))
-        return StepPlan(-1, "prefill", p, self.batch, layers, self.C, spill, hid, 0.0,
-                        gpu_extra_bytes=self.staging_bytes, note="prompt exceeds GPU KV budget")
+        if self.spills:
+            oom = self._fit_host(p, -1)
+            if oom:
+                return oom
+        wt = p if self.spills else 0
+        layers = tuple(LayerPlan(new_tokens=p, attended_tokens=p, prefill=True, d2h_kv_tokens=wt,
+                                 d2h_hidden_tokens=wt if self.cfg.recompute else 0,
+                                 weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
+        cpu_kv, cpu_x = self._host_plan_fields(p)
+        return StepPlan(-1, "prefill", p, self.batch, layers, min(p, self.C), cpu_kv, cpu_x, 0.0,
+                        gpu_extra_bytes=self._extra_bytes(),
+                        note="prompt exceeds GPU KV budget" if p > self.C else "")
 
     def _too_small(self, step: int) -> OutOfMemory:
         return OutOfMemory("gpu", (
-            f"GPU KV budget ({self.layout.kv_budget_bytes / GB:.2f} GB) leaves no resident KV after the "
-            f"staging area for {self.a_max} fetched tokens x batch {self.batch} x 2 layers "
-            f"({self.staging_bytes / GB:.2f} GB); raise policy.gpu_kv_budget_gb or kv_sparsity"), step)
+            f"GPU KV budget ({self.layout.kv_budget_bytes / GB:.2f} GB) holds {self.C} tokens per sequence and "
+            f"layer after the staging area and importance scores ({self._extra_bytes() / GB:.2f} GB); "
+            f"raise policy.gpu_kv_budget_gb (or gpu_kv_budget_tokens) or kv_sparsity"),
+            step)
 
     def _misses(self, n: int, a: int, w: int, churn: float) -> float:
         """Expected selected tokens not GPU-resident, per sequence and layer (see module doc)."""
@@ -166,37 +215,33 @@ class AlisaPolicy(Policy):
         n = self.sc.workload.prompt_len + step + 1
         L = self.model.num_layers
         a, w = swa_budget(n, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        if n <= self.C:
-            layers = tuple(LayerPlan(attended_tokens=a, weight_h2d_bytes=self.weight_stream_bytes(l))
-                           for l in range(L))
-            return StepPlan(step, "I", n, self.batch, layers, n, 0)
+        wt = 1 if self.spills else 0   # write-through of the new token
+        wx = wt if self.cfg.recompute else 0
         if self.C < 1:
             return self._too_small(step)
-
-        host = max(self.host_tokens, n - self.C)
-        d2h = host - self.host_tokens
-        oom = self._fit_host(host, step)
-        if oom:
-            return oom
-        self.host_tokens = host
-
+        if self.spills:
+            oom = self._fit_host(n, step)
+            if oom:
+                return oom
+        cpu_kv, cpu_x = self._host_plan_fields(n)
+        if n <= self.C:
+            layers = tuple(LayerPlan(attended_tokens=a, d2h_kv_tokens=wt, d2h_hidden_tokens=wx,
+                                     weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
+            return StepPlan(step, "I", n, self.batch, layers, n, cpu_kv, cpu_x, gpu_extra_bytes=self._extra_bytes())
         churn = self.churn.at(step)
         misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
-        r = self._choose_ratio(misses, a, d2h)
+        r = self._choose_ratio(misses, a, wt, wx)
         layers = tuple(
             LayerPlan(attended_tokens=a, h2d_kv_tokens=m - round(r * m), recompute_tokens=round(r * m),
-                      d2h_kv_tokens=d2h, d2h_hidden_tokens=d2h if self.cfg.recompute else 0,
-                      weight_h2d_bytes=self.weight_stream_bytes(l))
+                      d2h_kv_tokens=wt, d2h_hidden_tokens=wx, weight_h2d_bytes=self.weight_stream_bytes(l))
             for l, m in enumerate(misses))
         recomputed = any(lp.recompute_tokens for lp in layers)
         self.recompute_steps += recomputed
         self.r_history.append(r)
-        cpu_hidden = host if self.cfg.recompute else 0
-        cpu_kv = host - math.ceil(self.r_min * host - 1e-9)  # dropped KV rounds up: stay within the host
         return StepPlan(step, "III" if recomputed else "II", n, self.batch, layers, self.C, cpu_kv,
-                        cpu_hidden, r, gpu_extra_bytes=self.staging_bytes)
+                        cpu_x, r, gpu_extra_bytes=self._extra_bytes())
 
-    def _choose_ratio(self, misses: list[int], a: int, d2h: int) -> float:
+    def _choose_ratio(self, misses: list[int], a: int, d2h_kv: int, d2h_x: int) -> float:
         """The recompute share minimising the pipelined step time (one representative layer)."""
         if not self.cfg.recompute:
             return 0.0
@@ -212,7 +257,7 @@ class AlisaPolicy(Policy):
                 continue
             rec = round(r * m)
             lp = LayerPlan(attended_tokens=a, h2d_kv_tokens=m - rec, recompute_tokens=rec,
-                           d2h_kv_tokens=d2h, d2h_hidden_tokens=d2h)  # recompute is on here
+                           d2h_kv_tokens=d2h_kv, d2h_hidden_tokens=d2h_x)
             t = self.coster.layer_times(lp)
             # uniform layers through a 3-stage pipeline: fill + (L-1) x bottleneck stage
             est = t.gather_s + t.h2d_s + t.compute_s + (L - 1) * max(t.gather_s, t.h2d_s, t.compute_s)

@@ -1,0 +1,122 @@
+"""The device the real backend runs on: streams, timestamps, named allocations.
+
+On a CUDA GPU there are three streams (compute, H2D, D2H) and times come from CUDA
+events. On the CPU (tests, with TRITON_INTERPRET=1) everything runs in order on one
+thread and times come from the host clock; the executor's logic is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alisa.sim.errors import InputError
+from alisa.sim.hardware import GB
+
+
+def require_cuda() -> torch.device:
+    """The GPU, or a clear error (the CLI turns it into exit code 2)."""
+    if not torch.cuda.is_available():
+        raise InputError("the real backend needs a CUDA GPU, and this machine has none that torch can use "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+                         "run the simulator instead (--backend sim)", field="--backend")
+    return torch.device("cuda")
+
+
+class GpuOutOfMemory(InputError):
+    pass
+
+
+@dataclass
+class Device:
+    dev: torch.device
+    allocated: dict[str, int] = field(default_factory=dict)   # pool name -> bytes
+    pinned_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.cuda = self.dev.type == "cuda"
+        if self.cuda:
+            self.compute = torch.cuda.current_stream(self.dev)
+            self.h2d = torch.cuda.Stream(self.dev)
+            self.d2h = torch.cuda.Stream(self.dev)
+        else:
+            self.compute = self.h2d = self.d2h = None
+
+    # -- memory -----------------------------------------------------------------------
+    def alloc(self, pool: str, shape: tuple[int, ...], dtype: torch.dtype, *, host: bool = False,
+              fill: float | None = None) -> torch.Tensor:
+        """A named buffer: on the GPU, or in pinned host memory (host=True). Running out
+        names the pool, its size and what is already held."""
+        n = 1
+        for s in shape:
+            n *= s
+        nbytes = n * torch.empty((), dtype=dtype).element_size()
+        try:
+            if host:
+                t = torch.empty(shape, dtype=dtype, pin_memory=self.cuda)
+                self.pinned_bytes += nbytes
+            else:
+                t = torch.empty(shape, dtype=dtype, device=self.dev)
+            if fill is not None:
+                t.fill_(fill)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e).lower() \
+                    and "cudaHostAlloc" not in str(e):
+                raise
+            where = "pinned host memory" if host else "GPU memory"
+            held = (f"{self.pinned_bytes / GB:.2f} GB pinned already" if host else
+                    f"{torch.cuda.memory_allocated(self.dev) / GB:.2f} GB allocated of "
+                    f"{torch.cuda.get_device_properties(self.dev).total_memory / GB:.2f} GB" if self.cuda else "")
+            raise GpuOutOfMemory(f"out of {where} allocating the {pool} ({nbytes / GB:.3f} GB; {held}); "
+                                 "lower the batch, the sequence length or the GPU KV budget", field=pool) from None
+        self.allocated[pool] = self.allocated.get(pool, 0) + nbytes
+        return t
+
+    def gpu_bytes_now(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.dev)
+        return sum(v for k, v in self.allocated.items() if not k.startswith("host"))
+
+    def gpu_peak_bytes(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.dev)
+        return self.gpu_bytes_now()
+
+    # -- streams ------------------------------------------------------------------------
+    def on(self, stream: Any) -> contextlib.AbstractContextManager:
+        return torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.dev)
+
+
+class Timeline:
+    """Timestamps on one clock: CUDA events recorded on a stream (resolved at the end) or
+    the host clock. ``host_now`` gives CPU-side work a time on the same axis."""
+
+    def __init__(self, device: Device) -> None:
+        self.d = device
+        device.sync()
+        self.origin_host = time.perf_counter()
+        self.origin = self.mark(device.compute)
+
+    def mark(self, stream: Any = None) -> Any:
+        if self.d.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record(stream)
+            return e
+        return time.perf_counter()
+
+    def host_now(self) -> float:
+        return time.perf_counter() - self.origin_host
+
+    def seconds(self, mark: Any) -> float:
+        """Seconds from the origin (call after a sync)."""
+        if self.d.cuda:
+            return self.origin.elapsed_time(mark) / 1e3
+        return mark - self.origin_host

