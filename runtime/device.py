@@ -7,7 +7,6 @@ thread and times come from the host clock; the executor's logic is the same.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,9 +67,13 @@ class Device:
                     and "cudaHostAlloc" not in str(e):
                 raise
             where = "pinned host memory" if host else "GPU memory"
-            held = (f"{self.pinned_bytes / GB:.2f} GB pinned already" if host else
-                    f"{torch.cuda.memory_allocated(self.dev) / GB:.2f} GB allocated of "
-                    f"{torch.cuda.get_device_properties(self.dev).total_memory / GB:.2f} GB" if self.cuda else "")
+            if host:
+                held = f"{self.pinned_bytes / GB:.2f} GB pinned already"
+            elif self.cuda:
+                total = torch.cuda.get_device_properties(self.dev).total_memory
+                held = f"{torch.cuda.memory_allocated(self.dev) / GB:.2f} GB allocated of {total / GB:.2f} GB"
+            else:
+                held = f"{self.gpu_bytes_now() / GB:.2f} GB allocated"
             raise GpuOutOfMemory(f"out of {where} allocating the {pool} ({nbytes / GB:.3f} GB; {held}); "
                                  "lower the batch, the sequence length or the GPU KV budget", field=pool) from None
         self.allocated[pool] = self.allocated.get(pool, 0) + nbytes
@@ -87,9 +90,6 @@ class Device:
         return self.gpu_bytes_now()
 
     # -- streams ------------------------------------------------------------------------
-    def on(self, stream: Any) -> contextlib.AbstractContextManager:
-        return torch.cuda.stream(stream) if self.cuda else contextlib.nullcontext()
-
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.dev)
@@ -97,7 +97,7 @@ class Device:
 
 class Timeline:
     """Timestamps on one clock: CUDA events recorded on a stream (resolved at the end) or
-    the host clock. ``host_now`` gives CPU-side work a time on the same axis."""
+    the host clock; host-side spans convert through ``origin_host``."""
 
     def __init__(self, device: Device) -> None:
         self.d = device
@@ -111,9 +111,6 @@ class Timeline:
             e.record(stream)
             return e
         return time.perf_counter()
-
-    def host_now(self) -> float:
-        return time.perf_counter() - self.origin_host
 
     def seconds(self, mark: Any) -> float:
         """Seconds from the origin (call after a sync)."""

@@ -341,7 +341,7 @@ class RealExecutor:
             self.free_misses.append(sel.free_misses)
             self.planned_misses.append(sum(misses) / len(misses))
         if fetching:
-            self.fetcher.submit(c.gather_job(sel, self.fetcher), after=self.last_d2h)
+            self.fetcher.submit(c.gather_job(sel, self.fetcher, self.tl.mark), after=self.last_d2h)
         trace = plan.step < self.opts.layer_trace_steps
         x = dec.embed(last[:, None], self.positions[pos:pos + 1])
         pv = self.positions[pos:pos + 1]

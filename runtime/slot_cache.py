@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -318,7 +318,7 @@ class SlotCache:
         return torch.cat((win, glob), dim=-1).to(torch.int32)
 
     # -- decode: landing fetched rows ------------------------------------------------------------
-    def gather_job(self, sel: StepSelection, fetcher: HostFetcher) -> Callable[[int], LayerFetch]:
+    def gather_job(self, sel: StepSelection, fetcher: HostFetcher, mark: Callable[[Any], Any]) -> Callable[[int], LayerFetch]:
         """The host worker's job for this step: per layer, gather the KV rows of the misses
         fetched as KV and the x rows of those recomputed into pinned staging, and copy
         them to the GPU staging of the layer's parity."""
@@ -328,23 +328,22 @@ class SlotCache:
         j = torch.arange(M)
         d = self.d
 
-        def rows_index(l: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, int]:
-            width = int((hi - lo).max()) if hi.numel() else 0
-            if width <= 0:
-                return torch.zeros(0, dtype=torch.int64), 0
+        def rows_index(l: int, lo: torch.Tensor, hi: torch.Tensor, width: int) -> torch.Tensor:
             src = (lo[:, None] + j[None, :width]).clamp(max=M - 1)
             ok = j[None, :width] < (hi - lo)[:, None]
             tok = mt[l].gather(1, src)
-            flat = torch.where(ok, tok * B + torch.arange(B)[:, None], 0)
-            return flat.flatten(), width
+            return torch.where(ok, tok * B + torch.arange(B)[:, None], 0).flatten()
 
         def job(l: int) -> LayerFetch:
             p = l % 2
             out = LayerFetch()
-            kv_idx, wk = rows_index(l, rec[l], cnt[l])
-            x_idx, wx = rows_index(l, torch.zeros_like(rec[l]), rec[l]) if self.keep_inputs else (None, 0)
+            wk, wx = sel.widths[l]
+            if not self.keep_inputs:
+                wx = 0
             if wk == 0 and wx == 0:
                 return out
+            kv_idx = rows_index(l, rec[l], cnt[l], wk) if wk else None
+            x_idx = rows_index(l, torch.zeros_like(rec[l]), rec[l], wx) if wx else None
             fetcher.before_gather(l)
             t0 = time.perf_counter()
             # 2-D row gathers (what calibration timed): one row per (token, sequence)
@@ -359,7 +358,7 @@ class SlotCache:
                 torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, x_idx, out=self.stage_x[p][:x_idx.numel()])
             t1 = time.perf_counter()
             fetcher.before_copy(l)
-            start = _mark(d)
+            start = mark(torch.cuda.current_stream(d.dev) if d.cuda else None)
             if wk:
                 self.land_kv[p][:n_rows].copy_(self.stage_kv[p][:n_rows], non_blocking=True)
                 out.h2d_bytes += n_rows * self.stage_kv[p][0].numel() * self.stage_kv[p].element_size()
@@ -371,9 +370,8 @@ class SlotCache:
                 self.land_x[p][:nx].copy_(self.stage_x[p][:nx], non_blocking=True)
                 out.h2d_bytes += nx * self.h * self.stage_x[p].element_size()
             out.gather_s = (t0, t1)
-            out.copy_marks = (start, _mark(d))
+            out.copy_marks = (start, mark(torch.cuda.current_stream(d.dev) if d.cuda else None))
             out.widths = (wk, wx)
-            assert sel.widths is None or sel.widths[l] == (wk, wx)
             return out
 
         return job
@@ -442,12 +440,3 @@ class SlotCache:
         lengths = torch.full((self.B, 1), sel.a, dtype=torch.int32, device=self.d.dev)
         importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
                           t % self.k_hist, sel.sel_tok[layer][:, None, :], lengths, scores, lse)
-
-
-def _mark(d: Device):  # type: ignore[no-untyped-def]
-    if d.cuda:
-        e = torch.cuda.Event(enable_timing=True)
-        e.record(torch.cuda.current_stream(d.dev))
-        return e
-    return time.perf_counter()
-
