@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from alisa.runtime.executor import RealOptions
         from alisa.runtime.run import run_real
 
-        result = run_real(sc, out, RealOptions(selection=args.selection, weights=args.weights), plots=not args.no_plots)
+        result = run_real(sc, out, RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager), plots=not args.no_plots)
     else:
         result = run_scenario(sc, out, plots=not args.no_plots)
     print(render_summary(result))
@@ -103,7 +103,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise InputError(f"no measured run for {', '.join(missing)}", file=str(real_from), field="--real-from")
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
-    opts = RealOptions(selection=args.selection, weights=args.weights)
+    opts = RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager)
     from alisa.runtime.run import run_real
 
     for label, sc in tqdm(points, desc="validate", unit="scenario", file=sys.stderr):
@@ -332,6 +332,8 @@ def _real_flags(p: argparse.ArgumentParser) -> None:
                    help="real backend: fetch the plan's count of misses (plan) or serve pure SWA (free)")
     p.add_argument("--weights", choices=("auto", "random", "real"), default="auto",
                    help="real backend: real weights where bundled (smollm2-135m), else random")
+    p.add_argument("--eager", action="store_true",
+                   help="real backend: run decode's norms, projections and MLP eagerly, not as CUDA graphs")
 
 
 def build_parser() -> argparse.ArgumentParser:

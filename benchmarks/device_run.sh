@@ -20,8 +20,12 @@ for stage in "$@"; do
     kbench) python3 benchmarks/kernels.py --out "$OUT" 2>&1 | tee "$OUT/kbench.log" | tail -120 ;;
     kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
     calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
+    # calibrate, then use the new profile for what follows (the ALISA plan's recompute ratio depends on it)
+    calibrate-use) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40
+                   cp "$OUT/h100-80gb-measured.yaml" hardware_profiles/h100-80gb-measured.yaml ;;
     calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
+    overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     val-*) bash benchmarks/validation_matrix.sh "$OUT" "${stage#val-}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;

@@ -11,6 +11,7 @@ from alisa.sim.costs import CostModel
 from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
+from .host_issue import host_section
 
 
 def _by_op(rows: list[dict]) -> dict[str, list[dict]]:
@@ -131,6 +132,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         "tables": tables,
         "meta": {**meta, "device": device, "fits": fits},
     }
+    host = host_section(rows)
+    if host is not None:
+        profile["host"] = host
     # GEMM tables, with the error of the analytic roofline at the measured peaks
     analytic = CostModel(HardwareProfile(**{**profile, "tables": {}}))
     for key in sorted(k for k in ops if k.startswith("gemm:")):

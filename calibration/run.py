@@ -67,6 +67,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     import triton
 
     from . import measure
+    from .host_issue import measure_host_issue
     from .profile import build_profile
 
     grid = measure.quick_grid() if quick else measure.full_grid(os.cpu_count() or 1)
@@ -97,6 +98,13 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
             "python": platform.python_version(), "models": list(models), "stage_seconds": stage_s,
             "wall_s": round(time.time() - t0, 1),
             "attention_kernel": "alisa.kernels.swa_triton.sparse_decode_attention (Triton)"}
+    # the host probes run scenarios, which need a hardware profile: this one, so far
+    if progress:
+        progress("host issue (real backend on tiny models)")
+    s = time.time()
+    rows += measure_host_issue(build_profile(rows, name, device, meta))
+    stage_s["host issue"] = round(time.time() - s, 2)
+    meta["wall_s"] = round(time.time() - t0, 1)
     return build_profile(rows, name, device, meta), rows
 
 

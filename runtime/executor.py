@@ -40,6 +40,7 @@ from alisa.sim.policies.dense_gpu import DenseGpuPolicy
 from alisa.sim.policies.flexgen import FlexGenPolicy
 from alisa.sim.scenario import Scenario
 
+from .decode_step import DecodeStep
 from .decoder import dense_causal
 from .device import Device, Timeline, require_cuda
 from .fetch import HostFetcher
@@ -58,6 +59,7 @@ class RealOptions:
     prompt_ids: torch.Tensor | None = None          # [B, P]; default: random ids, or the bundled text
     layer_trace_steps: int = 8                      # decode steps whose per-layer spans are traced
     act_dtype: Literal["auto", "float16", "float32"] = "auto"   # auto: fp16 on a GPU, fp32 on the CPU
+    graphs: bool = True                             # decode's dense parts as CUDA graphs (GPU only)
 
 
 @dataclass
@@ -127,6 +129,8 @@ class RealExecutor:
         self.dec = self.model.decoder
         self.positions = torch.arange(self.N, device=dev)
         self._build_cache()
+        self.step_fn = DecodeStep(self.dec, self.B, self.act_dtype, dev, graphs=self.opts.graphs,
+                                  keep_inputs=bool(self.slots and self.slots.keep_inputs))
 
     # -- setup -----------------------------------------------------------------------------------
     def _build_cache(self) -> None:
@@ -233,6 +237,7 @@ class RealExecutor:
                 importance_update(score, ring_idx, ring_w, ring_len, 0, idx[:, :1], lens[:, :1], sc, lse)
         if self.slots is not None and self.slots.int8:
             quantize_kv(torch.zeros(B, 1, 2, m.num_kv_heads, m.head_dim, device=d.dev, dtype=torch.float16))
+        self.step_fn.capture()
         d.sync()
 
     def _rehearse(self, steps: int = 2) -> None:
@@ -327,7 +332,7 @@ class RealExecutor:
     def _decode(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         if self.prefix is not None:
             return self._decode_prefix(plan, last)
-        dec, d, c = self.dec, self.d, self.slots
+        d, c, dec = self.d, self.slots, self.dec
         assert c is not None
         n = plan.context_len
         pos = n - 1
@@ -343,17 +348,16 @@ class RealExecutor:
         if fetching:
             self.fetcher.submit(c.gather_job(sel, self.fetcher, self.tl.mark), after=self.last_d2h)
         trace = plan.step < self.opts.layer_trace_steps
-        x = dec.embed(last[:, None], self.positions[pos:pos + 1])
-        pv = self.positions[pos:pos + 1]
+        st = self.step_fn
+        if d.cuda and c.write_through:
+            d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
+        st.begin(last, pos)
         lens = torch.full((self.B, self.m.num_kv_heads), a, dtype=torch.int32, device=d.dev)
-        rope = dec.rope_tables(pv, x.dtype) if self.m.family == "llama" else None
         h2d = d2h = recomputed = 0
-        q_dtype = torch.float16
         for l in range(self.m.num_layers):
             s = self.tl.mark(d.compute) if trace else None
-            x_in = x
-            _, q, k, v = dec.qkv(l, x, pv, rope)
-            d2h += c.write_new(l, sel, k, v, x_in, pos)
+            st.pre(l)
+            d2h += c.write_new(l, sel, st.rows[l], st.x_in[l], pos)
             if fetching:
                 f = self.fetcher.wait(l)
                 c.land(l, sel, f, dec.kv_from_input)
@@ -365,17 +369,17 @@ class RealExecutor:
                                        {"step": plan.step, "bytes": f.h2d_bytes}))
             K, V, ks, vs = c.kv_views(l)
             idx = sel.sel_slot[l][:, None, :].expand(self.B, self.m.num_kv_heads, a)
-            o, lse, scores = sparse_decode_attention(q[:, :, 0].to(q_dtype), K, V, idx, lens, dec.scale, ks, vs,
-                                                     return_scores=self.swa)
+            _, lse, scores = sparse_decode_attention(st.q[l], K, V, idx, lens, dec.scale, ks, vs,
+                                                     return_scores=self.swa, out=st.o)
             if self.swa:
-                c.observe(l, sel, scores, lse, self.P + plan.step)
-            x = dec.finish_layer(l, x, o[:, :, None].to(x.dtype))
+                c.observe(l, sel, scores, lse, self.P + plan.step, lens[:, :1])
+            st.post(l)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
         if sel.cpu is not None:
             recomputed = int(sel.cpu[2].sum())
         c.host_tokens_written = n if c.write_through else 0
-        tok = dec.logits(x[:, -1]).argmax(-1)
+        tok = st.end()
         if d.cuda and c.write_through:
             self.last_d2h = self.tl.mark(d.d2h)
         return tok, h2d, d2h, recomputed
@@ -388,26 +392,26 @@ class RealExecutor:
         cpu_prev, cpu_now = self.cpu_prev, plan.cpu_kv_tokens
         trace = plan.step < self.opts.layer_trace_steps
         pc.marks.clear()
-        x = dec.embed(last[:, None], self.positions[pos:pos + 1])
-        pv = self.positions[pos:pos + 1]
+        st = self.step_fn
+        st.begin(last, pos)
+        lists = pc.step_lists(n, cpu_prev)
         h2d = pc.prefetch(0, cpu_prev, self.tl.mark)
-        rope = dec.rope_tables(pv, x.dtype) if self.m.family == "llama" else None
         d2h = 0
         for l in range(self.m.num_layers):
             if l + 1 < self.m.num_layers:
                 h2d += pc.prefetch(l + 1, cpu_prev, self.tl.mark)
             s = self.tl.mark(d.compute) if trace else None
-            _, q, k, v = dec.qkv(l, x, pv, rope)
-            o = pc.attend(l, q[:, :, 0].to(torch.float16), k, v, n, cpu_prev, dec.scale)
+            st.pre(l)
+            pc.attend(l, st.q[l], st.rows[l], n, cpu_prev, dec.scale, lists, st.o)
             d2h += pc.spill(l, cpu_prev, cpu_now)
-            x = dec.finish_layer(l, x, o[:, :, None].to(x.dtype))
+            st.post(l)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
         if trace:
             for l, a, b in pc.marks:
                 self.spans.append(("H2D", f"L{l}", a, b, {"step": plan.step}))
         self.cpu_prev = pc.cpu_n = cpu_now
-        return dec.logits(x[:, -1]).argmax(-1), h2d, d2h, 0
+        return st.end(), h2d, d2h, 0
 
     # -- result -----------------------------------------------------------------------------------
     def _result(self, start: Any, step_marks: list, tokens: list[torch.Tensor], oom: OutOfMemory | None,

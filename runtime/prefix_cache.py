@@ -88,29 +88,36 @@ class PrefixCache:
             self.marks.append((layer, s, mark(None)))
         return cpu_prev * self.row_bytes
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int, cpu_prev: int,
-               scale: float) -> torch.Tensor:
-        """The new token's KV into the ring, then attention of q [B, Hq, d] over all n tokens."""
-        B = self.B
-        pos = n - 1
-        self.ring[layer][pos % self.G] = self._rows(k, v)[0]
-        Kr, Vr = token_major_views(self.ring[layer])
-        Hkv = Kr.shape[1]
+    def step_lists(self, n: int, cpu_prev: int) -> tuple[torch.Tensor, ...]:
+        """A step's index lists and lengths, the same for every layer: the GPU part (ring
+        slots of tokens cpu_prev..n-1) and the fetched host part (staging rows 0..cpu_prev-1)."""
+        B, Hkv = self.B, self.ring.shape[-2]
         idx = self._ring_slots(cpu_prev, n).to(torch.int32).expand(B, Hkv, n - cpu_prev)
         lens = torch.full((B, Hkv), n - cpu_prev, dtype=torch.int32, device=self.d.dev)
-        o, lse, _ = sparse_decode_attention(q, Kr, Vr, idx, lens, scale)
         if not cpu_prev:
-            return o
+            return idx, lens
+        idx2 = torch.arange(cpu_prev, device=self.d.dev, dtype=torch.int32).expand(B, Hkv, cpu_prev)
+        lens2 = torch.full((B, Hkv), cpu_prev, dtype=torch.int32, device=self.d.dev)
+        return idx, lens, idx2, lens2
+
+    def attend(self, layer: int, q: torch.Tensor, rows: torch.Tensor, n: int, cpu_prev: int, scale: float,
+               lists: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        """The new token's KV rows [B, 1, 2, Hkv, d] into the ring, then attention of q
+        [B, Hq, d] over all n tokens into out."""
+        self.ring[layer][(n - 1) % self.G] = rows[:, 0]
+        Kr, Vr = token_major_views(self.ring[layer])
+        if not cpu_prev:
+            sparse_decode_attention(q, Kr, Vr, lists[0], lists[1], scale, out=out)
+            return
+        o, lse, _ = sparse_decode_attention(q, Kr, Vr, lists[0], lists[1], scale)
         p = layer % 2
         if self.d.cuda:
             self.d.compute.wait_event(self.h2d_done[p])
         Ks, Vs = token_major_views(self.stage[p])
-        idx2 = torch.arange(cpu_prev, device=self.d.dev, dtype=torch.int32).expand(B, Hkv, cpu_prev)
-        lens2 = torch.full((B, Hkv), cpu_prev, dtype=torch.int32, device=self.d.dev)
-        o2, lse2, _ = sparse_decode_attention(q, Ks, Vs, idx2, lens2, scale)
+        o2, lse2, _ = sparse_decode_attention(q, Ks, Vs, lists[2], lists[3], scale)
         if self.d.cuda:
             self.consumed[p].record(self.d.compute)
-        return merge_attention(o, lse, o2, lse2)
+        out.copy_(merge_attention(o, lse, o2, lse2))
 
     def spill(self, layer: int, lo: int, hi: int) -> int:
         """Tokens [lo, hi) move from the ring to the host (after this step's attention)."""

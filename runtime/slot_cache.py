@@ -56,6 +56,7 @@ class StepSelection:
     dst_kv: torch.Tensor | None = None            # [L, B, WK] flat slots of KV-fetched rows
     dst_x: torch.Tensor | None = None             # [L, B, WX] flat slots of recomputed rows
     pos_x: torch.Tensor | None = None             # [L, B, WX] their positions
+    new_flat: torch.Tensor | None = None          # [L, B] flat slot (b * S + slot) of the new token
 
 
 class SlotCache:
@@ -136,11 +137,13 @@ class SlotCache:
 
     def _pack(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """k, v [B, Hkv, T, d] -> rows [B, T, 2, Hkv, d] in the cache's format (+ scales)."""
-        rows = torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16)
+        return self._format(torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16))
+
+    def _format(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """fp16 rows [..., 2, Hkv, d] -> the cache's format: as they are, or INT8 + scales."""
         if not self.int8:
             return rows, None
-        q, s = quantize_kv(rows.contiguous())
-        return q, s
+        return quantize_kv(rows.contiguous())
 
     def _write_slots(self, layer: int, flat_slots: torch.Tensor, rows: torch.Tensor, sc: torch.Tensor | None) -> None:
         """rows [B*T, 2, Hkv, d] into slots flat_slots (b * S + slot)."""
@@ -213,7 +216,7 @@ class SlotCache:
             empty = torch.zeros(L, B, 0, dtype=torch.int64, device=dev)
             z = torch.zeros(L, B, dtype=torch.int64, device=dev)
             new_slot = torch.full((L, B), new_tok, dtype=torch.int64, device=dev)
-            return StepSelection(n, a, sel, sel, new_slot, empty, empty, z, z)
+            return StepSelection(n, a, sel, sel, new_slot, empty, empty, z, z, new_flat=new_slot + self.b_ar * self.S)
         win = torch.arange(E, n, device=dev).expand(L, B, w)
         free_misses = 0.0
         if g > 0:
@@ -273,7 +276,7 @@ class SlotCache:
         new_slot = vict[..., 0]
         miss_slot = torch.where(valid[..., 1:], vict[..., 1:], self.C)
         s = StepSelection(n, a, sel_tok.to(torch.int32), sel_slot.to(torch.int32), new_slot, miss_tok, miss_slot,
-                          cnt, rec)
+                          cnt, rec, new_flat=new_slot + self.b_ar * self.S)
         if self.write_through:
             # one host round trip per step: the worker needs the miss lists to gather.
             # Everything rides in one float64 tensor (token ids < 2^53 are exact).
@@ -392,12 +395,11 @@ class SlotCache:
                               sc.reshape(B * wx, 2, self.Hkv) if sc is not None else None)
 
     # -- decode: the new token ------------------------------------------------------------------------
-    def write_new(self, layer: int, sel: StepSelection, k: torch.Tensor, v: torch.Tensor, x_in: torch.Tensor,
-                  pos: int) -> int:
-        """The new token's KV into its slot; with write-through, KV and x to the host too.
-        Returns D2H bytes."""
-        rows, sc = self._pack(k, v)                                          # [B, 1, 2, Hkv, d]
-        flat = sel.new_slot[layer] + self.b_ar * self.S
+    def write_new(self, layer: int, sel: StepSelection, rows16: torch.Tensor, x_in: torch.Tensor, pos: int) -> int:
+        """The new token's KV (rows [B, 1, 2, Hkv, d] fp16, as ``DecodeStep`` packs them)
+        into its slot; with write-through, KV and x to the host too. Returns D2H bytes."""
+        rows, sc = self._format(rows16)
+        flat = sel.new_flat[layer]
         self._write_slots(layer, flat, rows[:, 0], sc[:, 0] if sc is not None else None)
         if not self.write_through:
             return 0
@@ -435,8 +437,9 @@ class SlotCache:
         return self.L * self.host_tokens_written * per_tok + staging
 
     # -- decode: importance ---------------------------------------------------------------------------
-    def observe(self, layer: int, sel: StepSelection, scores: torch.Tensor, lse: torch.Tensor, t: int) -> None:
-        """Add this step's attention weights to the layer's importance (Triton kernel)."""
-        lengths = torch.full((self.B, 1), sel.a, dtype=torch.int32, device=self.d.dev)
+    def observe(self, layer: int, sel: StepSelection, scores: torch.Tensor, lse: torch.Tensor, t: int,
+                lengths: torch.Tensor) -> None:
+        """Add this step's attention weights to the layer's importance (Triton kernel);
+        lengths [B, 1] int32 holds the step's attended count (made once per step)."""
         importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
                           t % self.k_hist, sel.sel_tok[layer][:, None, :], lengths, scores, lse)

@@ -9,6 +9,12 @@ serves layers in order, so the next layer's fetch overlaps this layer's compute 
 write-back of this layer overlaps the next one. A step's fetches start when the step
 starts (its selection depends on the previous step's attention); its write-backs may
 run on into the next step. A step whose layers move nothing runs as one GPU interval.
+
+The host that issues the GPU work is a resource too (the profile's ``host`` costs; zero
+in datasheet profiles): a layer's compute starts no earlier than the host begins issuing
+it and ends no earlier than the host has issued all of it. The host runs ahead of the
+GPU across steps, except where a step needs a GPU result first (``host_round_trip``),
+and it waits for a layer's gathered rows before issuing that layer.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from .plan import OutOfMemory, StepPlan
 from .policies.base import Policy
 from .step_cost import LayerTimes
 
-LANES = ("GPU compute", "H2D", "D2H", "CPU")
+LANES = ("GPU compute", "H2D", "D2H", "CPU", "Host")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Engine:
         self.records: list[StepRecord] = []
         self.oom: OutOfMemory | None = None
         self._d2h_tail: simpy.Event | None = None
+        self._host_free = 0.0     # when the host has issued everything so far
         self._trace_cut: int | None = None
         self._peak_gpu = 0.0
         self._peak_cpu = 0.0
@@ -117,38 +124,78 @@ class Engine:
             self.events.append((lane, name, start, dur, args or {}))
 
     # -- one step --------------------------------------------------------------------
+    def _host_start(self, plan: StepPlan) -> float:
+        """When the host starts issuing this step's layers. It runs ahead of the GPU (launches
+        queue) unless the step needs a GPU result on the host first (``host_round_trip``):
+        then it waits for the previous step to finish, which is now."""
+        if plan.phase == "prefill":
+            return max(self._host_free, self.env.now)
+        pre = self.coster.step_host_s(plan.host_round_trip)
+        base = self.env.now if plan.host_round_trip else self._host_free
+        return base + pre
+
     def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
         env = self.env
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
         m_head = plan.batch  # logits for the last position of each sequence
         head_s = self.coster.lm_head_s(m_head)
-        if self._trace_cut is None and len(self.events) + 4 * len(times) > self.max_layer_events:
+        if self._trace_cut is None and len(self.events) + 5 * len(times) > self.max_layer_events:
             self._trace_cut = plan.step
         start = env.now
+        h0 = self._host_start(plan)
         moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
         if not moves:
-            total = sum(t.compute_s for t in times) + head_s
-            yield env.timeout(total)
+            # one GPU interval: layer l starts once the GPU is free and the host has begun
+            # issuing it, and cannot end before the host has issued all of it
+            g, h = start, h0
+            spans = []
+            for t in times:
+                s = max(g, h)
+                h += t.host_s
+                g = max(s + t.compute_s, h)
+                spans.append((s, g, h - t.host_s, t.host_s))
+            g = max(g, h) + head_s
+            self._host_free = h
+            yield env.timeout(g - start)
             self._sim_events += 1
             if self._trace_cut is None:
-                t0 = start
-                for l, t in enumerate(times):
-                    self._trace("GPU compute", f"L{l}", t0, t.compute_s, {"step": plan.step})
-                    t0 += t.compute_s
-                self._trace("GPU compute", "lm_head", t0, head_s, {"step": plan.step})
+                for l, (s, e, hs, hd) in enumerate(spans):
+                    self._trace("GPU compute", f"L{l}", s, e - s, {"step": plan.step})
+                    self._trace("Host", f"issue L{l}", hs, hd, {"step": plan.step})
+                self._trace("GPU compute", "lm_head", g - head_s, head_s, {"step": plan.step})
             return
         L = len(times)
         gathered = [env.event() for _ in range(L)]
         loaded = [env.event() for _ in range(L)]
         computed = [env.event() for _ in range(L)]
+        issue_at = [0.0] * L          # host: when it begins (start) and finishes (end) issuing layer l
+        issue_end = [0.0] * L
+        issuing = [env.event() for _ in range(L)]
 
         def cpu_proc():
+            if plan.host_round_trip and h0 > env.now:
+                yield env.timeout(h0 - env.now)   # the gather job is submitted after the round trip
             for l, t in enumerate(times):
                 if t.gather_s > 0:
                     s = env.now
                     yield env.timeout(t.gather_s)
                     self._trace("CPU", f"gather L{l}", s, t.gather_s, {"step": plan.step})
                 gathered[l].succeed()
+
+        def host_proc():
+            h = h0
+            for l, t in enumerate(times):
+                if t.gather_s > 0 or t.h2d_s > 0:
+                    yield gathered[l]          # the main thread waits for the worker's rows
+                    h = max(h, env.now)
+                if h > env.now:
+                    yield env.timeout(h - env.now)
+                issue_at[l] = h
+                issuing[l].succeed()
+                self._trace("Host", f"issue L{l}", h, t.host_s, {"step": plan.step})
+                h += t.host_s
+                issue_end[l] = h
+            self._host_free = h
 
         sync = [lp.sync_fetch for lp in plan.layers]
 
@@ -175,18 +222,21 @@ class Engine:
 
         env.process(cpu_proc())
         env.process(h2d_proc())
+        env.process(host_proc())
         if any(t.d2h_s for t in times):
             self._d2h_tail = env.process(d2h_proc(self._d2h_tail))
         for l, t in enumerate(times):
             yield loaded[l]
+            yield issuing[l]
             s = env.now
-            yield env.timeout(t.compute_s)
-            self._trace("GPU compute", f"L{l}", s, t.compute_s, {"step": plan.step})
+            end = max(s + t.compute_s, issue_end[l])
+            yield env.timeout(end - s)
+            self._trace("GPU compute", f"L{l}", s, end - s, {"step": plan.step})
             computed[l].succeed()
         s = env.now
         yield env.timeout(head_s)
         self._trace("GPU compute", "lm_head", s, head_s, {"step": plan.step})
-        self._sim_events += 7 * L
+        self._sim_events += 9 * L
 
     def _record(self, plan: StepPlan, start: float) -> None:
         times = [self.coster.layer_times(lp) for lp in plan.layers]

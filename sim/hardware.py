@@ -40,6 +40,31 @@ class OpTable(BaseModel):
         return self
 
 
+class HostIssue(BaseModel):
+    """Host time to issue the real backend's work, in microseconds. ``alisa calibrate``
+    measures it by running the executor on tiny models (so the GPU never waits on its own
+    work) at two depths and separating per-step from per-layer time. Zero everywhere (the
+    default, and datasheet profiles) models an executor whose host never holds the GPU up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefill_layer_us: float = Field(0.0, ge=0, description="one prefill layer")
+    layer_us: float = Field(0.0, ge=0, description="one decode layer: graph replays, the new token's KV, attention")
+    importance_us: float = Field(0.0, ge=0, description="SWA's importance update, per decode layer")
+    spill_layer_us: float = Field(0.0, ge=0, description="per decode layer of a run whose KV spills: write-through "
+                                                        "to the host, landing fetched rows")
+    recompute_us: float = Field(0.0, ge=0, description="per decode layer with Phase III recompute (eager)")
+    prefix_us: float = Field(0.0, ge=0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
+                                                   "its copy, a second attention, the merge")
+    step_us: float = Field(0.0, ge=0, description="per decode step: embedding, LM head, bookkeeping")
+    round_trip_us: float = Field(0.0, ge=0, description="per decode step that needs the GPU's selection on the host "
+                                                       "(ALISA with spilled KV): the wait, the copy, the worker's start")
+
+    @property
+    def is_zero(self) -> bool:
+        return not any(getattr(self, f) for f in type(self).model_fields)
+
+
 class HardwareProfile(BaseModel):
     """One GPU plus its host. Peak figures; efficiencies turn them into achieved rates."""
 
@@ -69,6 +94,7 @@ class HardwareProfile(BaseModel):
     int8_attention_overhead: float = Field(0.15, ge=0, description="extra time of dequant in attention")
     gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
     tables: dict[str, OpTable] = Field(default_factory=dict)
+    host: HostIssue = Field(default_factory=HostIssue, description="host issue costs of the real backend")
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 
     @field_validator("tables")

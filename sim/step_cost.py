@@ -3,7 +3,9 @@ schedulers' optimisers use.
 
 A layer's work splits over four resources that run concurrently: the CPU (gathering
 host-resident rows into pinned staging), the H2D copy engine, the GPU, and the D2H
-copy engine. ``LayerTimes`` gives each one's busy time for a LayerPlan.
+copy engine. ``LayerTimes`` gives each one's busy time for a LayerPlan, and the time
+the host takes to issue the layer's GPU work (``host_s``; zero unless the profile has
+measured the real backend's host costs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class LayerTimes:
     d2h_s: float
     h2d_bytes: float
     d2h_bytes: float
+    host_s: float = 0.0
 
 
 @dataclass
@@ -35,6 +38,7 @@ class StepCoster:
     batch: int
     cost: CostModel
     int8_kv: bool = False
+    swa: bool = False              # decode layers update SWA's importance scores
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -95,9 +99,27 @@ class StepCoster:
             h2d += c.h2d_s(act)
             fetch_bytes += act
             d2h_bytes += act
-        out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes)
+        out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes, self.host_issue_s(lp))
         self._cache[lp] = out
         return out
+
+    def host_issue_s(self, lp: LayerPlan) -> float:
+        """Host time to issue one layer's GPU work (the profile's ``host`` costs)."""
+        h = self.cost.hw.host
+        if lp.prefill:
+            return h.prefill_layer_us * 1e-6
+        us = h.layer_us + (h.importance_us if self.swa else 0.0)
+        if lp.contiguous_fetch:
+            us += h.prefix_us if lp.h2d_kv_tokens else 0.0
+        else:
+            us += h.spill_layer_us if lp.d2h_kv_tokens else 0.0
+            us += h.recompute_us if lp.recompute_tokens else 0.0
+        return us * 1e-6
+
+    def step_host_s(self, plan_round_trip: bool) -> float:
+        """Per decode step host time outside the layers (and the round trip, if any)."""
+        h = self.cost.hw.host
+        return (h.step_us + (h.round_trip_us if plan_round_trip else 0.0)) * 1e-6
 
     def pipelined_estimate_s(self, layers: tuple[LayerPlan, ...] | list[LayerPlan]) -> float:
         """Makespan of gather -> H2D -> compute over the layers (a 3-stage flow shop),
@@ -107,5 +129,5 @@ class StepCoster:
             t = self.layer_times(lp)
             g_end = g_end + t.gather_s
             h_end = max(h_end, g_end) + t.h2d_s
-            c_end = max(c_end, h_end) + t.compute_s
+            c_end = max(c_end, h_end) + max(t.compute_s, t.host_s)
         return c_end

@@ -115,8 +115,13 @@ class _FixedCoster:
     kv_bytes = 1
     hidden_bytes = 1
 
-    def __init__(self, times: dict[int, LayerTimes], head_s: float) -> None:
+    def __init__(self, times: dict[int, LayerTimes], head_s: float, step_s: float = 0.0,
+                 round_trip_s: float = 0.0) -> None:
         self.times, self.head_s = times, head_s
+        self.step_s, self.round_trip_s = step_s, round_trip_s
+
+    def step_host_s(self, round_trip: bool) -> float:
+        return self.step_s + (self.round_trip_s if round_trip else 0.0)
 
     def layer_times(self, lp: LayerPlan) -> LayerTimes:
         return self.times[lp.attended_tokens]
@@ -156,6 +161,33 @@ def test_engine_pipeline_matches_hand_schedule():
     assert er.total_time_s == pytest.approx(18.5)
     lanes = {e[0] for e in er.events}
     assert lanes == {"CPU", "H2D", "GPU compute", "D2H"}
+
+
+@pytest.mark.parametrize("compute, host, round_trip, ends", [
+    # host-bound: each layer ends when the host has issued it; the host runs on from 4.5
+    (1.0, 2.0, False, (5.0, 9.5)),
+    # the same with a round trip: the host waits for the GPU, then 1.5 s before issuing
+    (1.0, 2.0, True, (6.0, 12.0)),
+    # GPU-bound: the host issues ahead and its time is hidden after the first layer
+    (3.0, 1.0, False, (7.0, 13.5)),
+])
+def test_engine_host_issue_by_hand(compute, host, round_trip, ends):
+    coster = _FixedCoster({1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0)
+    step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=round_trip)
+    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
+    assert "Host" in {e[0] for e in er.events}
+
+
+def test_engine_host_waits_for_gathered_rows():
+    # layer A: gather 1, h2d 2, compute 3, host 4; layer B: gather 1, h2d 2, compute 1, host 4.
+    # host issues A over [1, 5] (after A's gather), B over [5, 9]; GPU A [3, 6], B [6, 9]; head [9, 9.5]
+    coster = _FixedCoster({1: LayerTimes(1, 2, 3, 0, 0, 0, 4), 2: LayerTimes(1, 2, 1, 0, 0, 0, 4)}, head_s=0.5)
+    step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1), LayerPlan(attended_tokens=2)), 0, 0)
+    er = Engine(_OnePlanPolicy([step], coster)).run()
+    assert er.steps[0].end_s == pytest.approx(9.5)
+    gpu = [(e[2], e[3]) for e in er.events if e[0] == "GPU compute" and e[1].startswith("L")]
+    assert gpu == [pytest.approx((3.0, 3.0)), pytest.approx((6.0, 3.0))]
 
 
 # -- cost model against hand-computed values -------------------------------------------

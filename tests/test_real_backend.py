@@ -102,6 +102,21 @@ def test_flexgen_offload_gives_the_dense_tokens():
     assert all(r.h2d_bytes > 0 for r in run.er.steps if r.phase != "prefill")
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("policy", [
+    {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},
+    {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
+], ids=["alisa-mixed", "flexgen"])
+def test_graphed_decode_gives_the_eager_tokens(policy):
+    """The decode step's graphs replay what the eager bodies compute (and are in use)."""
+    toks = {}
+    for graphs in (False, True):
+        ex = RealExecutor(tiny(policy, prompt=32, gen=20), opts(selection="free", graphs=graphs))
+        toks[graphs] = ex.run().tokens
+        assert ex.step_fn.captured == graphs
+    assert torch.equal(toks[True], toks[False])
+
+
 def test_unsupported_plans_are_refused_by_field():
     with pytest.raises(InputError) as e:
         RealExecutor(tiny({"name": "vllm"}), opts())

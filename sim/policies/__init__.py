@@ -20,5 +20,6 @@ REGISTRY: dict[str, type[Policy]] = {
 
 def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     cost = cost or CostModel(scenario.hardware)
-    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv)
+    swa = scenario.policy.name == "alisa" and scenario.policy.kv_sparsity > 0
+    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa)
     return REGISTRY[scenario.policy.name](scenario, coster)

@@ -227,7 +227,8 @@ class AlisaPolicy(Policy):
         if n <= self.C:
             layers = tuple(LayerPlan(attended_tokens=a, d2h_kv_tokens=wt, d2h_hidden_tokens=wx,
                                      weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
-            return StepPlan(step, "I", n, self.batch, layers, n, cpu_kv, cpu_x, gpu_extra_bytes=self._extra_bytes())
+            return StepPlan(step, "I", n, self.batch, layers, n, cpu_kv, cpu_x, gpu_extra_bytes=self._extra_bytes(),
+                            host_round_trip=self.spills)
         churn = self.churn.at(step)
         misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
         r = self._choose_ratio(misses, a, wt, wx)
@@ -239,7 +240,7 @@ class AlisaPolicy(Policy):
         self.recompute_steps += recomputed
         self.r_history.append(r)
         return StepPlan(step, "III" if recomputed else "II", n, self.batch, layers, self.C, cpu_kv,
-                        cpu_x, r, gpu_extra_bytes=self._extra_bytes())
+                        cpu_x, r, gpu_extra_bytes=self._extra_bytes(), host_round_trip=True)
 
     def _choose_ratio(self, misses: list[int], a: int, d2h_kv: int, d2h_x: int) -> float:
         """The recompute share minimising the pipelined step time (one representative layer)."""
@@ -259,8 +260,9 @@ class AlisaPolicy(Policy):
             lp = LayerPlan(attended_tokens=a, h2d_kv_tokens=m - rec, recompute_tokens=rec,
                            d2h_kv_tokens=d2h_kv, d2h_hidden_tokens=d2h_x)
             t = self.coster.layer_times(lp)
+            gpu = max(t.compute_s, t.host_s)   # a layer's GPU work cannot end before the host has issued it
             # uniform layers through a 3-stage pipeline: fill + (L-1) x bottleneck stage
-            est = t.gather_s + t.h2d_s + t.compute_s + (L - 1) * max(t.gather_s, t.h2d_s, t.compute_s)
+            est = t.gather_s + t.h2d_s + gpu + (L - 1) * max(t.gather_s, t.h2d_s, gpu)
             if est < best_t - 1e-15:
                 best_r, best_t = r, est
         return max(best_r, self.r_min)
