@@ -14,15 +14,14 @@ OUT/real_overhead.json with the command, machine and date.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from alisa.calibration.host_issue import time_methods
 from alisa.runtime.executor import RealExecutor, RealOptions
 from alisa.runtime.run import release_gpu
 from alisa.sim.runner import simulate
@@ -32,32 +31,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _record import append_record  # noqa: E402
 
 
-def timed(acc: dict[str, float], key: str, fn):  # type: ignore[no-untyped-def]
-    @functools.wraps(fn)
-    def wrap(*a, **kw):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
-    return wrap
-
-
 def measure(sc, graphs: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     ex = RealExecutor(sc, RealOptions(graphs=graphs))
-    acc: dict[str, float] = {}
-    ex._decode = timed(acc, "host_step", ex._decode)
+    spent = {"host_step": time_methods(ex, ("_decode",))["_decode"]}
     if ex.slots is not None:
-        ex.slots.select = timed(acc, "select", ex.slots.select)
+        spent["select"] = time_methods(ex.slots, ("select",))["select"]
     if ex.fetcher is not None:
-        ex.fetcher.wait = timed(acc, "fetch_wait", ex.fetcher.wait)
+        spent["fetch_wait"] = time_methods(ex.fetcher, ("wait",))["wait"]
     run = ex.run()
     del ex
     release_gpu()
     dec = [r for r in run.er.steps if r.phase != "prefill"]
     # the rehearsal's steps went through the same wrappers: count them out
     n_all = len(dec) + 2
-    out = {k: v / n_all * 1e3 for k, v in acc.items()}
+    out = {k: sum(v) / n_all * 1e3 for k, v in spent.items()}
     out["step_ms"] = sum(r.time_s for r in dec) / len(dec) * 1e3
     return out
 

@@ -27,28 +27,34 @@ def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen
                            "policy": policy, "seed": 0}, "<calibration host probe>")
 
 
-def _host_per_step(sc) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(mean host seconds per decode step, host seconds of the prefill) of one real run."""
-    from alisa.runtime.executor import RealExecutor
-    from alisa.runtime.run import release_gpu
+def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Wrap obj's methods so each call's host seconds are appended to the returned lists."""
+    spent: dict[str, list[float]] = {n: [] for n in names}
+    for name in names:
+        fn = getattr(obj, name)
 
-    ex = RealExecutor(sc)
-    spent: dict[str, list[float]] = {"decode": [], "prefill": []}
-    for name in ("_decode", "_prefill"):
-        fn = getattr(ex, name)
-
-        def wrap(*a, _fn=fn, _k=name.strip("_"), **kw):  # type: ignore[no-untyped-def]
+        def wrap(*a, _fn=fn, _out=spent[name], **kw):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             try:
                 return _fn(*a, **kw)
             finally:
-                spent[_k].append(time.perf_counter() - t0)
-        setattr(ex, name, wrap)
+                _out.append(time.perf_counter() - t0)
+        setattr(obj, name, wrap)
+    return spent
+
+
+def _host_per_step(sc) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(median host seconds per decode step, host seconds of the prefill) of one real run."""
+    from alisa.runtime.executor import RealExecutor
+    from alisa.runtime.run import release_gpu
+
+    ex = RealExecutor(sc)
+    spent = time_methods(ex, ("_decode", "_prefill"))
     ex.run()
     del ex
     release_gpu()
-    dec = sorted(spent["decode"][2:])       # the first two are the executor's rehearsal
-    return dec[len(dec) // 2], min(spent["prefill"])
+    dec = sorted(spent["_decode"][2:])       # the first two are the executor's rehearsal
+    return dec[len(dec) // 2], min(spent["_prefill"])
 
 
 PROBES: dict[str, dict[str, Any]] = {

@@ -6,7 +6,7 @@ decode step: captured in a CUDA graph, back to back, each after an L2 flush, les
 flushes' own time (``time_gpu``). Timing one launch between two events instead counts
 the host's dispatch and the GPU's idle wake-up (the first profile's 12288x4096 GEMM at
 8 tokens read 63 us that way against 36 us in a graph; the attention kernel 149 us
-against 30 us). The host's part is measured apart, by running the executor
+against 30 us: benchmarks/debug/host_costs.py on the lent H100). The host's part is measured apart, by running the executor
 (``host_issue``). Transfers use events around single copies; host-only work (CPU
 gathers) a monotonic clock. Inputs are random, never zeros.
 """

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from .decoder import Decoder
+from .slot_cache import kv_rows
 
 
 class DecodeStep:
@@ -46,8 +47,6 @@ class DecodeStep:
         self.tok = torch.zeros(batch, dtype=torch.long, device=device)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.q: list[torch.Tensor] = [self.o] * self.L        # [B, Hq, d] fp16, per layer
-        self.k: list[torch.Tensor] = [self.o] * self.L        # [B, Hkv, 1, d]
-        self.v: list[torch.Tensor] = [self.o] * self.L
         self.rows: list[torch.Tensor] = [self.o] * self.L     # [B, 1, 2, Hkv, d] fp16
         # the layer's input x, kept apart when it is written through to the host for
         # recompute (``x`` itself is overwritten by ``post`` while the D2H may still read)
@@ -73,8 +72,7 @@ class DecodeStep:
             self.x_in[l] = self.x.clone()
         _, q, k, v = self.dec.qkv(l, self.x, self.pos, self.rope)
         self.q[l] = q[:, :, 0].to(torch.float16)
-        self.k[l], self.v[l] = k, v
-        self.rows[l] = torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16).contiguous()
+        self.rows[l] = kv_rows(k, v).contiguous()
 
     def _post_body(self, l: int) -> None:
         self.x.copy_(self.dec.finish_layer(l, self.x, self.o[:, :, None].to(self.x.dtype)))

@@ -39,6 +39,11 @@ from .fetch import HostFetcher, LayerFetch
 NEG_INF = float("-inf")
 
 
+def kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """k, v [B, Hkv, T, d] -> fp16 cache rows [B, T, 2, Hkv, d] (a token's K and V together)."""
+    return torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16)
+
+
 @dataclass
 class StepSelection:
     n: int
@@ -137,7 +142,7 @@ class SlotCache:
 
     def _pack(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """k, v [B, Hkv, T, d] -> rows [B, T, 2, Hkv, d] in the cache's format (+ scales)."""
-        return self._format(torch.stack((k, v), dim=1).permute(0, 3, 1, 2, 4).to(torch.float16))
+        return self._format(kv_rows(k, v))
 
     def _format(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """fp16 rows [..., 2, Hkv, d] -> the cache's format: as they are, or INT8 + scales."""

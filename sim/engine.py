@@ -168,8 +168,7 @@ class Engine:
         gathered = [env.event() for _ in range(L)]
         loaded = [env.event() for _ in range(L)]
         computed = [env.event() for _ in range(L)]
-        issue_at = [0.0] * L          # host: when it begins (start) and finishes (end) issuing layer l
-        issue_end = [0.0] * L
+        issue_end = [0.0] * L          # when the host has issued all of layer l
         issuing = [env.event() for _ in range(L)]
 
         def cpu_proc():
@@ -190,7 +189,6 @@ class Engine:
                     h = max(h, env.now)
                 if h > env.now:
                     yield env.timeout(h - env.now)
-                issue_at[l] = h
                 issuing[l].succeed()
                 self._trace("Host", f"issue L{l}", h, t.host_s, {"step": plan.step})
                 h += t.host_s
