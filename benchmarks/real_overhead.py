@@ -1,13 +1,15 @@
 """Where a real decode step's time goes: host dispatch against GPU time, eager against
 CUDA-graphed, beside the simulator's step time for the same point.
 
-    python benchmarks/real_overhead.py --out OUT [--gen 64] [--points llama-7b:8,opt-6.7b:32]
+    python benchmarks/real_overhead.py --out OUT [--gen 64] [--points llama-7b:8,opt-6.7b:32] [--modes graph]
 
 For each point (model:batch) and policy of scenarios/validation/*.yaml it runs the real
-backend twice (graphs on, off) and reports per decode step: the measured time (CUDA
-events), the host time spent issuing it (perf_counter around the executor's step), the
-part of that in ALISA's selection (which ends in the step's one host round trip) and in
-waiting for the host fetch worker, and the simulator's time. Needs a CUDA GPU. Appends to
+backend (graphs off and on, or --modes) and reports per decode step: the measured time
+(CUDA events), the host time spent issuing it (perf_counter around the executor's step)
+and its parts in ms (graph replays or eager bodies: begin/pre/post/end; ALISA's
+selection, which ends in the step's one host round trip, staging, write-through, landing,
+waiting for the host fetch worker; FlexGen-like staging, prefetch, spill), and the
+simulator's time. Needs a CUDA GPU. Appends to
 OUT/real_overhead.json with the command, machine and date.
 """
 
@@ -31,13 +33,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _record import append_record  # noqa: E402
 
 
+# host time inside a step, by part: (object attribute, method names)
+PARTS = {"step_fn": ("begin", "pre", "post", "end"), "slots": ("select", "stage_step", "write_new_to_host", "land"),
+         "fetcher": ("wait",), "prefix": ("stage_step", "prefetch", "spill")}
+
+
 def measure(sc, graphs: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     ex = RealExecutor(sc, RealOptions(graphs=graphs))
     spent = {"host_step": time_methods(ex, ("_decode",))["_decode"]}
-    if ex.slots is not None:
-        spent["select"] = time_methods(ex.slots, ("select",))["select"]
-    if ex.fetcher is not None:
-        spent["fetch_wait"] = time_methods(ex.fetcher, ("wait",))["wait"]
+    for attr, names in PARTS.items():
+        obj = getattr(ex, attr)
+        if obj is not None:
+            for name, v in time_methods(obj, names).items():
+                spent[name if name != "wait" else "fetch_wait"] = v
     run = ex.run()
     del ex
     release_gpu()
@@ -55,6 +63,7 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--points", default="llama-7b:8,llama-7b:32,opt-6.7b:8")
     ap.add_argument("--policies", default="alisa,dense-gpu,flexgen")
+    ap.add_argument("--modes", default="eager,graph", help="eager, graph or both (comma-separated)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -69,14 +78,14 @@ def main() -> int:
             sim_dec = [r for r in er.steps if r.phase != "prefill"]
             row: dict[str, Any] = {"policy": pol, "model": model, "batch": int(batch),
                                    "sim_step_ms": sum(r.time_s for r in sim_dec) / len(sim_dec) * 1e3}
-            for graphs in (False, True):
-                m = measure(sc, graphs)
-                row.update({f"{'graph' if graphs else 'eager'}_{k}": v for k, v in m.items()})
+            line = f"{pol:9s} {model:9s} b{batch:>3s}  sim {row['sim_step_ms']:6.1f} ms"
+            for mode in args.modes.split(","):
+                m = measure(sc, mode == "graph")
+                row.update({f"{mode}_{k}": v for k, v in m.items()})
+                parts = " ".join(f"{k} {v:.2f}" for k, v in m.items() if k not in ("step_ms", "host_step"))
+                line += f" | {mode} step {m['step_ms']:6.1f} host {m['host_step']:6.1f} ({parts})"
             rows.append(row)
-            print(f"{pol:9s} {model:9s} b{batch:>3s}  sim {row['sim_step_ms']:6.1f} ms | eager step "
-                  f"{row['eager_step_ms']:6.1f} host {row['eager_host_step']:6.1f} | graph step "
-                  f"{row['graph_step_ms']:6.1f} host {row['graph_host_step']:6.1f} select "
-                  f"{row.get('graph_select', 0):5.2f} wait {row.get('graph_fetch_wait', 0):5.2f}", flush=True)
+            print(line, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     append_record(out / "real_overhead.json", rows, {"gen_len": args.gen})

@@ -1,11 +1,16 @@
 """Host time to issue the real backend's work, measured by running it.
 
-Each probe is a tiny model (hidden 512, so the GPU finishes every kernel long before the
-host issues the next) run by ``alisa.runtime``'s executor at two depths. The host time of
-a decode step, from a clock around the executor's step, is then per-step + depth x
-per-layer; the two depths separate them, and differences between probes separate the
-parts (``HostIssue``'s fields): dense layers, SWA's importance update, a spilling run's
-write-through and landing, recompute, a FlexGen-like host prefix.
+Each probe is a narrow model (hidden 512, so the host rather than the GPU sets the pace)
+run by ``alisa.runtime``'s executor on the validation matrix's workload shape (prompt
+512; ALISA at s = 0.8 with a 320-token cache and churn 0.6) at two depths and two batch
+sizes. The host time of a decode step, from a clock around the executor's step, is
+per-step + depth x per-layer: the depths separate those, the batch sizes give each part
+as fixed + per sequence, and differences between probes separate the parts
+(``HostIssue``'s fields): dense layers, SWA's importance update, a spilling run's
+write-through, waiting and landing, recompute, a FlexGen-like host prefix. The depths are
+8 and 32 because the per-layer cost of a spilling run grows with depth at first (the
+host worker's gathers and the main thread share the interpreter lock); 32 is the depth
+of the models the matrix runs.
 """
 
 from __future__ import annotations
@@ -13,17 +18,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-DEPTHS = (2, 8)
+DEPTHS = (8, 32)
+BATCHES = (8, 32)
+PROMPT = 512
 
 
-def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen: int):  # type: ignore[no-untyped-def]
+def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen: int,  # type: ignore[no-untyped-def]
+              batch: int = 8):
     from alisa.sim.scenario import build_scenario
 
     model = dict(name=f"probe-{layers}l", family="llama", num_layers=layers, hidden_size=512, num_heads=4,
                  num_kv_heads=4, head_dim=128, ffn_dim=1024, vocab_size=1024, activation="silu", norm="rmsnorm",
                  max_positions=4096)
     return build_scenario({"name": "host-probe", "model": model, "hardware": hardware,
-                           "workload": {"batch_size": 4, "prompt_len": 96, "gen_len": gen},
+                           "workload": {"batch_size": batch, "prompt_len": PROMPT, "gen_len": gen},
                            "policy": policy, "seed": 0}, "<calibration host probe>")
 
 
@@ -59,46 +67,70 @@ def _host_per_step(sc) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 
 PROBES: dict[str, dict[str, Any]] = {
     "dense": {"name": "dense-gpu"},
-    "swa": {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 4096},
-    "spill": {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 80, "recompute": False,
-              "selection_churn": 0.5},
-    "recompute": {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 80, "recompute": True,
-                  "recompute_ratio": 1.0, "selection_churn": 0.5},
+    "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
+    "spill": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": False,
+              "selection_churn": 0.6},
+    "recompute": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": True,
+                  "recompute_ratio": 1.0, "selection_churn": 0.6},
     "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
 }
 
 
-def measure_host_issue(hardware: dict[str, Any], gen: int = 40) -> list[dict]:
-    """Raw rows: host seconds per decode step (median) and of the prefill, per probe and depth."""
+def measure_host_issue(hardware: dict[str, Any], gen: int = 32) -> list[dict]:
+    """Raw rows: host seconds per decode step (median) and of the prefill, per probe, depth
+    and batch size."""
     rows: list[dict] = []
     for probe, policy in PROBES.items():
-        for L in DEPTHS:
-            step_s, prefill_s = _host_per_step(_scenario(L, policy, hardware, gen))
-            rows.append({"op": f"host_issue:{probe}", "size": float(L), "seconds": step_s, "layers": L,
-                         "prefill_seconds": prefill_s})
+        for B in BATCHES:
+            for L in DEPTHS:
+                step_s, prefill_s = _host_per_step(_scenario(L, policy, hardware, gen, B))
+                rows.append({"op": f"host_issue:{probe}", "size": float(L), "seconds": step_s, "layers": L,
+                             "batch": B, "prefill_seconds": prefill_s})
     return rows
 
 
-def host_section(rows: list[dict]) -> dict[str, float] | None:
-    """The profile's ``host`` section (microseconds) from ``measure_host_issue``'s rows."""
-    by: dict[tuple[str, int], dict] = {(r["op"].split(":", 1)[1], int(r["layers"])): r
-                                       for r in rows if r["op"].startswith("host_issue:")}
-    a, b = DEPTHS
-    if any((p, L) not in by for p in PROBES for L in DEPTHS):
-        return None
+def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, float]:
+    """The host fields (microseconds) at one batch size, from its probes' rows by (probe,
+    depth) at depths a < b."""
     fit: dict[str, tuple[float, float]] = {}     # probe -> (per step, per layer) seconds
     for p in PROBES:
         per_layer = (by[p, b]["seconds"] - by[p, a]["seconds"]) / (b - a)
         fit[p] = (by[p, a]["seconds"] - a * per_layer, per_layer)
-    us = lambda v: round(max(0.0, v) * 1e6, 2)  # noqa: E731
     pre = (by["dense", b]["prefill_seconds"] - by["dense", a]["prefill_seconds"]) / (b - a)
     return {
-        "prefill_layer_us": us(pre),
-        "layer_us": us(fit["dense"][1]),
-        "importance_us": us(fit["swa"][1] - fit["dense"][1]),
-        "spill_layer_us": us(fit["spill"][1] - fit["swa"][1]),
-        "recompute_us": us(fit["recompute"][1] - fit["spill"][1]),
-        "prefix_us": us(fit["prefix"][1] - fit["dense"][1]),
-        "step_us": us(fit["dense"][0]),
-        "round_trip_us": us(fit["spill"][0] - fit["swa"][0]),
+        "prefill_layer_us": pre * 1e6,
+        "layer_us": fit["dense"][1] * 1e6,
+        "importance_us": (fit["swa"][1] - fit["dense"][1]) * 1e6,
+        "spill_layer_us": (fit["spill"][1] - fit["swa"][1]) * 1e6,
+        "recompute_us": (fit["recompute"][1] - fit["spill"][1]) * 1e6,
+        "prefix_us": (fit["prefix"][1] - fit["dense"][1]) * 1e6,
+        "step_us": fit["dense"][0] * 1e6,
+        "round_trip_us": (fit["spill"][0] - fit["swa"][0]) * 1e6,
     }
+
+
+def host_section(rows: list[dict]) -> dict[str, Any] | None:
+    """The profile's ``host`` section from ``measure_host_issue``'s rows: each field as
+    [fixed, per sequence] microseconds, a line through its values at the two batch sizes
+    (rows without a batch, from older calibrations, give plain numbers)."""
+    by_batch: dict[int, dict[tuple[str, int], dict]] = {}
+    for r in rows:
+        if r["op"].startswith("host_issue:"):
+            by_batch.setdefault(int(r.get("batch", 0)), {})[(r["op"].split(":", 1)[1], int(r["layers"]))] = r
+    at: dict[int, dict[str, float]] = {}
+    for B, by in by_batch.items():
+        depths = sorted({L for _, L in by})
+        if len(depths) < 2 or any((p, L) not in by for p in PROBES for L in (depths[0], depths[-1])):
+            continue
+        at[B] = _section_at(by, depths[0], depths[-1])
+    if not at:
+        return None
+    if len(at) == 1:
+        (only,) = at.values()
+        return {k: round(max(0.0, v), 2) for k, v in only.items()}
+    b0, b1 = min(at), max(at)
+    out: dict[str, Any] = {}
+    for k in at[b0]:
+        slope = (at[b1][k] - at[b0][k]) / (b1 - b0)
+        out[k] = [round(at[b0][k] - b0 * slope, 2), round(slope, 3)]
+    return out

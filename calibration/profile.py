@@ -12,6 +12,7 @@ from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
+from .layer_gpu import decode_layer_section
 
 
 def _by_op(rows: list[dict]) -> dict[str, list[dict]]:
@@ -143,5 +144,8 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         mean_err, max_err = rel_errors(pred, np.array([r["seconds"] for r in g]))
         fits[key] = {"roofline_mean_rel_error": mean_err, "roofline_max_rel_error": max_err}
         add_table(key, g, mean_err)
+    decode = decode_layer_section(rows, profile)
+    if decode:
+        profile["decode_layer_us"] = decode
     HardwareProfile(**profile)  # fail here, not in a user's run, if anything is off
     return profile

@@ -68,6 +68,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
 
     from . import measure
     from .host_issue import measure_host_issue
+    from .layer_gpu import measure_decode_layers
     from .profile import build_profile
 
     grid = measure.quick_grid() if quick else measure.full_grid(os.cpu_count() or 1)
@@ -104,6 +105,11 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     s = time.time()
     rows += measure_host_issue(build_profile(rows, name, device, meta))
     stage_s["host issue"] = round(time.time() - s, 2)
+    if progress:
+        progress("decode layers (real backend graphs)")
+    s = time.time()
+    rows += measure_decode_layers(build_profile(rows, name, device, meta), models)
+    stage_s["decode layers"] = round(time.time() - s, 2)
     meta["wall_s"] = round(time.time() - t0, 1)
     return build_profile(rows, name, device, meta), rows
 

@@ -48,13 +48,17 @@ def _sparse_decode_split(
     ssb, ssh, ssn,
     sm_scale, Hkv, chunk,
     G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
-    INT8: tl.constexpr, WRITE_SCORES: tl.constexpr, DOT_F32: tl.constexpr,
+    INT8: tl.constexpr, WRITE_SCORES: tl.constexpr, DOT_F32: tl.constexpr, CHUNK_FROM_LEN: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)  # int64: b * stride overflows int32 past 2^31 elements
     split = tl.program_id(1)
     b = pid // Hkv
     hk = pid % Hkv
     n_idx = tl.load(LEN + b * slb + hk * slh)
+    if CHUNK_FROM_LEN:
+        # lengths known only on the device (a replayed CUDA graph): split this list's
+        # actual length evenly over the grid's splits, not the index buffer's width
+        chunk = tl.cdiv(tl.cdiv(n_idx, tl.num_programs(1)), BLOCK_N) * BLOCK_N
     start = split * chunk
     end = tl.minimum(start + chunk, n_idx)
 
@@ -179,6 +183,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                             return_scores: bool = False, num_splits: int | None = None,
                             block_n: int = 64, out: torch.Tensor | None = None, num_stages: int = 3,
+                            lengths_vary: bool = False,
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attention of q over the KV rows named by `indices` (see module and reference docs).
 
@@ -187,6 +192,10 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     `out` (optional, [B,Hq,D] in q's dtype) receives the result in place.
     num_stages: Triton's software-pipelining depth for the gather loop (benchmarks/kernels.py
     compares settings; 1 turns pipelining off).
+    lengths_vary: the lengths may be far below the index width and change between calls
+    without the host knowing (a CUDA graph replayed over growing lists in fixed buffers):
+    the grid is sized for the width, and each list's length is split evenly over it on
+    the device.
     """
     B, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -220,7 +229,7 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
         *(scores.stride() if return_scores else (0, 0, 0)),
         sm_scale if sm_scale is not None else 1.0 / math.sqrt(D), Hkv, chunk,
         G=G, BLOCK_G=BLOCK_G, BLOCK_N=block_n, BLOCK_D=BLOCK_D, D=D,
-        INT8=int8, WRITE_SCORES=return_scores, DOT_F32=dot_f32,
+        INT8=int8, WRITE_SCORES=return_scores, DOT_F32=dot_f32, CHUNK_FROM_LEN=lengths_vary,
         num_warps=4, num_stages=num_stages,
     )
     if out is None:
@@ -258,11 +267,13 @@ def _importance_update(
     swb, swh, sws, swn,
     srlb, srlh, srls,
     Hkv,
-    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SLOT_ON_DEVICE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
     hk = pid % Hkv
+    if SLOT_ON_DEVICE:
+        slot = tl.load(slot)
     # the step leaving the k-step window gives back what it added
     n_old = tl.load(RING_LEN + b * srlb + hk * srlh + slot * srls)
     for n0 in range(0, n_old, BLOCK_N):
@@ -292,9 +303,12 @@ def _importance_update(
 
 
 def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch.Tensor, ring_len: torch.Tensor,
-                      slot: int, indices: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
+                      slot: int | torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
                       lse: torch.Tensor, block_n: int = 128) -> None:
     """In place: score[b, hk, t] = weight token t received over the last k steps (k = ring slots).
+
+    slot: this step's ring slot, an int or a one-element int32 device tensor (read on the
+    device, so a captured CUDA graph can be replayed step after step).
 
     `scores`/`lse` are what ``sparse_decode_attention(..., return_scores=True)`` returned.
     score and ring_w are fp32; ring_idx int32; ring_len int32 [B, Hkv, k].
@@ -307,7 +321,8 @@ def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch
         scores, lse, indices, lengths, score, ring_idx, ring_w, ring_len, slot,
         *scores.stride(), *lse.stride(), *indices.stride(), *lengths.stride(), *score.stride(),
         *ring_idx.stride(), *ring_w.stride(), *ring_len.stride(), Hkv,
-        G=G, BLOCK_G=max(2, triton.next_power_of_2(G)), BLOCK_N=block_n, num_warps=4,
+        G=G, BLOCK_G=max(2, triton.next_power_of_2(G)), BLOCK_N=block_n,
+        SLOT_ON_DEVICE=isinstance(slot, torch.Tensor), num_warps=4,
     )
 
 

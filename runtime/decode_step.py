@@ -8,16 +8,21 @@ each is captured once as a CUDA graph and replayed:
 
 * ``begin``: token ids and position -> embedding, RoPE tables;
 * ``pre(l)``: norm, fused QKV projection, RoPE, and the new token's K/V packed as cache
-  rows [B, 1, 2, Hkv, d] (and a copy of the layer input, for a write-through of x);
-* ``post(l)``: output projection, residual, norm, MLP, residual, from the attention
-  output the caller wrote into ``o``;
+  rows [B, 1, 2, Hkv, d] (and a copy of the layer input, for a write-through of x),
+  then the cache's ``pre_hook(l)`` (the new row into its slot; FlexGen-like: attention
+  over the GPU part);
+* ``post(l)``: the cache's ``attend_hook(l)`` (the Triton attention, and SWA's
+  importance update, into ``o``), then output projection, residual, norm, MLP, residual;
 * ``end``: final norm, LM head, greedy token.
 
-What varies per step (which tokens are attended, fetched, recomputed; the Triton
-attention over them) stays eager between the graphs. All buffers are static: a graph
-reads and writes fixed addresses, so the attention kernel writes into ``o``, and a
-copy to the host of ``rows[l]`` or ``x_in[l]`` must finish before the next step's
-``pre(l)`` (the executor's compute stream waits for the D2H stream once per step).
+The attention kernels read the step's token lists and lengths from fixed device buffers
+that the cache fills before the step (``SlotCache.stage_step``, ``PrefixCache.stage_step``), so
+their launches replay too. What stays eager between the graphs is what changes shape or
+crosses streams: the write-through of the new token to the host, waiting for and
+landing fetched rows, recompute. All buffers are static: a graph reads and writes fixed
+addresses, so a copy to the host of ``rows[l]`` or ``x_in[l]`` must finish before the
+next step's ``pre(l)`` (the executor's compute stream waits for the D2H stream once per
+step).
 
 ``graphs=False`` runs the same bodies eagerly into the same buffers (the CPU, tests).
 """
@@ -34,7 +39,8 @@ from .slot_cache import kv_rows
 
 class DecodeStep:
     def __init__(self, dec: Decoder, batch: int, act_dtype: torch.dtype, device: torch.device,
-                 graphs: bool, keep_inputs: bool = False) -> None:
+                 graphs: bool, keep_inputs: bool = False, pre_hook: Callable[[int], None] | None = None,
+                 attend_hook: Callable[[int], None] | None = None) -> None:
         c = dec.cfg
         self.dec, self.B = dec, batch
         self.L = c.num_layers
@@ -52,6 +58,7 @@ class DecodeStep:
         # recompute (``x`` itself is overwritten by ``post`` while the D2H may still read)
         self.keep_inputs = keep_inputs
         self.x_in: list[torch.Tensor] = [self.x] * self.L
+        self.pre_hook, self.attend_hook = pre_hook, attend_hook
         self._g: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.captured = False
 
@@ -73,8 +80,12 @@ class DecodeStep:
         _, q, k, v = self.dec.qkv(l, self.x, self.pos, self.rope)
         self.q[l] = q[:, :, 0].to(torch.float16)
         self.rows[l] = kv_rows(k, v).contiguous()
+        if self.pre_hook is not None:
+            self.pre_hook(l)
 
     def _post_body(self, l: int) -> None:
+        if self.attend_hook is not None:
+            self.attend_hook(l)
         self.x.copy_(self.dec.finish_layer(l, self.x, self.o[:, :, None].to(self.x.dtype)))
 
     def _end_body(self) -> None:

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import torch
 
-from alisa.kernels.swa_triton import combine_block, importance_update, quantize_kv, sparse_decode_attention
 from alisa.sim.engine import EngineResult, StepRecord
 from alisa.sim.errors import InputError
 from alisa.sim.hardware import GB
@@ -44,7 +43,7 @@ from .decode_step import DecodeStep
 from .decoder import dense_causal
 from .device import Device, Timeline, require_cuda
 from .fetch import HostFetcher
-from .prefix_cache import PrefixCache, token_major_views
+from .prefix_cache import PrefixCache
 from .slot_cache import SlotCache
 from .weights import LoadedModel, load_model
 
@@ -131,6 +130,19 @@ class RealExecutor:
         self._build_cache()
         self.step_fn = DecodeStep(self.dec, self.B, self.act_dtype, dev, graphs=self.opts.graphs,
                                   keep_inputs=bool(self.slots and self.slots.keep_inputs))
+        self._hook_cache()
+
+    def _hook_cache(self) -> None:
+        """The cache's graph-safe parts run inside the step's graphs (``DecodeStep``)."""
+        st, scale = self.step_fn, self.dec.scale
+        if self.slots is not None:
+            c = self.slots
+            st.pre_hook = lambda l: c.place_new(l, st.rows[l])
+            st.attend_hook = lambda l: c.attend(l, st.q[l], scale, st.o)
+        else:
+            pc = self.prefix
+            st.pre_hook = lambda l: pc.attend_gpu_part(l, st.q[l], st.rows[l], scale, st.o)
+            st.attend_hook = lambda l: pc.attend_host_part(l, st.q[l], scale, st.o)
 
     # -- setup -----------------------------------------------------------------------------------
     def _build_cache(self) -> None:
@@ -151,11 +163,13 @@ class RealExecutor:
             self.s, self.lf = cfg.kv_sparsity, cfg.local_fraction
             C = min(p.C, self.N)
             spills = p.spills
+            widest = max(swa_budget(n, self.s, self.lf)[0] for n in range(self.P + 1, self.N + 1)) if self.swa \
+                else self.N
             self.slots = SlotCache(
                 d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=C if spills else self.N,
                 kv_heads=m.num_kv_heads, head_dim=m.head_dim, hidden=m.hidden_size, int8=cfg.int8_kv,
                 write_through=spills, keep_inputs=cfg.recompute, swa=self.swa, history=p.importance_history(),
-                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype)
+                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=widest)
         else:
             assert isinstance(p, DenseGpuPolicy)
             self.swa = False
@@ -163,7 +177,8 @@ class RealExecutor:
             self.slots = SlotCache(
                 d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=self.N, kv_heads=m.num_kv_heads,
                 head_dim=m.head_dim, hidden=m.hidden_size, int8=self.sc.policy.int8_kv, write_through=False,
-                keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype)
+                keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype,
+                attend_max=self.N)
         self.fetcher = HostFetcher(d, m.num_layers) if self.slots.write_through else None
 
     def prompt(self) -> torch.Tensor:
@@ -205,40 +220,10 @@ class RealExecutor:
                 self.fetcher.close()
 
     def _warm_up(self) -> None:
-        """Compile, before anything is timed, every Triton variant the run will launch: the
-        split count of the attention kernel (a compile-time block size of its combine
-        step) changes with the attended length. Uses the pools as K/V with index 0."""
-        d, m, B = self.d, self.m, self.B
-        lengths = set()
-        for n in range(self.P + 1, self.N + 1):
-            a = swa_budget(n, self.s, self.lf)[0] if self.swa else n
-            lengths.add(a)
-            if self.prefix is not None:
-                c = self.policy._cpu_tokens(n - 1)
-                lengths.update({max(1, n - c), max(1, c)})
-        by_splits: dict[int, int] = {}
-        for a in sorted(lengths):
-            by_splits.setdefault(combine_block(B * m.num_kv_heads, a, d.dev), a)
-        if self.slots is not None:
-            K, V, ks, vs = self.slots.kv_views(0)
-        else:
-            K, V = token_major_views(self.prefix.ring[0])
-            ks = vs = None
-        q = torch.zeros(B, m.num_heads, m.head_dim, device=d.dev, dtype=torch.float16)
-        for a in by_splits.values():
-            idx = torch.zeros(B, m.num_kv_heads, a, dtype=torch.int32, device=d.dev)
-            lens = torch.full((B, m.num_kv_heads), a, dtype=torch.int32, device=d.dev)
-            o, lse, sc = sparse_decode_attention(q, K, V, idx, lens, 1.0, ks, vs, return_scores=self.swa)
-            if self.swa:
-                c = self.slots
-                score = torch.zeros_like(c.score[0])
-                ring_idx, ring_w, ring_len = (torch.zeros_like(c.ring_idx[0]), torch.zeros_like(c.ring_w[0]),
-                                              torch.zeros_like(c.ring_len[0]))
-                importance_update(score, ring_idx, ring_w, ring_len, 0, idx[:, :1], lens[:, :1], sc, lse)
-        if self.slots is not None and self.slots.int8:
-            quantize_kv(torch.zeros(B, 1, 2, m.num_kv_heads, m.head_dim, device=d.dev, dtype=torch.float16))
+        """Capture the step's graphs (their warm-up runs compile the Triton kernels, which
+        see fixed buffer widths: one variant per run) before anything is timed."""
         self.step_fn.capture()
-        d.sync()
+        self.d.sync()
 
     def _rehearse(self, steps: int = 2) -> None:
         """Prefill and a few steps of the run, untimed, on a throwaway copy of the policy,
@@ -351,13 +336,13 @@ class RealExecutor:
         st = self.step_fn
         if d.cuda and c.write_through:
             d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
+        c.stage_step(sel, self.P + plan.step)
         st.begin(last, pos)
-        lens = torch.full((self.B, self.m.num_kv_heads), a, dtype=torch.int32, device=d.dev)
         h2d = d2h = recomputed = 0
         for l in range(self.m.num_layers):
             s = self.tl.mark(d.compute) if trace else None
             st.pre(l)
-            d2h += c.write_new(l, sel, st.rows[l], st.x_in[l], pos)
+            d2h += c.write_new_to_host(l, st.x_in[l], pos)
             if fetching:
                 f = self.fetcher.wait(l)
                 c.land(l, sel, f, dec.kv_from_input)
@@ -367,12 +352,6 @@ class RealExecutor:
                     self.host_spans.append(("CPU", f"gather L{l}", f.gather_s[0], f.gather_s[1], {"step": plan.step}))
                     self.spans.append(("H2D", f"L{l}", f.copy_marks[0], f.copy_marks[1],
                                        {"step": plan.step, "bytes": f.h2d_bytes}))
-            K, V, ks, vs = c.kv_views(l)
-            idx = sel.sel_slot[l][:, None, :].expand(self.B, self.m.num_kv_heads, a)
-            _, lse, scores = sparse_decode_attention(st.q[l], K, V, idx, lens, dec.scale, ks, vs,
-                                                     return_scores=self.swa, out=st.o)
-            if self.swa:
-                c.observe(l, sel, scores, lse, self.P + plan.step, lens[:, :1])
             st.post(l)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
@@ -385,7 +364,7 @@ class RealExecutor:
         return tok, h2d, d2h, recomputed
 
     def _decode_prefix(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
-        dec, d, pc = self.dec, self.d, self.prefix
+        d, pc = self.d, self.prefix
         assert pc is not None
         n = plan.context_len
         pos = n - 1
@@ -393,8 +372,8 @@ class RealExecutor:
         trace = plan.step < self.opts.layer_trace_steps
         pc.marks.clear()
         st = self.step_fn
+        pc.stage_step(n, cpu_prev)
         st.begin(last, pos)
-        lists = pc.step_lists(n, cpu_prev)
         h2d = pc.prefetch(0, cpu_prev, self.tl.mark)
         d2h = 0
         for l in range(self.m.num_layers):
@@ -402,9 +381,10 @@ class RealExecutor:
                 h2d += pc.prefetch(l + 1, cpu_prev, self.tl.mark)
             s = self.tl.mark(d.compute) if trace else None
             st.pre(l)
-            pc.attend(l, st.q[l], st.rows[l], n, cpu_prev, dec.scale, lists, st.o)
-            d2h += pc.spill(l, cpu_prev, cpu_now)
+            pc.wait_fetched(l)
             st.post(l)
+            pc.release(l)
+            d2h += pc.spill(l, cpu_prev, cpu_now)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
         if trace:

@@ -45,6 +45,16 @@ class PrefixCache:
         self.h2d_done = [torch.cuda.Event() for _ in range(2)] if device.cuda else []
         self.consumed = [torch.cuda.Event() for _ in range(2)] if device.cuda else []
         self.marks: list[tuple[int, object, object]] = []
+        # a step's lists in fixed buffers (the same for every layer), so that the attention
+        # launches can be captured once and replayed (``DecodeStep``): the new token's ring
+        # slot, the ring slots of the GPU part, and the lengths of both parts
+        self.Hkv = kv_heads
+        self.new_slot = device.alloc("step buffers", (1,), torch.int64, fill=0)
+        self.ring_idx = device.alloc("step buffers", (gpu_tokens,), torch.int32, fill=0)
+        self.len_gpu = device.alloc("step buffers", (batch, kv_heads), torch.int32, fill=0)
+        self.len_host = device.alloc("step buffers", (batch, kv_heads), torch.int32, fill=0)
+        self.stage_idx = torch.arange(max(1, cpu_max), device=device.dev, dtype=torch.int32)
+        self.part: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers  # GPU part's (out, lse)
 
     def reset(self) -> None:
         self.cpu_n = 0
@@ -88,36 +98,50 @@ class PrefixCache:
             self.marks.append((layer, s, mark(None)))
         return cpu_prev * self.row_bytes
 
-    def step_lists(self, n: int, cpu_prev: int) -> tuple[torch.Tensor, ...]:
-        """A step's index lists and lengths, the same for every layer: the GPU part (ring
-        slots of tokens cpu_prev..n-1) and the fetched host part (staging rows 0..cpu_prev-1)."""
-        B, Hkv = self.B, self.ring.shape[-2]
-        idx = self._ring_slots(cpu_prev, n).to(torch.int32).expand(B, Hkv, n - cpu_prev)
-        lens = torch.full((B, Hkv), n - cpu_prev, dtype=torch.int32, device=self.d.dev)
-        if not cpu_prev:
-            return idx, lens
-        idx2 = torch.arange(cpu_prev, device=self.d.dev, dtype=torch.int32).expand(B, Hkv, cpu_prev)
-        lens2 = torch.full((B, Hkv), cpu_prev, dtype=torch.int32, device=self.d.dev)
-        return idx, lens, idx2, lens2
+    def stage_step(self, n: int, cpu_prev: int) -> None:
+        """A step's lists into the fixed buffers: tokens cpu_prev..n-1 on the GPU (ring
+        slots), 0..cpu_prev-1 fetched (staging rows 0..cpu_prev-1)."""
+        self.new_slot.fill_((n - 1) % self.G)
+        self.ring_idx[: n - cpu_prev].copy_(self._ring_slots(cpu_prev, n))
+        self.len_gpu.fill_(n - cpu_prev)
+        self.len_host.fill_(cpu_prev)
 
-    def attend(self, layer: int, q: torch.Tensor, rows: torch.Tensor, n: int, cpu_prev: int, scale: float,
-               lists: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def _idx(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[None, None, :].expand(self.B, self.Hkv, flat.shape[0])
+
+    def attend_gpu_part(self, layer: int, q: torch.Tensor, rows: torch.Tensor, scale: float,
+                        out: torch.Tensor) -> None:
         """The new token's KV rows [B, 1, 2, Hkv, d] into the ring, then attention of q
-        [B, Hq, d] over all n tokens into out."""
-        self.ring[layer][(n - 1) % self.G] = rows[:, 0]
+        [B, Hq, d] over the GPU part (into out when there is no host part). Graph-safe."""
+        self.ring[layer].index_copy_(0, self.new_slot, rows.transpose(0, 1))
         Kr, Vr = token_major_views(self.ring[layer])
-        if not cpu_prev:
-            sparse_decode_attention(q, Kr, Vr, lists[0], lists[1], scale, out=out)
+        if not self.cpu_max:
+            sparse_decode_attention(q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale, out=out,
+                                    lengths_vary=True)
             return
-        o, lse, _ = sparse_decode_attention(q, Kr, Vr, lists[0], lists[1], scale)
-        p = layer % 2
-        if self.d.cuda:
-            self.d.compute.wait_event(self.h2d_done[p])
-        Ks, Vs = token_major_views(self.stage[p])
-        o2, lse2, _ = sparse_decode_attention(q, Ks, Vs, lists[2], lists[3], scale)
-        if self.d.cuda:
-            self.consumed[p].record(self.d.compute)
+        o, lse, _ = sparse_decode_attention(q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale,
+                                            lengths_vary=True)
+        self.part[layer] = (o, lse)
+
+    def wait_fetched(self, layer: int) -> None:
+        """The compute stream waits for the layer's host part to land (eager, between graphs)."""
+        if self.cpu_max and self.d.cuda:
+            self.d.compute.wait_event(self.h2d_done[layer % 2])
+
+    def attend_host_part(self, layer: int, q: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+        """Attention over the fetched host part, merged with the GPU part's into out. Graph-safe."""
+        if not self.cpu_max:
+            return
+        Ks, Vs = token_major_views(self.stage[layer % 2])
+        o2, lse2, _ = sparse_decode_attention(q, Ks, Vs, self._idx(self.stage_idx), self.len_host, scale,
+                                              lengths_vary=True)
+        o, lse = self.part[layer]
         out.copy_(merge_attention(o, lse, o2, lse2))
+
+    def release(self, layer: int) -> None:
+        """The layer's staging buffer may be refilled (after the step's attention over it)."""
+        if self.cpu_max and self.d.cuda:
+            self.consumed[layer % 2].record(self.d.compute)
 
     def spill(self, layer: int, lo: int, hi: int) -> int:
         """Tokens [lo, hi) move from the ring to the host (after this step's attention)."""

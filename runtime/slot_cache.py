@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from alisa.kernels.swa_triton import importance_update, quantize_kv
+from alisa.kernels.swa_triton import importance_update, quantize_kv, sparse_decode_attention
 
 from .device import Device
 from .fetch import HostFetcher, LayerFetch
@@ -68,7 +68,7 @@ class SlotCache:
     def __init__(self, device: Device, *, layers: int, batch: int, max_tokens: int, capacity: int,
                  kv_heads: int, head_dim: int, hidden: int, int8: bool, write_through: bool,
                  keep_inputs: bool, swa: bool, history: int, ring_tokens: int, max_fetch: int,
-                 act_dtype: torch.dtype) -> None:
+                 act_dtype: torch.dtype, attend_max: int) -> None:
         self.d = device
         dev = device.dev
         L, B, N, C = layers, batch, max_tokens, capacity
@@ -117,6 +117,21 @@ class SlotCache:
             self.ring_len = device.alloc("SWA importance", (L, B, 1, history), torch.int32, fill=0)
         self.host_tokens_written = 0
         self.b_ar = torch.arange(B, device=dev)
+        # this step's lists in fixed buffers, sized for the widest step of the run: the
+        # attention and importance kernels read them on the device (with the lengths),
+        # so their launches can be captured once and replayed (``DecodeStep``)
+        W = self.W = attend_max
+        self.sel_buf = device.alloc("step buffers", (L, B, W), torch.int32, fill=0)
+        if self.identity and not swa:          # dense: token t in slot t, every token attended
+            self.sel_buf.copy_(torch.arange(W, device=dev, dtype=torch.int32).expand(L, B, W))
+        self.tok_buf = (device.alloc("step buffers", (L, B, W), torch.int32, fill=0)
+                        if swa and not self.identity else self.sel_buf)
+        self.lens_buf = device.alloc("step buffers", (B, kv_heads), torch.int32, fill=0)
+        self.new_buf = device.alloc("step buffers", (L, B), torch.int64, fill=0)
+        self.ring_slot = device.alloc("step buffers", (1,), torch.int32, fill=0)
+        # per layer: the new token's rows as ``place_new`` wrote them (cache format), for the write-through
+        self.new_rows: list[torch.Tensor | None] = [None] * L
+        self.new_scales: list[torch.Tensor | None] = [None] * L
 
     def reset(self) -> None:
         """Forget every token (after a rehearsal); pool contents are overwritten by the prefill."""
@@ -399,15 +414,33 @@ class SlotCache:
             self._write_slots(layer, sel.dst_x[layer, :, :wx].reshape(-1), rows.reshape(B * wx, 2, self.Hkv, self.hd),
                               sc.reshape(B * wx, 2, self.Hkv) if sc is not None else None)
 
-    # -- decode: the new token ------------------------------------------------------------------------
-    def write_new(self, layer: int, sel: StepSelection, rows16: torch.Tensor, x_in: torch.Tensor, pos: int) -> int:
+    # -- decode: the step's buffers, the new token, attention -------------------------------------
+    def stage_step(self, sel: StepSelection, t: int) -> None:
+        """Copy a step's selection into the fixed buffers the captured kernels read."""
+        a = sel.a
+        self.lens_buf.fill_(a)
+        if not (self.identity and not self.swa):
+            self.sel_buf[:, :, :a].copy_(sel.sel_slot)
+            if self.tok_buf is not self.sel_buf:
+                self.tok_buf[:, :, :a].copy_(sel.sel_tok)
+        self.new_buf.copy_(sel.new_flat)
+        if self.swa:
+            self.ring_slot.fill_(t % self.k_hist)
+
+    def place_new(self, layer: int, rows16: torch.Tensor) -> None:
         """The new token's KV (rows [B, 1, 2, Hkv, d] fp16, as ``DecodeStep`` packs them)
-        into its slot; with write-through, KV and x to the host too. Returns D2H bytes."""
+        into its slot (``new_buf``). Graph-safe: fixed shapes and addresses."""
         rows, sc = self._format(rows16)
-        flat = sel.new_flat[layer]
-        self._write_slots(layer, flat, rows[:, 0], sc[:, 0] if sc is not None else None)
+        self._write_slots(layer, self.new_buf[layer], rows[:, 0], sc[:, 0] if sc is not None else None)
+        self.new_rows[layer], self.new_scales[layer] = rows, sc
+
+    def write_new_to_host(self, layer: int, x_in: torch.Tensor, pos: int) -> int:
+        """With write-through, the new token's KV (as ``place_new`` wrote it) and its layer
+        input x to the host copy at position pos. Returns D2H bytes."""
         if not self.write_through:
             return 0
+        rows, sc = self.new_rows[layer], self.new_scales[layer]
+        assert rows is not None, "place_new runs first"
         parts = [(self.host_kv[layer][pos], rows[:, 0])]
         if sc is not None:
             parts.append((self.host_scale[layer][pos], sc[:, 0]))
@@ -415,6 +448,17 @@ class SlotCache:
             parts.append((self.host_x[layer][pos], x_in[:, 0]))
         self._d2h(parts)
         return sum(src.numel() * src.element_size() for _, src in parts)
+
+    def attend(self, layer: int, q: torch.Tensor, scale: float, out: torch.Tensor) -> None:
+        """Attention of q [B, Hq, d] over the step's selection into out, and (SWA) this
+        step's weights into the layer's importance. Graph-safe: reads the step buffers."""
+        K, V, ks, vs = self.kv_views(layer)
+        idx = self.sel_buf[layer][:, None, :].expand(self.B, self.Hkv, self.W)
+        _, lse, scores = sparse_decode_attention(q, K, V, idx, self.lens_buf, scale, ks, vs,
+                                                 return_scores=self.swa, out=out, lengths_vary=True)
+        if self.swa:
+            importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
+                              self.ring_slot, self.tok_buf[layer][:, None, :], self.lens_buf[:, :1], scores, lse)
 
     def _d2h(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         d = self.d
@@ -440,11 +484,3 @@ class SlotCache:
             per_tok += self.host_x[0, 0].numel() * self.host_x.element_size()
         staging = sum(v for k, v in self.d.allocated.items() if k == "host fetch staging")
         return self.L * self.host_tokens_written * per_tok + staging
-
-    # -- decode: importance ---------------------------------------------------------------------------
-    def observe(self, layer: int, sel: StepSelection, scores: torch.Tensor, lse: torch.Tensor, t: int,
-                lengths: torch.Tensor) -> None:
-        """Add this step's attention weights to the layer's importance (Triton kernel);
-        lengths [B, 1] int32 holds the step's attended count (made once per step)."""
-        importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
-                          t % self.k_hist, sel.sel_tok[layer][:, None, :], lengths, scores, lse)

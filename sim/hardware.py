@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator,
+                      model_validator)
 
 from .errors import InputError
 
@@ -40,29 +41,40 @@ class OpTable(BaseModel):
         return self
 
 
+UsOrLine = Union[NonNegativeFloat, Tuple[float, float]]
+
+
 class HostIssue(BaseModel):
     """Host time to issue the real backend's work, in microseconds. ``alisa calibrate``
-    measures it by running the executor on tiny models (so the GPU never waits on its own
-    work) at two depths and separating per-step from per-layer time. Zero everywhere (the
-    default, and datasheet profiles) models an executor whose host never holds the GPU up."""
+    measures it by running the executor on narrow models (hidden 512: the host, not the
+    GPU, sets the pace) at two depths and two batch sizes, separating per-step from
+    per-layer time and fixed from per-sequence cost. Each field is a number, or
+    [fixed, per sequence] (its cost at batch b is fixed + b x per sequence). Zero
+    everywhere (the default, and datasheet profiles) models an executor whose host never
+    holds the GPU up."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prefill_layer_us: float = Field(0.0, ge=0, description="one prefill layer")
-    layer_us: float = Field(0.0, ge=0, description="one decode layer: graph replays, the new token's KV, attention")
-    importance_us: float = Field(0.0, ge=0, description="SWA's importance update, per decode layer")
-    spill_layer_us: float = Field(0.0, ge=0, description="per decode layer of a run whose KV spills: write-through "
-                                                        "to the host, landing fetched rows")
-    recompute_us: float = Field(0.0, ge=0, description="per decode layer with Phase III recompute (eager)")
-    prefix_us: float = Field(0.0, ge=0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
-                                                   "its copy, a second attention, the merge")
-    step_us: float = Field(0.0, ge=0, description="per decode step: embedding, LM head, bookkeeping")
-    round_trip_us: float = Field(0.0, ge=0, description="per decode step that needs the GPU's selection on the host "
-                                                       "(ALISA with spilled KV): the wait, the copy, the worker's start")
+    prefill_layer_us: UsOrLine = Field(0.0, description="one prefill layer")
+    layer_us: UsOrLine = Field(0.0, description="one decode layer: graph replays, the new token's KV, attention")
+    importance_us: UsOrLine = Field(0.0, description="SWA's importance update, per decode layer")
+    spill_layer_us: UsOrLine = Field(0.0, description="per decode layer of a run whose KV spills: write-through "
+                                                      "to the host, waiting for and landing fetched rows")
+    recompute_us: UsOrLine = Field(0.0, description="per decode layer with Phase III recompute (eager)")
+    prefix_us: UsOrLine = Field(0.0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
+                                                 "its copy, the stream waits, the spill")
+    step_us: UsOrLine = Field(0.0, description="per decode step: embedding, LM head, bookkeeping")
+    round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
+                                                     "(ALISA with spilled KV): the wait, the copy, the worker's start")
+
+    def at(self, name: str, batch: int) -> float:
+        """Field ``name`` at batch size ``batch``, in microseconds (never below zero)."""
+        v = getattr(self, name)
+        return max(0.0, v[0] + batch * v[1]) if isinstance(v, tuple) else float(v)
 
     @property
     def is_zero(self) -> bool:
-        return not any(getattr(self, f) for f in type(self).model_fields)
+        return not any(self.at(f, 1) for f in type(self).model_fields)
 
 
 class HardwareProfile(BaseModel):
@@ -95,6 +107,12 @@ class HardwareProfile(BaseModel):
     gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
     tables: dict[str, OpTable] = Field(default_factory=dict)
     host: HostIssue = Field(default_factory=HostIssue, description="host issue costs of the real backend")
+    decode_layer_us: dict[str, Tuple[float, float]] = Field(
+        default_factory=dict,
+        description="GPU time of one decode layer beyond its GEMMs and attention (norms, RoPE, activations, "
+                    "residuals, cache writes, the kernels' fixed cost), as [fixed, per sequence] microseconds, "
+                    "keyed 'family/cache' (cache: slots, swa, prefix); measured by replaying the real backend's "
+                    "decode graphs. Absent: one pass over the activations plus launch latencies")
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 
     @field_validator("tables")

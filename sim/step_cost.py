@@ -39,6 +39,7 @@ class StepCoster:
     cost: CostModel
     int8_kv: bool = False
     swa: bool = False              # decode layers update SWA's importance scores
+    cache: str = "slots"           # the real backend's cache layout: slots, swa, prefix (decode_layer_us key)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -47,10 +48,15 @@ class StepCoster:
         self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
 
     # -- GPU compute pieces ----------------------------------------------------
-    def dense_layer_compute_s(self, m: int) -> float:
-        """GEMMs, norms and activations of one layer on m tokens (attention excluded)."""
+    def dense_layer_compute_s(self, m: int, decode: bool = False) -> float:
+        """GEMMs, norms and activations of one layer on m tokens (attention excluded);
+        decode: one token for each of m sequences."""
         c, md = self.cost, self.model
         t = sum(c.gemm_s(m, n, k, md.dtype_bytes) for _, n, k in layer_gemm_shapes(md))
+        measured = self.cost.hw.decode_layer_us.get(f"{md.family}/{self.cache}") if decode else None
+        if measured is not None:
+            # the decode layer's many small kernels, as the real backend's graphs run them
+            return t + max(0.0, measured[0] + m * measured[1]) * 1e-6
         ew_bytes = m * (6 * md.hidden_size + 3 * md.ffn_dim) * md.dtype_bytes
         return t + c.elementwise_s(ew_bytes) + 2 * c.launch_s
 
@@ -71,7 +77,7 @@ class StepCoster:
         c, md = self.cost, self.model
         b = lp.seqs or self.batch
         m = b * lp.new_tokens
-        compute = lp.sub_batches * self.dense_layer_compute_s(max(1, m // lp.sub_batches))
+        compute = lp.sub_batches * self.dense_layer_compute_s(max(1, m // lp.sub_batches), decode=not lp.prefill)
         if lp.prefill:
             compute += c.attention_prefill_s(b, md.num_heads, md.head_dim, lp.new_tokens)
         else:
@@ -105,21 +111,21 @@ class StepCoster:
 
     def host_issue_s(self, lp: LayerPlan) -> float:
         """Host time to issue one layer's GPU work (the profile's ``host`` costs)."""
-        h = self.cost.hw.host
+        h, b = self.cost.hw.host, lp.seqs or self.batch
         if lp.prefill:
-            return h.prefill_layer_us * 1e-6
-        us = h.layer_us + (h.importance_us if self.swa else 0.0)
+            return h.at("prefill_layer_us", b) * 1e-6
+        us = h.at("layer_us", b) + (h.at("importance_us", b) if self.swa else 0.0)
         if lp.contiguous_fetch:
-            us += h.prefix_us if lp.h2d_kv_tokens else 0.0
+            us += h.at("prefix_us", b) if lp.h2d_kv_tokens else 0.0
         else:
-            us += h.spill_layer_us if lp.d2h_kv_tokens else 0.0
-            us += h.recompute_us if lp.recompute_tokens else 0.0
+            us += h.at("spill_layer_us", b) if lp.d2h_kv_tokens else 0.0
+            us += h.at("recompute_us", b) if lp.recompute_tokens else 0.0
         return us * 1e-6
 
     def step_host_s(self, plan_round_trip: bool) -> float:
         """Per decode step host time outside the layers (and the round trip, if any)."""
-        h = self.cost.hw.host
-        return (h.step_us + (h.round_trip_us if plan_round_trip else 0.0)) * 1e-6
+        h, b = self.cost.hw.host, self.batch
+        return (h.at("step_us", b) + (h.at("round_trip_us", b) if plan_round_trip else 0.0)) * 1e-6
 
     def pipelined_estimate_s(self, layers: tuple[LayerPlan, ...] | list[LayerPlan]) -> float:
         """Makespan of gather -> H2D -> compute over the layers (a 3-stage flow shop),

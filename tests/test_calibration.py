@@ -116,3 +116,63 @@ def test_calibrate_without_gpu_is_a_clear_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "Traceback" not in err
     assert not (tmp_path / "p.yaml").exists()
+
+
+# -- the real backend's costs: host issue and decode-layer GPU time -----------------------
+
+def test_host_section_recovers_fixed_and_per_sequence_costs():
+    from alisa.calibration.host_issue import BATCHES, DEPTHS, PROBES, host_section
+    from alisa.sim.hardware import HostIssue
+
+    # a known host: (fixed, per sequence) microseconds per layer for each probe's extra part
+    line = {"layer_us": (30.0, 0.5), "importance_us": (10.0, 0.25), "spill_layer_us": (300.0, 4.0),
+            "recompute_us": (200.0, 2.0), "prefix_us": (80.0, 1.0), "step_us": (50.0, 1.0),
+            "round_trip_us": (2000.0, 40.0), "prefill_layer_us": (800.0, 5.0)}
+    u = lambda k, B: line[k][0] + B * line[k][1]  # noqa: E731
+    per_layer = {"dense": lambda B: u("layer_us", B),
+                 "swa": lambda B: u("layer_us", B) + u("importance_us", B),
+                 "spill": lambda B: u("layer_us", B) + u("importance_us", B) + u("spill_layer_us", B),
+                 "recompute": lambda B: (u("layer_us", B) + u("importance_us", B) + u("spill_layer_us", B)
+                                         + u("recompute_us", B)),
+                 "prefix": lambda B: u("layer_us", B) + u("prefix_us", B)}
+    per_step = {p: (lambda B, p=p: u("step_us", B) + (u("round_trip_us", B) if p in ("spill", "recompute") else 0))
+                for p in PROBES}
+    rows = [{"op": f"host_issue:{p}", "layers": L, "batch": B, "size": float(L),
+             "seconds": (per_step[p](B) + L * per_layer[p](B)) * 1e-6,
+             "prefill_seconds": (100.0 + L * u("prefill_layer_us", B)) * 1e-6}
+            for p in PROBES for B in BATCHES for L in DEPTHS]
+    got = HostIssue(**host_section(rows))
+    for k, (c0, c1) in line.items():
+        for B in (1, 8, 20, 64):
+            assert got.at(k, B) == pytest.approx(c0 + B * c1, rel=1e-3, abs=0.05), k
+    # a line crossing zero is clamped there (a cost is never negative)
+    assert HostIssue(layer_us=(10.0, -1.0)).at("layer_us", 20) == 0.0
+
+
+def test_decode_layer_section_and_its_use_in_the_step_cost():
+    from alisa.calibration.layer_gpu import decode_layer_section
+    from alisa.sim.catalog import get_model
+    from alisa.sim.models import kv_bytes_per_token_per_layer, layer_gemm_shapes
+    from alisa.sim.step_cost import StepCoster
+
+    p = build_profile(_synthetic_rows(), "synth", _device(), {"date": "2026-01-01", "quick": True})
+    cost = CostModel(HardwareProfile(**p))
+    m = get_model("llama-7b")
+    extra = {8: 60.0, 32: 84.0}                         # -> 52 us fixed + 1 us per sequence
+    rows = []
+    for B, us in extra.items():
+        gemms = sum(cost.gemm_s(B, n, k) for _, n, k in layer_gemm_shapes(m))
+        floor = cost.attention_decode_s(B * kv_bytes_per_token_per_layer(m))
+        rows.append({"op": "decode_layer:llama/swa", "size": float(B), "model": "llama-7b",
+                     "seconds": gemms + floor + us * 1e-6})
+    sec = decode_layer_section(rows, p)
+    assert sec["llama/swa"] == pytest.approx([52.0, 1.0], abs=0.01)
+    hw = HardwareProfile(**{**p, "decode_layer_us": sec})
+    gemms16 = sum(CostModel(hw).gemm_s(16, n, k) for _, n, k in layer_gemm_shapes(m))
+    swa = StepCoster(m, 16, CostModel(hw), swa=True, cache="swa")
+    assert swa.dense_layer_compute_s(16, decode=True) == pytest.approx(gemms16 + (52 + 16) * 1e-6, rel=1e-4)
+    # a layout it was not measured for, and prefill, keep the analytic term
+    slots = StepCoster(m, 16, CostModel(hw), cache="slots")
+    plain = StepCoster(m, 16, CostModel(HardwareProfile(**p)))
+    assert slots.dense_layer_compute_s(16, decode=True) == plain.dense_layer_compute_s(16, decode=True)
+    assert swa.dense_layer_compute_s(512) == plain.dense_layer_compute_s(512)

@@ -50,7 +50,8 @@ def _case(gen: torch.Generator, B: int, Hkv: int, G: int, N: int, D: int, I: int
 
 @pytest.mark.parametrize("G", [1, 4, 8])
 @pytest.mark.parametrize("lengths_kind", ["ragged", "full", "empty"])
-def test_sparse_decode_attention_matches_reference(G, lengths_kind):
+@pytest.mark.parametrize("lengths_vary", [False, True])
+def test_sparse_decode_attention_matches_reference(G, lengths_kind, lengths_vary):
     gen = torch.Generator().manual_seed(SEED + G)
     rnd = random.Random(SEED + G)
     B, Hkv = rnd.randint(1, 3), rnd.choice([1, 2])
@@ -60,7 +61,8 @@ def test_sparse_decode_attention_matches_reference(G, lengths_kind):
     q, k, v, idx, lengths = _case(gen, B, Hkv, G, N, D, I, lengths_kind)
     poisoned = torch.full(q.shape, float("nan"), dtype=q.dtype, device=DEV)
     out, lse, scores = sparse_decode_attention(*dev(q, k, v, idx, lengths), return_scores=True,
-                                               num_splits=rnd.choice([1, 2, 3]), block_n=16, out=poisoned)
+                                               num_splits=rnd.choice([1, 2, 3]), block_n=16, out=poisoned,
+                                               lengths_vary=lengths_vary)
     assert out.data_ptr() == poisoned.data_ptr()
     out, lse, scores = out.cpu(), lse.cpu(), scores.cpu()
     ref_o, ref_lse, ref_w = sparse_decode_attention_ref(q, k, v, idx, lengths)
@@ -127,8 +129,9 @@ def test_importance_update_matches_reference_over_steps(G):
     for step in range(7):  # more steps than slots: exercises the subtraction
         q, kk, vv, idx, lengths = _case(gen, B, Hkv, G, N, D, I, "ragged")
         _, lse, scores = sparse_decode_attention(*dev(q, kk, vv, idx, lengths), return_scores=True, block_n=16)
-        importance_update(score, ring_idx, ring_w, ring_len, step % k_steps, *dev(idx, lengths), scores, lse,
-                          block_n=16)
+        # the slot as an int, or (odd steps) as a device tensor, as a replayed CUDA graph passes it
+        slot = step % k_steps if step % 2 == 0 else torch.tensor([step % k_steps], dtype=torch.int32, device=DEV)
+        importance_update(score, ring_idx, ring_w, ring_len, slot, *dev(idx, lengths), scores, lse, block_n=16)
         _, _, w = sparse_decode_attention_ref(q, kk, vv, idx, lengths, dtype=torch.float32)
         importance_update_ref(r_score, r_idx, r_w, r_len, step % k_steps, idx, lengths, w)
         history.append((idx, lengths, w))

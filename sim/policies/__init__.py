@@ -21,5 +21,8 @@ REGISTRY: dict[str, type[Policy]] = {
 def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     cost = cost or CostModel(scenario.hardware)
     swa = scenario.policy.name == "alisa" and scenario.policy.kv_sparsity > 0
-    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa)
+    # the real backend's cache layout for this policy (what its decode layers run)
+    cache = "prefix" if scenario.policy.name == "flexgen" else "swa" if swa else "slots"
+    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa,
+                        cache=cache)
     return REGISTRY[scenario.policy.name](scenario, coster)

@@ -118,7 +118,7 @@ class FlexGenPolicy(Policy):
         ccc_options = (False, True) if self.cfg.cpu_cache_compute == "auto" else (bool(self.cfg.cpu_cache_compute),)
         for ccc, gbs in ((c, g) for c in ccc_options for g in self._gpu_batch_sizes()):
             ngb = self.batch // gbs
-            compute = ngb * (self.coster.dense_layer_compute_s(gbs)
+            compute = ngb * (self.coster.dense_layer_compute_s(gbs, decode=True)
                              + self.coster.cost.attention_decode_s(gbs * n_mean * kvb, self.coster.int8_kv))
             attn_gpu = ngb * self.coster.cost.attention_decode_s(gbs * n_mean * kvb, self.coster.int8_kv)
             prob = PlacementProblem(

@@ -1,0 +1,113 @@
+"""GPU time of a decode layer beyond its GEMMs and attention, measured by replaying the
+real backend's decode graphs.
+
+A decode layer of one token per sequence runs some 30 small kernels besides its GEMMs
+(norms, RoPE, activations, residual adds, the new token's cache write, the attention
+kernels' fixed cost). Each takes a few microseconds whatever its size, so together they
+are a large share of a decode step at small batch, and one pass over the activations
+(the analytic term) misses most of it. Here a two-layer copy of each model family at its
+real width runs ``alisa.runtime``'s ``DecodeStep`` graphs, pre and post, with an empty
+attention list; the GEMMs (from this calibration's tables) and the attention kernels'
+floor are taken off, at two batch sizes, giving ``decode_layer_us[family/cache]`` as
+[fixed, per sequence] microseconds. The cache layouts differ in what the graphs hold:
+``slots`` (dense), ``swa`` (plus the importance update), ``prefix`` (FlexGen-like: a
+second attention over the fetched part and the merge).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BATCHES = (8, 32)
+REPEATS = 30
+
+CACHES: dict[str, dict[str, Any]] = {
+    "slots": {"name": "dense-gpu"},
+    "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
+    "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
+}
+
+
+def _family_models(models: tuple[str, ...]) -> dict[str, str]:
+    """The first model of each family in the calibration's model list."""
+    from alisa.sim.catalog import get_model
+
+    out: dict[str, str] = {}
+    for name in models:
+        out.setdefault(get_model(name).family, name)
+    return out
+
+
+def _time_layers(sc, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of GPU time per decode layer: the step's graphs replayed back to back."""
+    import torch
+
+    from alisa.runtime.executor import RealExecutor
+    from alisa.runtime.run import release_gpu
+
+    ex = RealExecutor(sc)
+    with torch.no_grad():
+        ex._warm_up()
+        st, L = ex.step_fn, sc.model.num_layers
+        for _ in range(3):
+            for l in range(L):
+                st.pre(l)
+                st.post(l)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(repeats):
+            for l in range(L):
+                st.pre(l)
+                st.post(l)
+        b.record()
+        b.synchronize()
+    del ex, st
+    release_gpu()
+    return a.elapsed_time(b) / 1e3 / (repeats * L)
+
+
+def measure_decode_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
+    """Raw rows: GPU seconds per decode layer, per family, cache layout and batch."""
+    from alisa.sim.catalog import model_config
+    from alisa.sim.scenario import build_scenario
+
+    rows: list[dict] = []
+    for family, name in _family_models(models).items():
+        model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
+        for cache, policy in CACHES.items():
+            for B in BATCHES:
+                sc = build_scenario({"name": "decode-layer-probe", "model": model, "hardware": hardware,
+                                     "workload": {"batch_size": B, "prompt_len": 64, "gen_len": 8},
+                                     "policy": policy, "seed": 0}, "<calibration decode-layer probe>")
+                rows.append({"op": f"decode_layer:{family}/{cache}", "size": float(B), "model": name,
+                             "seconds": _time_layers(sc, REPEATS)})
+    return rows
+
+
+def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
+    """The profile's ``decode_layer_us``: per family/cache, [fixed, per sequence] microseconds
+    of a decode layer's GPU time beyond its GEMMs and the attention kernels' floor."""
+    from alisa.sim.catalog import get_model
+    from alisa.sim.costs import CostModel
+    from alisa.sim.hardware import HardwareProfile
+    from alisa.sim.models import kv_bytes_per_token_per_layer, layer_gemm_shapes
+
+    cost = CostModel(HardwareProfile(**{**profile, "decode_layer_us": {}}))
+    by: dict[str, dict[int, tuple[float, str]]] = {}
+    for r in rows:
+        if r["op"].startswith("decode_layer:"):
+            by.setdefault(r["op"].split(":", 1)[1], {})[int(r["size"])] = (r["seconds"], r["model"])
+    out: dict[str, list[float]] = {}
+    for key, pts in by.items():
+        if len(pts) < 2:
+            continue
+        resid = {}
+        for B, (t, name) in pts.items():
+            m = get_model(name)
+            gemms = sum(cost.gemm_s(B, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
+            attn_floor = cost.attention_decode_s(B * kv_bytes_per_token_per_layer(m))
+            resid[B] = (t - gemms - attn_floor) * 1e6
+        (b0, r0), (b1, r1) = sorted(resid.items())[0], sorted(resid.items())[-1]
+        slope = (r1 - r0) / (b1 - b0)
+        out[key] = [round(r0 - b0 * slope, 2), round(slope, 3)]
+    return out
