@@ -163,13 +163,11 @@ class RealExecutor:
             self.s, self.lf = cfg.kv_sparsity, cfg.local_fraction
             C = min(p.C, self.N)
             spills = p.spills
-            widest = max(swa_budget(n, self.s, self.lf)[0] for n in range(self.P + 1, self.N + 1)) if self.swa \
-                else self.N
             self.slots = SlotCache(
                 d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=C if spills else self.N,
                 kv_heads=m.num_kv_heads, head_dim=m.head_dim, hidden=m.hidden_size, int8=cfg.int8_kv,
                 write_through=spills, keep_inputs=cfg.recompute, swa=self.swa, history=p.importance_history(),
-                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=widest)
+                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=p.a_max)
         else:
             assert isinstance(p, DenseGpuPolicy)
             self.swa = False
