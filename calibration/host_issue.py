@@ -51,18 +51,50 @@ def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
     return spent
 
 
-def _host_per_step(sc) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """(median host seconds per decode step, host seconds of the prefill) of one real run."""
+def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """One real run's medians per decode step: host seconds (``seconds``), of which in the
+    fetch (``wait_seconds``: waiting for a worker, or running the fetch jobs inline), and
+    the fetch job's own seconds per fetching layer beyond its gathers and waits
+    (``worker_layer_seconds``: index lists, copy issue); and the prefill's host seconds."""
     from alisa.runtime.executor import RealExecutor
     from alisa.runtime.run import release_gpu
 
     ex = RealExecutor(sc)
     spent = time_methods(ex, ("_decode", "_prefill"))
+    waits: list[float] = []
+    worker: list[float] = []
+    if ex.fetcher is not None:
+        inner, inner_run = ex.fetcher.wait, ex.fetcher.run_to
+        per_step: list[float] = []
+
+        def run_to(layer: int) -> None:
+            t0 = time.perf_counter()
+            inner_run(layer)
+            per_step.append(time.perf_counter() - t0)
+
+        def wait(layer: int):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            f = inner(layer)
+            per_step.append(time.perf_counter() - t0)
+            if f.host_marks is not None:
+                m = f.host_marks
+                worker.append((m[1] - m[0]) + (m[4] - m[3]))
+            if layer == sc.model.num_layers - 1:
+                waits.append(sum(per_step))
+                per_step.clear()
+            return f
+        ex.fetcher.wait, ex.fetcher.run_to = wait, run_to
     ex.run()
     del ex
     release_gpu()
-    dec = sorted(spent["_decode"][2:])       # the first two are the executor's rehearsal
-    return dec[len(dec) // 2], min(spent["_prefill"])
+
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if xs else 0.0
+    L = sc.model.num_layers
+    return {"seconds": median(spent["_decode"][2:]),        # the first two are the executor's rehearsal
+            "wait_seconds": median(waits[2:]), "worker_layer_seconds": median(worker[2 * L:]),
+            "prefill_seconds": min(spent["_prefill"])}
 
 
 PROBES: dict[str, dict[str, Any]] = {
@@ -83,9 +115,8 @@ def measure_host_issue(hardware: dict[str, Any], gen: int = 32) -> list[dict]:
     for probe, policy in PROBES.items():
         for B in BATCHES:
             for L in DEPTHS:
-                step_s, prefill_s = _host_per_step(_scenario(L, policy, hardware, gen, B))
-                rows.append({"op": f"host_issue:{probe}", "size": float(L), "seconds": step_s, "layers": L,
-                             "batch": B, "prefill_seconds": prefill_s})
+                r = _host_per_step(_scenario(L, policy, hardware, gen, B))
+                rows.append({"op": f"host_issue:{probe}", "size": float(L), "layers": L, "batch": B, **r})
     return rows
 
 
@@ -94,8 +125,11 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
     depth) at depths a < b."""
     fit: dict[str, tuple[float, float]] = {}     # probe -> (per step, per layer) seconds
     for p in PROBES:
-        per_layer = (by[p, b]["seconds"] - by[p, a]["seconds"]) / (b - a)
-        fit[p] = (by[p, a]["seconds"] - a * per_layer, per_layer)
+        # the main thread's own time: what it spent in the fetch (waiting for a worker, or
+        # running the jobs inline) the simulator times as gathers and ``fetch_layer_us``
+        own = {L: by[p, L]["seconds"] - by[p, L].get("wait_seconds", 0.0) for L in (a, b)}
+        per_layer = (own[b] - own[a]) / (b - a)
+        fit[p] = (own[a] - a * per_layer, per_layer)
     pre = (by["dense", b]["prefill_seconds"] - by["dense", a]["prefill_seconds"]) / (b - a)
     return {
         "prefill_layer_us": pre * 1e6,
@@ -106,6 +140,7 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
         "prefix_us": (fit["prefix"][1] - fit["dense"][1]) * 1e6,
         "step_us": fit["dense"][0] * 1e6,
         "round_trip_us": (fit["spill"][0] - fit["swa"][0]) * 1e6,
+        "fetch_layer_us": by["spill", b].get("worker_layer_seconds", 0.0) * 1e6,
     }
 
 

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from alisa.runtime.fetch import fetch_threads_default
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -29,6 +31,8 @@ class Grid:
     gather_rows: list[int]
     gather_row_bytes: list[int]
     gather_threads: list[int]
+    gather_source_bytes: int
+    fetch_rows: list[int]
     gemm_tokens: list[int]
     attention_tokens: list[int]
     attention_batches: list[int]
@@ -38,7 +42,9 @@ class Grid:
 def quick_grid() -> Grid:
     return Grid(transfer_sizes=[4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20],
                 chunk_bytes=[16 << 10], chunk_counts=[16, 256], gather_rows=[256, 4096],
-                gather_row_bytes=[16 << 10], gather_threads=[1, 8], gemm_tokens=[1, 8, 64, 512, 4096],
+                gather_row_bytes=[16 << 10], gather_threads=[fetch_threads_default()], gather_source_bytes=512 << 20,
+                fetch_rows=[256, 1024],
+                gemm_tokens=[1, 8, 64, 512, 4096],
                 attention_tokens=[256, 2048, 16384], attention_batches=[8, 32], repeats=15)
 
 
@@ -46,7 +52,9 @@ def full_grid(threads: int) -> Grid:
     return Grid(transfer_sizes=[(4 << 10) << (2 * i) for i in range(10)],  # 4 KiB .. 1 GiB
                 chunk_bytes=[4 << 10, 16 << 10, 64 << 10], chunk_counts=[16, 256, 2048],
                 gather_rows=[64, 256, 1024, 4096, 16384], gather_row_bytes=[2 << 10, 16 << 10],
-                gather_threads=sorted({1, 2, 4, 8, max(1, threads)}),
+                # the fetch worker's thread count: what the real backend gathers with
+                gather_threads=[fetch_threads_default()], gather_source_bytes=4 << 30,
+                fetch_rows=[64, 128, 256, 512, 1024, 2048, 4096],
                 gemm_tokens=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
                 attention_tokens=[64, 256, 1024, 4096, 16384, 65536], attention_batches=[1, 8, 32], repeats=30)
 
@@ -205,23 +213,84 @@ def transfers(g: Grid) -> list[dict]:
 
 
 def cpu_gather(g: Grid) -> list[dict]:
-    """index_select of scattered KV rows into pinned staging, by rows, row bytes, threads."""
+    """index_select of scattered KV rows into pinned staging, by rows, row bytes, threads,
+    as the real backend's fetch worker runs it: from a pinned source far larger than the
+    last-level cache, fresh random rows each repetition (a repeated index list, or a small
+    source, measures the cache: 200 GB/s on the H100 host against ~40 GB/s cold)."""
     rows = []
     old = torch.get_num_threads()
+    src_bytes = g.gather_source_bytes
     try:
         for rb in g.gather_row_bytes:
-            total_rows = max(max(g.gather_rows) * 4, (256 << 20) // rb)
-            src = torch.randn(total_rows, rb // 2, dtype=torch.float32).half()
+            total_rows = max(max(g.gather_rows) * 4, src_bytes // rb)
+            src = torch.empty(total_rows, rb // 2, dtype=torch.float16, pin_memory=torch.cuda.is_available())
+            src.view(torch.int16).random_(-1000, 1000)
+            gen = torch.Generator().manual_seed(0)
             for r in g.gather_rows:
-                idx = torch.randperm(total_rows)[:r].sort().values
-                out = torch.empty(r, rb // 2, dtype=torch.float16, pin_memory=True)
+                out = torch.empty(r, rb // 2, dtype=torch.float16, pin_memory=torch.cuda.is_available())
                 for t in g.gather_threads:
                     torch.set_num_threads(t)
-                    st = time_host(lambda: torch.index_select(src, 0, idx, out=out), max(5, g.repeats // 2))
+                    reps = max(5, g.repeats // 2)
+                    lists = [torch.randint(0, total_rows, (r,), generator=gen) for _ in range(reps + 2)]
+                    it = iter(lists)
+                    st = time_host(lambda: torch.index_select(src, 0, next(it), out=out), reps)
                     rows.append(_row("cpu_gather", r * rb, st, rows=r, row_bytes=rb, threads=t))
             del src
     finally:
         torch.set_num_threads(old)
+    return rows
+
+
+def fetch_pipeline(g: Grid, layers: int = 16, passes: int = 3) -> list[dict]:
+    """The fetch worker's steady state, as the real backend runs it: per layer, gather its
+    rows (16 KiB, scattered over a large pinned source) into one of two pinned staging
+    buffers while the previous layer's H2D copy runs, then copy them to one of two GPU
+    buffers; a layer's gather waits for the copy that last used its buffer. Gathers and
+    copies share the host's memory, so each runs slower here than alone (on the H100
+    host about half as fast); the simulator's CPU-gather and token-fetch H2D tables come
+    from this (``cpu_gather_pipelined``, ``h2d_fetch``)."""
+    rb = max(g.gather_row_bytes)
+    total_rows = max(max(g.fetch_rows) * 4, g.gather_source_bytes // rb)
+    src = torch.empty(total_rows, rb // 2, dtype=torch.float16, pin_memory=True)
+    src.view(torch.int16).random_(-1000, 1000)
+    R = max(g.fetch_rows)
+    stage = [torch.empty(R, rb // 2, dtype=torch.float16, pin_memory=True) for _ in range(2)]
+    land = [torch.empty(R, rb // 2, dtype=torch.float16, device="cuda") for _ in range(2)]
+    copy_stream = torch.cuda.Stream()
+    gen = torch.Generator().manual_seed(1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(fetch_threads_default())
+    rows = []
+    try:
+        for r in g.fetch_rows:
+            gathers: list[float] = []
+            marks = []
+            for _ in range(passes):
+                done: list[torch.cuda.Event] = []
+                for l in range(layers):
+                    p = l % 2
+                    if l >= 2:
+                        done[l - 2].synchronize()
+                    idx = torch.randint(0, total_rows, (r,), generator=gen)
+                    t0 = time.perf_counter()
+                    torch.index_select(src, 0, idx, out=stage[p][:r])
+                    gathers.append(time.perf_counter() - t0)
+                    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    with torch.cuda.stream(copy_stream):
+                        e0.record(copy_stream)
+                        land[p][:r].copy_(stage[p][:r], non_blocking=True)
+                        e1.record(copy_stream)
+                    done.append(e1)
+                    marks.append((e0, e1))
+                copy_stream.synchronize()
+            copies = [a.elapsed_time(b) / 1e3 for a, b in marks]
+            rows.append(_row("cpu_gather_pipelined", r * rb, _stats(gathers), rows=r, row_bytes=rb,
+                             threads=fetch_threads_default()))
+            rows.append(_row("h2d_fetch", r * rb, _stats(copies), rows=r, row_bytes=rb))
+    finally:
+        torch.set_num_threads(old)
+    del src, stage, land
+    torch.cuda.empty_cache()
     return rows
 
 

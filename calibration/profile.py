@@ -59,13 +59,14 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         add_table("h2d_d2h_concurrent", ops["h2d_d2h_concurrent"], None)
 
     # CPU gather, rows of the largest row size (a 7B-class token's KV in one layer is
-    # 16 KiB; the cost model's table is by bytes alone, so one row size defines it). Per
-    # size, the fastest thread count: a gather pool picks its width, and this avoids a
-    # thread count that collided with other work on a shared host.
+    # 16 KiB; the cost model's table is by bytes alone, so one row size defines it). The
+    # fetch pipeline's gathers (beside its H2D copies, as the real backend runs them)
+    # where measured; else gathers alone, per size the fastest thread count.
     gather_gbps = None
-    if "cpu_gather" in ops:
-        rb = max(r.get("row_bytes", 0) for r in ops["cpu_gather"])
-        g = [r for r in ops["cpu_gather"] if r.get("row_bytes", 0) == rb]
+    gather_op = "cpu_gather_pipelined" if "cpu_gather_pipelined" in ops else "cpu_gather"
+    if gather_op in ops:
+        rb = max(r.get("row_bytes", 0) for r in ops[gather_op])
+        g = [r for r in ops[gather_op] if r.get("row_bytes", 0) == rb]
         best: dict[float, dict] = {}
         for r in g:
             if r["size"] not in best or r["seconds"] < best[r["size"]]["seconds"]:
@@ -74,10 +75,19 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         x, t = _xy(sel)
         f = fit_latency_bandwidth(x, t)
         gather_gbps = f.rate_per_s / 1e9
-        fits["cpu_gather"] = {"threads_by_size": {int(r["size"]): r.get("threads") for r in sel}, "row_bytes": rb,
-                              "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
+        fits["cpu_gather"] = {"measured_as": gather_op, "threads_by_size": {int(r["size"]): r.get("threads") for r in sel},
+                              "row_bytes": rb, "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
                               "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
         add_table("cpu_gather", sel, f.mean_rel_error)
+    if "cpu_gather" in ops and gather_op != "cpu_gather":
+        f = fit_latency_bandwidth(*_xy(ops["cpu_gather"]))
+        fits["cpu_gather_alone"] = {"gbps": f.rate_per_s / 1e9, "mean_rel_error": f.mean_rel_error}
+    if "h2d_fetch" in ops:
+        x, t = _xy(ops["h2d_fetch"])
+        f = fit_latency_bandwidth(x, t)
+        fits["h2d_fetch"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
+                             "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        add_table("h2d_fetch", ops["h2d_fetch"], f.mean_rel_error)
 
     hbm_gbps = ops["hbm_copy"][0]["size"] / ops["hbm_copy"][0]["seconds"] / 1e9
     peak_flops = max((r["flops"] / r["seconds"] for k, v in ops.items() if k.startswith("gemm:") for r in v),

@@ -80,6 +80,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
         ("HBM copy", lambda: [measure.hbm_copy(grid.repeats)]),
         ("PCIe transfers", lambda: measure.transfers(grid)),
         ("CPU gather", lambda: measure.cpu_gather(grid)),
+        ("fetch pipeline", lambda: measure.fetch_pipeline(grid)),
         ("GEMMs", lambda: measure.gemms(gemm_shapes(models), grid)),
         ("attention kernels", lambda: measure.attention(grid)),
     ]

@@ -89,3 +89,10 @@ def importance_update_ref(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: t
             ring_idx[b, hk, slot, :n] = indices[b, hk, :n].to(ring_idx.dtype)
             ring_w[b, hk, slot, :n] = w.to(ring_w.dtype)
             ring_len[b, hk, slot] = n
+
+
+def scatter_rows_ref(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, width: int) -> None:
+    """dst[dst_idx[b, i]] = src[b * width + i] for i < width, row by row, in place."""
+    for b in range(dst_idx.shape[0]):
+        for i in range(width):
+            dst[int(dst_idx[b, i])] = src[b * width + i]

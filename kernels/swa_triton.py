@@ -358,3 +358,34 @@ def quantize_kv(x: torch.Tensor, block_r: int = 32) -> tuple[torch.Tensor, torch
         _quantize_rows[(triton.cdiv(n, block_r),)](rows, q, scale, n, *rows.stride(), *q.stride(),
                                                    BLOCK_R=block_r, BLOCK_D=triton.next_power_of_2(D), D=D)
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+
+
+# ---------------------------------------------------------------------------
+# 4. landing fetched rows in their slots, with the count read on the device
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _scatter_rows(SRC, DST, DST_IDX, WIDTH, sdr, sib, R, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    width = tl.load(WIDTH)
+    if i < width:
+        src = SRC + (b * width + i) * sdr
+        dst = DST + tl.load(DST_IDX + b * sib + i) * sdr
+        for r0 in range(0, R, BLOCK):
+            offs = r0 + tl.arange(0, BLOCK)
+            m = offs < R
+            tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+
+def scatter_rows(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, width: torch.Tensor,
+                 block: int = 1024) -> None:
+    """dst[dst_idx[b, i]] = src[b * width + i] for i < width, every b (rows of the last
+    dims). ``width`` is a one-element int32 device tensor, so the launch (grid sized for
+    dst_idx's full width) can be captured once and replayed while the count changes: the
+    fetched rows of a step land inside the replayed decode graph."""
+    R = dst[0].numel()
+    assert src[0].numel() == R and dst.is_contiguous() and src.is_contiguous() and dst_idx.stride(-1) == 1
+    B, M = dst_idx.shape
+    if B and M:
+        _scatter_rows[(B, M)](src, dst, dst_idx, width, R, dst_idx.stride(0), R, BLOCK=min(block, triton.next_power_of_2(R)))

@@ -17,12 +17,13 @@ each is captured once as a CUDA graph and replayed:
 
 The attention kernels read the step's token lists and lengths from fixed device buffers
 that the cache fills before the step (``SlotCache.stage_step``, ``PrefixCache.stage_step``), so
-their launches replay too. What stays eager between the graphs is what changes shape or
-crosses streams: the write-through of the new token to the host, waiting for and
-landing fetched rows, recompute. All buffers are static: a graph reads and writes fixed
-addresses, so a copy to the host of ``rows[l]`` or ``x_in[l]`` must finish before the
-next step's ``pre(l)`` (the executor's compute stream waits for the D2H stream once per
-step).
+their launches replay too, and so does the landing of fetched rows (a scatter that reads
+its row count on the device). What stays eager between the graphs is what changes shape
+or crosses streams: waiting for a layer's fetched rows, Phase III recompute, and once per
+step the write-through of the new tokens to the host. All buffers are static: a graph reads and writes fixed addresses, so the
+step's write-through copy of what the graphs made must finish before the next step's
+``pre`` graphs overwrite it (the executor's compute stream waits for the D2H stream once
+per step).
 
 ``graphs=False`` runs the same bodies eagerly into the same buffers (the CPU, tests).
 """
@@ -39,7 +40,7 @@ from .slot_cache import kv_rows
 
 class DecodeStep:
     def __init__(self, dec: Decoder, batch: int, act_dtype: torch.dtype, device: torch.device,
-                 graphs: bool, keep_inputs: bool = False, pre_hook: Callable[[int], None] | None = None,
+                 graphs: bool, pre_hook: Callable[[int], None] | None = None,
                  attend_hook: Callable[[int], None] | None = None) -> None:
         c = dec.cfg
         self.dec, self.B = dec, batch
@@ -54,10 +55,6 @@ class DecodeStep:
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.q: list[torch.Tensor] = [self.o] * self.L        # [B, Hq, d] fp16, per layer
         self.rows: list[torch.Tensor] = [self.o] * self.L     # [B, 1, 2, Hkv, d] fp16
-        # the layer's input x, kept apart when it is written through to the host for
-        # recompute (``x`` itself is overwritten by ``post`` while the D2H may still read)
-        self.keep_inputs = keep_inputs
-        self.x_in: list[torch.Tensor] = [self.x] * self.L
         self.pre_hook, self.attend_hook = pre_hook, attend_hook
         self._g: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.captured = False
@@ -75,8 +72,6 @@ class DecodeStep:
                 self.rope[1].copy_(sin)
 
     def _pre_body(self, l: int) -> None:
-        if self.keep_inputs:
-            self.x_in[l] = self.x.clone()
         _, q, k, v = self.dec.qkv(l, self.x, self.pos, self.rope)
         self.q[l] = q[:, :, 0].to(torch.float16)
         self.rows[l] = kv_rows(k, v).contiguous()

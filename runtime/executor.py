@@ -59,6 +59,9 @@ class RealOptions:
     layer_trace_steps: int = 8                      # decode steps whose per-layer spans are traced
     act_dtype: Literal["auto", "float16", "float32"] = "auto"   # auto: fp16 on a GPU, fp32 on the CPU
     graphs: bool = True                             # decode's dense parts as CUDA graphs (GPU only)
+    fetch_threads: int | None = None                # CPU threads that gather fetched rows; None: fetch_threads_default()
+    fetch_mode: Literal["inline", "thread"] = "inline"   # who gathers: the main thread between layers, or a worker
+    run_ahead_steps: int | None = None              # the host issues at most this many steps past the GPU; None: no cap
 
 
 @dataclass
@@ -128,8 +131,7 @@ class RealExecutor:
         self.dec = self.model.decoder
         self.positions = torch.arange(self.N, device=dev)
         self._build_cache()
-        self.step_fn = DecodeStep(self.dec, self.B, self.act_dtype, dev, graphs=self.opts.graphs,
-                                  keep_inputs=bool(self.slots and self.slots.keep_inputs))
+        self.step_fn = DecodeStep(self.dec, self.B, self.act_dtype, dev, graphs=self.opts.graphs)
         self._hook_cache()
 
     def _hook_cache(self) -> None:
@@ -137,7 +139,7 @@ class RealExecutor:
         st, scale = self.step_fn, self.dec.scale
         if self.slots is not None:
             c = self.slots
-            st.pre_hook = lambda l: c.place_new(l, st.rows[l])
+            st.pre_hook = lambda l: c.place_new(l, st.rows[l], st.x)
             st.attend_hook = lambda l: c.attend(l, st.q[l], scale, st.o)
         else:
             pc = self.prefix
@@ -177,7 +179,7 @@ class RealExecutor:
                 head_dim=m.head_dim, hidden=m.hidden_size, int8=self.sc.policy.int8_kv, write_through=False,
                 keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype,
                 attend_max=self.N)
-        self.fetcher = HostFetcher(d, m.num_layers) if self.slots.write_through else None
+        self.fetcher = HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode) if self.slots.write_through else None
 
     def prompt(self) -> torch.Tensor:
         if self.opts.prompt_ids is not None:
@@ -201,6 +203,9 @@ class RealExecutor:
         # the main thread and the host-fetch worker trade the GIL between torch calls;
         # the default 5 ms hand-over would stall whichever is waiting
         sys.setswitchinterval(1e-4)
+        threads = torch.get_num_threads()
+        if self.fetcher is not None and self.fetcher.thread is None:
+            torch.set_num_threads(self.fetcher.threads)   # the main thread gathers (inline fetch)
         try:
             with torch.no_grad():
                 self._warm_up()
@@ -214,6 +219,7 @@ class RealExecutor:
                                          if not k.startswith("host")) + ")", field="workload.batch_size") from None
         finally:
             sys.setswitchinterval(switch)
+            torch.set_num_threads(threads)
             if self.fetcher is not None:
                 self.fetcher.close()
 
@@ -239,6 +245,7 @@ class RealExecutor:
                 if isinstance(plan, OutOfMemory):
                     break
                 last, *_ = self._prefill(plan, ids) if plan.phase == "prefill" else self._decode(plan, last)
+            self._flush_pending()
             self.d.sync()
         finally:
             self.policy = policy
@@ -253,6 +260,7 @@ class RealExecutor:
         self.free_misses: list[float] = []
         self.planned_misses: list[float] = []
         self.last_d2h: Any = None
+        self.pending_flush: Any = None
         self.cpu_prev = 0
 
     def _run(self) -> RealRun:
@@ -270,6 +278,9 @@ class RealExecutor:
                 if isinstance(plan, OutOfMemory):
                     oom = plan
                     break
+                ahead = self.opts.run_ahead_steps
+                if ahead is not None and d.cuda and len(step_marks) > ahead:
+                    step_marks[-ahead - 1][1].synchronize()
                 if plan.phase == "prefill":
                     tok, h2d, d2h, rec = self._prefill(plan, ids)
                 else:
@@ -277,6 +288,7 @@ class RealExecutor:
                 tokens.append(tok)
                 step_marks.append((plan, self.tl.mark(d.compute), h2d, d2h, rec, d.gpu_bytes_now(),
                                    self._host_bytes()))
+        self._flush_pending()
         d.sync()
         wall = time.perf_counter() - wall0
         return self._result(start, step_marks, tokens, oom, wall)
@@ -328,9 +340,10 @@ class RealExecutor:
         if sel.cpu is not None:
             self.free_misses.append(sel.free_misses)
             self.planned_misses.append(sum(misses) / len(misses))
-        if fetching:
-            self.fetcher.submit(c.gather_job(sel, self.fetcher, self.tl.mark), after=self.last_d2h)
         trace = plan.step < self.opts.layer_trace_steps
+        if fetching:
+            self.fetcher.submit(c.gather_job(sel, self.fetcher, self.tl.mark if trace else None), after=self.last_d2h)
+            self.last_d2h = None      # later steps' host rows are stored by the worker, in order
         st = self.step_fn
         if d.cuda and c.write_through:
             d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
@@ -340,26 +353,45 @@ class RealExecutor:
         for l in range(self.m.num_layers):
             s = self.tl.mark(d.compute) if trace else None
             st.pre(l)
-            d2h += c.write_new_to_host(l, st.x_in[l], pos)
             if fetching:
-                f = self.fetcher.wait(l)
-                c.land(l, sel, f, dec.kv_from_input)
-                self.fetcher.consumed(l)
+                f = self.fetcher.wait(l)    # inline: runs layer 0's job; later layers' ran below
+                c.land_recomputed(l, sel, f, dec.kv_from_input)
                 h2d += f.h2d_bytes
                 if trace and f.gather_s is not None:
                     self.host_spans.append(("CPU", f"gather L{l}", f.gather_s[0], f.gather_s[1], {"step": plan.step}))
                     self.spans.append(("H2D", f"L{l}", f.copy_marks[0], f.copy_marks[1],
                                        {"step": plan.step, "bytes": f.h2d_bytes}))
-            st.post(l)
+            st.post(l)                      # lands the fetched rows, then attends
+            if fetching:
+                self.fetcher.consumed(l)
+                self.fetcher.run_to(l + 2)  # inline: gather two layers ahead while the GPU works
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
         if sel.cpu is not None:
             recomputed = int(sel.cpu[2].sum())
-        c.host_tokens_written = n if c.write_through else 0
         tok = st.end()
-        if d.cuda and c.write_through:
-            self.last_d2h = self.tl.mark(d.d2h)
+        if c.write_through:
+            d2h, flush = c.write_through_step(pos, plan.step % 2, self.tl.mark)
+            if self.fetcher.thread is not None:
+                self.fetcher.run_later(flush)
+                if self.fetcher.error is not None:
+                    raise self.fetcher.error
+            else:
+                # inline: store the previous step's rows now, in the shadow of this step's
+                # GPU work, and this step's at the next. The newest tokens sit in SWA's
+                # window (resident), so no gather needs them before then.
+                self._flush_pending()
+                if w >= 3:
+                    self.pending_flush = flush
+                else:
+                    flush()
+        c.host_tokens_written = n if c.write_through else 0
         return tok, h2d, d2h, recomputed
+
+    def _flush_pending(self) -> None:
+        if self.pending_flush is not None:
+            fn, self.pending_flush = self.pending_flush, None
+            fn()
 
     def _decode_prefix(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         d, pc = self.d, self.prefix

@@ -1,10 +1,18 @@
-"""The host side of a fetch: a CPU worker gathers host-resident rows into pinned staging
-and issues their H2D copy, layer by layer, while the GPU computes earlier layers.
+"""The host side of a fetch: gather host-resident rows into pinned staging and issue their
+H2D copy, layer by layer, while the GPU computes earlier layers.
 
 The main thread submits one job per step (a function of the layer that gathers and
-copies) and, before a layer needs its rows, waits for that layer. On CUDA the job runs
-on a worker thread (torch releases the GIL inside its ops) and the compute stream waits
-on the copy's event; on the CPU it runs inline when the layer is waited for.
+copies). Two ways to run it:
+
+* ``inline`` (the default): the main thread runs layer l + 2's job after issuing layer
+  l's GPU work (``run_to``), so gathers overlap GPU compute with no second thread;
+* ``thread``: a worker thread runs the jobs while the main thread issues layers. Both
+  threads then trade the interpreter lock at every torch call: on the H100 host the
+  worker's per-layer overhead was 150-250 us beyond its gathers and copies
+  (``benchmarks/debug/fetch_probe.py``), which is why inline is the default.
+
+Before a layer needs its rows the main thread waits for that layer's job; the compute
+stream waits on its copy's event. On the CPU (tests) jobs run inline, in order.
 """
 
 from __future__ import annotations
@@ -27,13 +35,20 @@ class LayerFetch:
     gather_s: tuple[float, float] | None = None     # host clock
     copy_marks: tuple[Any, Any] | None = None       # H2D stream marks
     widths: tuple[int, int] = (0, 0)                # rows per sequence fetched as KV, as x
+    # host clock: job start, gather start/end, copies issued from/to (waits sit between)
+    host_marks: tuple[float, float, float, float, float] | None = None
 
 
 Job = Callable[[int], LayerFetch]
 
 
+def fetch_threads_default() -> int:
+    """CPU threads the fetch worker gathers with unless told (calibration uses the same)."""
+    return max(1, min(8, torch.get_num_threads() // 2))
+
+
 class HostFetcher:
-    def __init__(self, device: Device, num_layers: int) -> None:
+    def __init__(self, device: Device, num_layers: int, threads: int | None = None, mode: str = "inline") -> None:
         self.d = device
         self.L = num_layers
         self.ready = [threading.Event() for _ in range(num_layers)]
@@ -46,11 +61,13 @@ class HostFetcher:
         self.timeout_s = 60.0
         self.job: Job | None = None
         self.error: BaseException | None = None
-        self.q: queue.Queue[Job | None] = queue.Queue()
+        self.q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self.thread: threading.Thread | None = None
-        if device.cuda:
+        self.ran = -1                                   # inline: the last layer whose job has run
+        self.started = False
+        self.threads = threads or fetch_threads_default()
+        if device.cuda and mode == "thread":
             self.dev_index = device.dev.index if device.dev.index is not None else torch.cuda.current_device()
-            self.threads = torch.get_num_threads()  # OpenMP's thread count is per calling thread
             self.thread = threading.Thread(target=self._loop, name="alisa-host-fetch", daemon=True)
             self.thread.start()
 
@@ -61,24 +78,39 @@ class HostFetcher:
         except BaseException as e:  # noqa: BLE001 - surfaced in wait()
             self.error = e
         while True:
-            job = self.q.get()
-            if job is None:
+            item = self.q.get()
+            if item is None:
                 return
+            kind, fn = item
+            if kind == "call":
+                try:
+                    if self.error is None:
+                        fn()
+                except BaseException as e:  # noqa: BLE001 - surfaced in wait()
+                    self.error = e
+                continue
             try:
                 self.d.h2d.synchronize()          # last step's copies are out of the pinned staging
                 if self.after is not None:
-                    self.after.synchronize()      # write-through copies have reached the host
+                    self.after.synchronize()      # the prefill's write-through has reached the host
             except BaseException as e:  # noqa: BLE001
                 self.error = e
             for l in range(self.L):
                 try:
                     if self.error is None:
                         with torch.cuda.stream(self.d.h2d):
-                            self.results[l] = job(l)
+                            self.results[l] = fn(l)
                             self.done[l].record(self.d.h2d)
                 except BaseException as e:  # noqa: BLE001 - surfaced in wait()
                     self.error = e
                 self.ready[l].set()
+
+    def run_later(self, fn: Callable[[], None]) -> None:
+        """Run fn on the worker after the jobs already submitted (inline: now)."""
+        if self.thread is None:
+            fn()
+        else:
+            self.q.put(("call", fn))
 
     def submit(self, job: Job, after: Any = None) -> None:
         """Start a step's job; `after` is an event the host rows it reads were written by."""
@@ -87,15 +119,40 @@ class HostFetcher:
             e.clear()
         self.results = [None] * self.L
         if self.thread is not None:
-            self.q.put(job)
+            self.q.put(("job", job))
         else:
-            self.job = job
+            self.job, self.ran, self.started = job, -1, False
+
+    def run_to(self, layer: int) -> None:
+        """Inline mode: run the step's job for every layer up to ``layer`` not yet run (the
+        main thread gathers the next layers' rows between issuing this one's GPU work)."""
+        if self.thread is not None or self.job is None:
+            return
+        layer = min(layer, self.L - 1)
+        if self.ran >= layer:
+            return
+        if self.d.cuda and not self.started:
+            self.d.h2d.synchronize()              # last step's copies are out of the pinned staging
+            if self.after is not None:
+                self.after.synchronize()          # the prefill's write-through has reached the host
+        self.started = True
+        while self.ran < layer:
+            l = self.ran + 1
+            if self.d.cuda:
+                with torch.cuda.stream(self.d.h2d):
+                    self.results[l] = self.job(l)
+                    self.done[l].record(self.d.h2d)
+            else:
+                self.results[l] = self.job(l)
+            self.ran = l
 
     def wait(self, layer: int) -> LayerFetch:
         """Block until the layer's rows are on their way; the compute stream waits for them."""
         if self.thread is None:
             assert self.job is not None
-            self.results[layer] = self.job(layer)
+            self.run_to(layer)
+            if self.d.cuda:
+                self.d.compute.wait_event(self.done[layer])
             return self.results[layer]  # type: ignore[return-value]
         waited = 0.0
         while not self.ready[layer].wait(timeout=1.0):
@@ -112,18 +169,18 @@ class HostFetcher:
     # -- called from the job (worker side) and the main thread ---------------------------------
     def before_gather(self, layer: int) -> None:
         """Pinned staging of this parity is free once layer - 2's copy has finished."""
-        if self.thread is not None and layer >= 2:
+        if self.d.cuda and layer >= 2:
             self.done[layer - 2].synchronize()
 
     def before_copy(self, layer: int) -> None:
         """GPU staging of this parity is free once the compute stream has landed layer - 2."""
-        if self.thread is not None and layer >= 2:
+        if self.d.cuda and layer >= 2:
             if not self.consumed_flag[layer - 2].wait(timeout=self.timeout_s):
                 raise RuntimeError(f"layer {layer - 2}'s fetched rows were never consumed")
             self.d.h2d.wait_event(self.consumed_evt[layer - 2])
 
     def consumed(self, layer: int) -> None:
-        if self.thread is not None:
+        if self.d.cuda:
             self.consumed_evt[layer].record(self.d.compute)
             self.consumed_flag[layer].set()
 

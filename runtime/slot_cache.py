@@ -25,13 +25,14 @@ eviction is just forgetting.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from alisa.kernels.swa_triton import importance_update, quantize_kv, sparse_decode_attention
+from alisa.kernels.swa_triton import importance_update, quantize_kv, scatter_rows, sparse_decode_attention
 
 from .device import Device
 from .fetch import HostFetcher, LayerFetch
@@ -97,6 +98,21 @@ class SlotCache:
                            if self.keep_inputs else None)
             M = max(1, max_fetch)
             self.M = M
+            # the step's new rows of every layer, gathered on the GPU by ``place_new`` (in
+            # the graphs), go down in one D2H per step into pinned staging of the step's
+            # parity; the host worker then scatters them into the host copy (``flush``)
+            self.new_all = device.alloc("write-through buffer", (L, B, 2, kv_heads, head_dim), self.kv_dtype)
+            self.new_sc_all = device.alloc("write-through buffer", (L, B, 2, kv_heads), torch.float16) if int8 else None
+            self.x_all = device.alloc("write-through buffer", (L, B, hidden), act_dtype) if self.keep_inputs else None
+            self.wt_host = [[device.alloc("host write-through staging", tuple(t.shape), t.dtype, host=True)
+                             for t in self._wt_parts()] for _ in range(2)]
+            self.wt_flushed = [threading.Event(), threading.Event()]
+            for e in self.wt_flushed:
+                e.set()
+            # where a step's fetched rows land: flat slots (b * S + slot) per layer, and
+            # the rows per sequence of each layer, read by the scatter inside the graph
+            self.dst_buf = device.alloc("step buffers", (L, B, M), torch.int64, fill=0)
+            self.wk_buf = device.alloc("step buffers", (L, 1), torch.int32, fill=0)
             self.stage_kv = [device.alloc("host fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype, host=True)
                              for _ in range(2)]
             self.land_kv = [device.alloc("GPU fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype)
@@ -129,9 +145,6 @@ class SlotCache:
         self.lens_buf = device.alloc("step buffers", (B, kv_heads), torch.int32, fill=0)
         self.new_buf = device.alloc("step buffers", (L, B), torch.int64, fill=0)
         self.ring_slot = device.alloc("step buffers", (1,), torch.int32, fill=0)
-        # per layer: the new token's rows as ``place_new`` wrote them (cache format), for the write-through
-        self.new_rows: list[torch.Tensor | None] = [None] * L
-        self.new_scales: list[torch.Tensor | None] = [None] * L
 
     def reset(self) -> None:
         """Forget every token (after a rehearsal); pool contents are overwritten by the prefill."""
@@ -143,6 +156,9 @@ class SlotCache:
         if self.swa:
             for t in (self.score, self.ring_idx, self.ring_w, self.ring_len):
                 t.zero_()
+        if self.write_through:
+            for e in self.wt_flushed:
+                e.set()
         self.host_tokens_written = 0
 
     # -- views for the kernels ------------------------------------------------------------
@@ -340,48 +356,64 @@ class SlotCache:
         glob = self.score[:, :, 0, :E].topk(g, dim=-1).indices if g > 0 else win[..., :0]
         return torch.cat((win, glob), dim=-1).to(torch.int32)
 
-    # -- decode: landing fetched rows ------------------------------------------------------------
-    def gather_job(self, sel: StepSelection, fetcher: HostFetcher, mark: Callable[[Any], Any]) -> Callable[[int], LayerFetch]:
+    # -- decode: fetching rows ---------------------------------------------------------------------
+    def _packed_rows(self, mt: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                     widths: torch.Tensor) -> list[torch.Tensor] | None:
+        """Host row ids (token * B + b) of every layer's rows lo <= j < hi of the miss lists,
+        packed [B, width of the layer] (padding reads row 0), one flat tensor per layer.
+        All layers in a few ops: the worker's per-layer Python is what waits for the GIL."""
+        W = int(widths.max()) if widths.numel() else 0
+        if W == 0:
+            return None
+        L, B, M = mt.shape
+        j = torch.arange(W)
+        src = (lo[..., None] + j).clamp(max=M - 1)
+        ok = j < (hi - lo)[..., None]
+        flat = torch.where(ok, mt.gather(-1, src) * B + torch.arange(B)[:, None], 0)
+        keep = (j < widths[:, None, None]).expand(L, B, W)
+        return list(torch.split(flat[keep], (widths * B).tolist()))
+
+    def gather_job(self, sel: StepSelection, fetcher: HostFetcher,
+                   mark: Callable[[Any], Any] | None) -> Callable[[int], LayerFetch]:
         """The host worker's job for this step: per layer, gather the KV rows of the misses
         fetched as KV and the x rows of those recomputed into pinned staging, and copy
-        them to the GPU staging of the layer's parity."""
-        assert sel.cpu is not None
+        them to the GPU staging of the layer's parity. ``mark`` (traced steps only) puts
+        events on the H2D stream around each layer's copies."""
+        assert sel.cpu is not None and sel.widths is not None
         mt, cnt, rec = sel.cpu
-        B, M = self.B, mt.shape[-1]
-        j = torch.arange(M)
-        d = self.d
-
-        def rows_index(l: int, lo: torch.Tensor, hi: torch.Tensor, width: int) -> torch.Tensor:
-            src = (lo[:, None] + j[None, :width]).clamp(max=M - 1)
-            ok = j[None, :width] < (hi - lo)[:, None]
-            tok = mt[l].gather(1, src)
-            return torch.where(ok, tok * B + torch.arange(B)[:, None], 0).flatten()
+        B, d = self.B, self.d
+        wk_all = torch.tensor([w for w, _ in sel.widths])
+        wx_all = torch.tensor([x for _, x in sel.widths]) if self.keep_inputs else torch.zeros_like(wk_all)
+        idx: dict[str, list[torch.Tensor] | None] = {}
 
         def job(l: int) -> LayerFetch:
+            tj = time.perf_counter()
+            if l == 0:
+                idx["kv"] = self._packed_rows(mt, rec, cnt, wk_all)
+                idx["x"] = self._packed_rows(mt, torch.zeros_like(rec), rec, wx_all)
             p = l % 2
             out = LayerFetch()
-            wk, wx = sel.widths[l]
-            if not self.keep_inputs:
-                wx = 0
+            wk, wx = int(wk_all[l]), int(wx_all[l])
             if wk == 0 and wx == 0:
                 return out
-            kv_idx = rows_index(l, rec[l], cnt[l], wk) if wk else None
-            x_idx = rows_index(l, torch.zeros_like(rec[l]), rec[l], wx) if wx else None
             fetcher.before_gather(l)
             t0 = time.perf_counter()
             # 2-D row gathers (what calibration timed): one row per (token, sequence)
+            n_rows, nx = B * wk, B * wx
             if wk:
-                n_rows = kv_idx.numel()
+                kv_idx = idx["kv"][l]  # type: ignore[index]
                 torch.index_select(self.host_kv[l].view(self.N * B, -1), 0, kv_idx,
                                    out=self.stage_kv[p][:n_rows].view(n_rows, -1))
                 if self.int8:
                     torch.index_select(self.host_scale[l].view(self.N * B, -1), 0, kv_idx,
                                        out=self.stage_sc[p][:n_rows].view(n_rows, -1))
             if wx:
-                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, x_idx, out=self.stage_x[p][:x_idx.numel()])
+                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, idx["x"][l],  # type: ignore[index]
+                                   out=self.stage_x[p][:nx])
             t1 = time.perf_counter()
             fetcher.before_copy(l)
-            start = mark(torch.cuda.current_stream(d.dev) if d.cuda else None)
+            t2 = time.perf_counter()
+            start = mark(torch.cuda.current_stream(d.dev) if d.cuda else None) if mark else None
             if wk:
                 self.land_kv[p][:n_rows].copy_(self.stage_kv[p][:n_rows], non_blocking=True)
                 out.h2d_bytes += n_rows * self.stage_kv[p][0].numel() * self.stage_kv[p].element_size()
@@ -389,30 +421,29 @@ class SlotCache:
                     self.land_sc[p][:n_rows].copy_(self.stage_sc[p][:n_rows], non_blocking=True)
                     out.h2d_bytes += n_rows * self.stage_sc[p][0].numel() * 2
             if wx:
-                nx = x_idx.numel()
                 self.land_x[p][:nx].copy_(self.stage_x[p][:nx], non_blocking=True)
                 out.h2d_bytes += nx * self.h * self.stage_x[p].element_size()
-            out.gather_s = (t0, t1)
-            out.copy_marks = (start, mark(torch.cuda.current_stream(d.dev) if d.cuda else None))
+            if mark:
+                out.gather_s = (t0, t1)
+                out.copy_marks = (start, mark(torch.cuda.current_stream(d.dev) if d.cuda else None))
+            out.host_marks = (tj, t0, t1, t2, time.perf_counter())
             out.widths = (wk, wx)
             return out
 
         return job
 
-    def land(self, layer: int, sel: StepSelection, fetched: LayerFetch, recompute_kv) -> None:  # type: ignore[no-untyped-def]
-        """Put this layer's fetched KV rows and recomputed KV into their slots (compute stream)."""
-        wk, wx = fetched.widths
-        p = layer % 2
-        B = self.B
-        if wk:
-            dst = sel.dst_kv[layer, :, :wk].reshape(-1)
-            self._write_slots(layer, dst, self.land_kv[p][: B * wk], self.land_sc[p][: B * wk] if self.int8 else None)
-        if wx:
-            x = self.land_x[p][: B * wx].view(B, wx, self.h)
-            k, v = recompute_kv(layer, x, sel.pos_x[layer, :, :wx])
-            rows, sc = self._pack(k, v)
-            self._write_slots(layer, sel.dst_x[layer, :, :wx].reshape(-1), rows.reshape(B * wx, 2, self.Hkv, self.hd),
-                              sc.reshape(B * wx, 2, self.Hkv) if sc is not None else None)
+    def land_recomputed(self, layer: int, sel: StepSelection, fetched: LayerFetch, recompute_kv) -> None:  # type: ignore[no-untyped-def]
+        """Phase III: K, V of this layer's recomputed tokens from their fetched inputs x,
+        into their slots (eager: the row count changes the GEMM's shape). Rows fetched as
+        KV land inside the replayed graph (``attend``)."""
+        wx = fetched.widths[1]
+        if not wx:
+            return
+        x = self.land_x[layer % 2][: self.B * wx].view(self.B, wx, self.h)
+        k, v = recompute_kv(layer, x, sel.pos_x[layer, :, :wx])
+        rows, sc = self._pack(k, v)
+        self._write_slots(layer, sel.dst_x[layer, :, :wx].reshape(-1), rows.reshape(self.B * wx, 2, self.Hkv, self.hd),
+                          sc.reshape(self.B * wx, 2, self.Hkv) if sc is not None else None)
 
     # -- decode: the step's buffers, the new token, attention -------------------------------------
     def stage_step(self, sel: StepSelection, t: int) -> None:
@@ -426,32 +457,68 @@ class SlotCache:
         self.new_buf.copy_(sel.new_flat)
         if self.swa:
             self.ring_slot.fill_(t % self.k_hist)
+        if self.write_through:
+            self.wk_buf.copy_((sel.cnt - sel.rec).amax(dim=1, keepdim=True))
+            if sel.dst_kv is not None:
+                self.dst_buf[:, :, : sel.dst_kv.shape[-1]].copy_(sel.dst_kv)
 
-    def place_new(self, layer: int, rows16: torch.Tensor) -> None:
+    def place_new(self, layer: int, rows16: torch.Tensor, x: torch.Tensor | None = None) -> None:
         """The new token's KV (rows [B, 1, 2, Hkv, d] fp16, as ``DecodeStep`` packs them)
-        into its slot (``new_buf``). Graph-safe: fixed shapes and addresses."""
+        into its slot (``new_buf``) and, with write-through, into the step's D2H buffer
+        with its layer input x [B, 1, h]. Graph-safe: fixed shapes and addresses."""
         rows, sc = self._format(rows16)
         self._write_slots(layer, self.new_buf[layer], rows[:, 0], sc[:, 0] if sc is not None else None)
-        self.new_rows[layer], self.new_scales[layer] = rows, sc
+        if self.write_through:
+            self.new_all[layer].copy_(rows[:, 0])
+            if sc is not None:
+                self.new_sc_all[layer].copy_(sc[:, 0])
+            if self.keep_inputs and x is not None:
+                self.x_all[layer].copy_(x[:, 0])
 
-    def write_new_to_host(self, layer: int, x_in: torch.Tensor, pos: int) -> int:
-        """With write-through, the new token's KV (as ``place_new`` wrote it) and its layer
-        input x to the host copy at position pos. Returns D2H bytes."""
+    def _wt_parts(self) -> list[torch.Tensor]:
+        return [t for t in (self.new_all, self.new_sc_all, self.x_all) if t is not None]
+
+    def write_through_step(self, pos: int, parity: int, mark: Callable[[Any], Any]) -> tuple[int, Callable[[], None]]:
+        """With write-through: the step's new rows of every layer (and inputs x) to pinned
+        staging in one D2H per buffer, after the last layer has made them. Returns the D2H
+        bytes and the host side, for the fetch worker: wait for the copy, then scatter the
+        rows into the host copy at position pos (the next steps' gathers are queued after
+        it; the token stays in SWA's window, so on the GPU, until then)."""
         if not self.write_through:
-            return 0
-        rows, sc = self.new_rows[layer], self.new_scales[layer]
-        assert rows is not None, "place_new runs first"
-        parts = [(self.host_kv[layer][pos], rows[:, 0])]
-        if sc is not None:
-            parts.append((self.host_scale[layer][pos], sc[:, 0]))
+            return 0, lambda: None
+        flushed = self.wt_flushed[parity]
+        if not flushed.wait(timeout=60.0):
+            raise RuntimeError(f"the host never stored step parity {parity}'s write-through rows")
+        flushed.clear()
+        staging, parts = self.wt_host[parity], self._wt_parts()
+        self._d2h(list(zip(staging, parts)))
+        copied = mark(self.d.d2h) if self.d.cuda else None
+        dests = [self.host_kv[:, pos]]
+        if self.int8:
+            dests.append(self.host_scale[:, pos])
         if self.keep_inputs:
-            parts.append((self.host_x[layer][pos], x_in[:, 0]))
-        self._d2h(parts)
-        return sum(src.numel() * src.element_size() for _, src in parts)
+            dests.append(self.host_x[:, pos])
+
+        def flush() -> None:
+            if copied is not None:
+                copied.synchronize()
+            for dst, src in zip(dests, staging):
+                dst.copy_(src)
+            flushed.set()
+
+        return sum(t.numel() * t.element_size() for t in parts), flush
 
     def attend(self, layer: int, q: torch.Tensor, scale: float, out: torch.Tensor) -> None:
-        """Attention of q [B, Hq, d] over the step's selection into out, and (SWA) this
-        step's weights into the layer's importance. Graph-safe: reads the step buffers."""
+        """Land the layer's fetched rows, then attention of q [B, Hq, d] over the step's
+        selection into out, and (SWA) this step's weights into the layer's importance.
+        Graph-safe: reads the step buffers."""
+        if self.write_through:
+            p, BS, BM = layer % 2, self.B * self.S, self.B * self.M
+            scatter_rows(self.pool[layer].view(BS, -1), self.land_kv[p].view(BM, -1), self.dst_buf[layer],
+                         self.wk_buf[layer])
+            if self.int8:
+                scatter_rows(self.scale[layer].view(BS, -1), self.land_sc[p].view(BM, -1), self.dst_buf[layer],
+                             self.wk_buf[layer])
         K, V, ks, vs = self.kv_views(layer)
         idx = self.sel_buf[layer][:, None, :].expand(self.B, self.Hkv, self.W)
         _, lse, scores = sparse_decode_attention(q, K, V, idx, self.lens_buf, scale, ks, vs,
@@ -482,5 +549,5 @@ class SlotCache:
             per_tok += self.host_scale[0, 0].numel() * 2
         if self.keep_inputs:
             per_tok += self.host_x[0, 0].numel() * self.host_x.element_size()
-        staging = sum(v for k, v in self.d.allocated.items() if k == "host fetch staging")
+        staging = sum(v for k, v in self.d.allocated.items() if k in ("host fetch staging", "host write-through staging"))
         return self.L * self.host_tokens_written * per_tok + staging

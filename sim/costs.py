@@ -125,6 +125,14 @@ class CostModel:
         return self._copy_s("d2h", nbytes, chunks, self.hw.pcie_d2h_gbps, pinned)
 
     # -- host -----------------------------------------------------------------
+    def fetch_h2d_s(self, nbytes: float) -> float:
+        """H2D of gathered token rows from pinned staging while the next layer's gather runs
+        (calibration's ``h2d_fetch`` pipeline; a plain pinned copy where not measured)."""
+        if nbytes <= 0:
+            return 0.0
+        t = self._table("h2d_fetch")
+        return t(nbytes) if t is not None else self.h2d_s(nbytes, pinned=True)
+
     def cpu_gather_s(self, nbytes: float) -> float:
         """Gather scattered KV rows into a pinned staging buffer on the CPU."""
         if nbytes <= 0:

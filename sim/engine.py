@@ -6,7 +6,10 @@ staging; GPU and host memory are capacity-limited pools (``simpy.Container``).
 
 Within a step, each layer's work flows gather -> H2D -> compute -> D2H; each resource
 serves layers in order, so the next layer's fetch overlaps this layer's compute and the
-write-back of this layer overlaps the next one. A step's fetches start when the step
+write-back of this layer overlaps the next one. Gathered rows pass through staging of
+``STAGING_DEPTH`` buffers on each side (as in the real backend): a layer's gather waits
+until the copy of the layer that last used its pinned buffer has finished, and its copy
+until the GPU has consumed the rows last landed in its GPU buffer. A step's fetches start when the step
 starts (its selection depends on the previous step's attention); its write-backs may
 run on into the next step. A step whose layers move nothing runs as one GPU interval.
 
@@ -14,7 +17,9 @@ The host that issues the GPU work is a resource too (the profile's ``host`` cost
 in datasheet profiles): a layer's compute starts no earlier than the host begins issuing
 it and ends no earlier than the host has issued all of it. The host runs ahead of the
 GPU across steps, except where a step needs a GPU result first (``host_round_trip``),
-and it waits for a layer's gathered rows before issuing that layer.
+and it waits for a layer's gathered rows before issuing that layer. Where the coster says
+``inline_fetch`` (a measured host: the real backend's default), that same host thread
+does the gathers, two layers ahead of the layer it issues, instead of a CPU worker.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .policies.base import Policy
 from .step_cost import LayerTimes
 
 LANES = ("GPU compute", "H2D", "D2H", "CPU", "Host")
+STAGING_DEPTH = 2      # fetch staging buffers per side (pinned host, GPU landing)
 
 
 @dataclass
@@ -175,6 +181,8 @@ class Engine:
             if plan.host_round_trip and h0 > env.now:
                 yield env.timeout(h0 - env.now)   # the gather job is submitted after the round trip
             for l, t in enumerate(times):
+                if t.gather_s > 0 and l >= STAGING_DEPTH and staged[l]:
+                    yield loaded[l - STAGING_DEPTH]    # its pinned buffer's last copy is out
                 if t.gather_s > 0:
                     s = env.now
                     yield env.timeout(t.gather_s)
@@ -196,12 +204,15 @@ class Engine:
             self._host_free = h
 
         sync = [lp.sync_fetch for lp in plan.layers]
+        staged = [not lp.contiguous_fetch for lp in plan.layers]   # token gathers go through staging
 
         def h2d_proc():
             for l, t in enumerate(times):
                 yield gathered[l]
                 if sync[l] and l > 0:
                     yield computed[l - 1]  # no prefetch (e.g. Accelerate's offload hooks)
+                if t.h2d_s > 0 and l >= STAGING_DEPTH and staged[l]:
+                    yield computed[l - STAGING_DEPTH]  # its GPU buffer's last rows are consumed
                 if t.h2d_s > 0:
                     s = env.now
                     yield env.timeout(t.h2d_s)
@@ -218,9 +229,46 @@ class Engine:
                     yield env.timeout(t.d2h_s)
                     self._trace("D2H", f"L{l}", s, t.d2h_s, {"step": plan.step, "bytes": t.d2h_bytes})
 
-        env.process(cpu_proc())
+        def host_inline_proc():
+            # the real backend's inline fetch: the issuing thread gathers layer 0's rows,
+            # then after issuing layer l gathers up to layer l + 2 (each waiting for the copy
+            # that last used its pinned buffer); a layer's GPU work ends no earlier than
+            # its own issue, not its successors' gathers
+            if h0 > env.now:
+                yield env.timeout(h0 - env.now)
+            nxt = 0
+
+            def gather(j: int):  # type: ignore[no-untyped-def]
+                t = times[j]
+                if t.gather_s > 0 and j >= STAGING_DEPTH and staged[j]:
+                    yield loaded[j - STAGING_DEPTH]
+                if t.gather_s > 0:
+                    s = env.now
+                    yield env.timeout(t.gather_s)
+                    self._trace("CPU", f"gather L{j}", s, t.gather_s, {"step": plan.step})
+                gathered[j].succeed()
+            if times[0].gather_s > 0 or times[0].h2d_s > 0:
+                yield from gather(0)
+                nxt = 1
+            for l, t in enumerate(times):
+                while nxt <= l:            # a layer not fetched ahead: its own rows first
+                    yield from gather(nxt)
+                    nxt += 1
+                issue_end[l] = env.now + t.host_s
+                issuing[l].succeed()
+                self._trace("Host", f"issue L{l}", env.now, t.host_s, {"step": plan.step})
+                yield env.timeout(t.host_s)
+                while nxt <= min(l + STAGING_DEPTH, L - 1):
+                    yield from gather(nxt)
+                    nxt += 1
+            self._host_free = env.now
+
         env.process(h2d_proc())
-        env.process(host_proc())
+        if getattr(self.coster, "inline_fetch", False):
+            env.process(host_inline_proc())
+        else:
+            env.process(cpu_proc())
+            env.process(host_proc())
         if any(t.d2h_s for t in times):
             self._d2h_tail = env.process(d2h_proc(self._d2h_tail))
         for l, t in enumerate(times):

@@ -64,6 +64,8 @@ class HostIssue(BaseModel):
     prefix_us: UsOrLine = Field(0.0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
                                                  "its copy, the stream waits, the spill")
     step_us: UsOrLine = Field(0.0, description="per decode step: embedding, LM head, bookkeeping")
+    fetch_layer_us: UsOrLine = Field(0.0, description="the host fetch worker, per decode layer that gathers rows: "
+                                                      "its index lists and copy issue, beyond the gather itself")
     round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
                                                      "(ALISA with spilled KV): the wait, the copy, the worker's start")
 
@@ -119,7 +121,7 @@ class HardwareProfile(BaseModel):
     @classmethod
     def _known_tables(cls, v: dict[str, OpTable]) -> dict[str, OpTable]:
         plain = {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable", "cpu_gather",
-                 "attention_decode", "quantize_int8", "h2d_d2h_concurrent"}
+                 "attention_decode", "quantize_int8", "h2d_d2h_concurrent", "h2d_fetch"}
         for key in v:
             if key not in plain and not key.startswith("gemm:"):
                 raise ValueError(f"unknown table '{key}' (known: {sorted(plain)} and gemm:NxK)")

@@ -87,14 +87,19 @@ class StepCoster:
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
         fetch_bytes = b * (lp.h2d_kv_tokens * self.kv_bytes + lp.recompute_tokens * self.hidden_bytes)
-        gather = 0.0 if lp.contiguous_fetch else c.cpu_gather_s(fetch_bytes)
+        gather = 0.0
+        if not lp.contiguous_fetch and fetch_bytes > 0:
+            gather = c.cpu_gather_s(fetch_bytes) + self.cost.hw.host.at("fetch_layer_us", b) * 1e-6
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
             gather += c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops)
         w_bytes = lp.weight_h2d_bytes * lp.weight_compression
         pinned = not lp.pageable_fetch
-        h2d = c.h2d_s(fetch_bytes, pinned=pinned) + c.h2d_s(w_bytes, pinned=pinned)
+        # token rows gathered into pinned staging travel beside the next layer's gather
+        gathered = not lp.contiguous_fetch and pinned
+        h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
+            + c.h2d_s(w_bytes, pinned=pinned)
         if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
             compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)
@@ -108,6 +113,13 @@ class StepCoster:
         out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes, self.host_issue_s(lp))
         self._cache[lp] = out
         return out
+
+    @property
+    def inline_fetch(self) -> bool:
+        """The modelled executor gathers on the thread that issues GPU work (the real
+        backend's inline fetch) wherever the profile measured its host; a profile without
+        host costs models an ideal executor with a separate gather worker."""
+        return not self.cost.hw.host.is_zero
 
     def host_issue_s(self, lp: LayerPlan) -> float:
         """Host time to issue one layer's GPU work (the profile's ``host`` costs)."""
@@ -137,3 +149,7 @@ class StepCoster:
             h_end = max(h_end, g_end) + t.h2d_s
             c_end = max(c_end, h_end) + max(t.compute_s, t.host_s)
         return c_end
+
+    def host_stage_s(self, t: LayerTimes) -> float:
+        """A layer's time on the issuing thread: its issue, plus its gather when inline."""
+        return t.host_s + (t.gather_s if self.inline_fetch else 0.0)

@@ -83,6 +83,38 @@ def test_build_profile_recovers_synthetic_hardware(tmp_path):
     assert json.loads(out.with_suffix(".measurements.json").read_text())[0]["op"] == "launch"
 
 
+def test_pipelined_fetch_rates_define_the_gather_and_token_fetch_costs():
+    """Where calibration ran the fetch pipeline (gathers beside copies), its slower rates
+    are the simulator's: the gather table and the H2D of gathered rows; a FlexGen-like
+    contiguous fetch keeps the plain pinned rate."""
+    rows = _synthetic_rows(gather_bw=20e9)
+    for r in (64, 1024, 4096):
+        n = r * 16384
+        rows.append({"op": "cpu_gather_pipelined", "size": n, "seconds": 2e-6 + n / 8e9, "threads": 8,
+                     "row_bytes": 16384})
+        rows.append({"op": "h2d_fetch", "size": n, "seconds": 10e-6 + n / 25e9, "row_bytes": 16384})
+    p = build_profile(rows, "synth", _device(), {"date": "2026-01-01", "quick": True})
+    assert p["cpu_gather_gbps"] == pytest.approx(8, rel=0.05)
+    assert p["meta"]["fits"]["cpu_gather_alone"]["gbps"] == pytest.approx(20, rel=0.2)
+    hw = HardwareProfile(**json.loads(json.dumps(p, default=str)))
+    from alisa.sim.costs import CostModel
+    from alisa.sim.models import ModelSpec
+    from alisa.sim.plan import LayerPlan
+    from alisa.sim.step_cost import StepCoster
+    c = CostModel(hw)
+    n = 1024 * 16384
+    assert c.cpu_gather_s(n) == pytest.approx(2e-6 + n / 8e9, rel=1e-6)
+    assert c.fetch_h2d_s(n) == pytest.approx(10e-6 + n / 25e9, rel=1e-6)
+    assert c.h2d_s(n) == pytest.approx(10e-6 + n / 50e9, rel=0.05)
+    md = ModelSpec(name="m", family="llama", num_layers=2, hidden_size=4096, num_heads=32, num_kv_heads=32,
+                   head_dim=128, ffn_dim=11008, vocab_size=32000, activation="silu", norm="rmsnorm")
+    coster = StepCoster(md, batch=1, cost=c)
+    tok = coster.layer_times(LayerPlan(attended_tokens=1100, h2d_kv_tokens=1024))
+    blk = coster.layer_times(LayerPlan(attended_tokens=1100, h2d_kv_tokens=1024, contiguous_fetch=True))
+    assert tok.h2d_s == pytest.approx(c.fetch_h2d_s(1024 * coster.kv_bytes))
+    assert blk.h2d_s == pytest.approx(c.h2d_s(1024 * coster.kv_bytes))
+
+
 def test_tables_equal_to_analytic_model_give_the_same_simulation():
     sc = scenario(policy__gpu_kv_budget_gb=0.6, workload__gen_len=96)
     analytic = CostModel(sc.hardware)
@@ -127,8 +159,10 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
     # a known host: (fixed, per sequence) microseconds per layer for each probe's extra part
     line = {"layer_us": (30.0, 0.5), "importance_us": (10.0, 0.25), "spill_layer_us": (300.0, 4.0),
             "recompute_us": (200.0, 2.0), "prefix_us": (80.0, 1.0), "step_us": (50.0, 1.0),
-            "round_trip_us": (2000.0, 40.0), "prefill_layer_us": (800.0, 5.0)}
+            "round_trip_us": (2000.0, 40.0), "prefill_layer_us": (800.0, 5.0), "fetch_layer_us": (60.0, 1.5)}
     u = lambda k, B: line[k][0] + B * line[k][1]  # noqa: E731
+    # spilling probes also wait for the fetch worker (per layer); that time is the worker's, not the host's
+    wait = {p: (lambda B, p=p: (40.0 + 2.0 * B) if p in ("spill", "recompute") else 0.0) for p in PROBES}
     per_layer = {"dense": lambda B: u("layer_us", B),
                  "swa": lambda B: u("layer_us", B) + u("importance_us", B),
                  "spill": lambda B: u("layer_us", B) + u("importance_us", B) + u("spill_layer_us", B),
@@ -138,7 +172,9 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
     per_step = {p: (lambda B, p=p: u("step_us", B) + (u("round_trip_us", B) if p in ("spill", "recompute") else 0))
                 for p in PROBES}
     rows = [{"op": f"host_issue:{p}", "layers": L, "batch": B, "size": float(L),
-             "seconds": (per_step[p](B) + L * per_layer[p](B)) * 1e-6,
+             "seconds": (per_step[p](B) + L * (per_layer[p](B) + wait[p](B))) * 1e-6,
+             "wait_seconds": L * wait[p](B) * 1e-6,
+             "worker_layer_seconds": u("fetch_layer_us", B) * 1e-6 if p in ("spill", "recompute") else 0.0,
              "prefill_seconds": (100.0 + L * u("prefill_layer_us", B)) * 1e-6}
             for p in PROBES for B in BATCHES for L in DEPTHS]
     got = HostIssue(**host_section(rows))

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from alisa.kernels.reference import (dequantize_kv_ref, importance_update_ref, quantize_kv_ref,  # noqa: E402
-                                     sparse_decode_attention_ref)
+                                     scatter_rows_ref, sparse_decode_attention_ref)
 from alisa.kernels.swa_triton import (attention_weights, importance_update, quantize_kv,  # noqa: E402
-                                      sparse_decode_attention)
+                                      scatter_rows, sparse_decode_attention)
 
 SEED = random.SystemRandom().randrange(2**31)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same tests run compiled
@@ -98,6 +98,23 @@ def test_quantize_kv_matches_reference_and_bounds_error():
     assert (q.int() - rq.int()).abs().max() <= 1, f"seed {SEED}"  # ties may round either way
     err = (dequantize_kv_ref(q, s) - x.float()).abs()
     assert (err <= s.float()[..., None] * 0.5 + 1e-3).all()
+
+
+@pytest.mark.parametrize("dtype,row", [(torch.float16, (2, 3, 40)), (torch.int8, (2, 3, 40)), (torch.float16, (6,))])
+def test_scatter_rows_matches_reference_for_each_width(dtype, row):
+    """One launch shape (the buffer's full width) serves every count read on the device,
+    zero included; rows past the count are untouched."""
+    gen = torch.Generator().manual_seed(SEED)
+    B, M, S = 3, 7, 50
+    src = (torch.randn(B * M, *row, generator=gen) * 50).to(dtype)
+    for width in (0, 1, 4, M):
+        dst = (torch.randn(S, *row, generator=gen) * 50).to(dtype)
+        idx = torch.stack([torch.randperm(S, generator=gen)[:M] for _ in range(B)])
+        ref = dst.clone()
+        scatter_rows_ref(ref, src, idx, width)
+        d = dst.to(DEV)
+        scatter_rows(d, src.to(DEV), idx.to(DEV), torch.tensor([width], dtype=torch.int32, device=DEV), block=16)
+        assert torch.equal(d.cpu(), ref), f"seed {SEED} width {width}"
 
 
 @pytest.mark.parametrize("G", [1, 4, 8])

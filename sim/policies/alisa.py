@@ -261,8 +261,9 @@ class AlisaPolicy(Policy):
                            d2h_kv_tokens=d2h_kv, d2h_hidden_tokens=d2h_x)
             t = self.coster.layer_times(lp)
             gpu = max(t.compute_s, t.host_s)   # a layer's GPU work cannot end before the host has issued it
+            host = self.coster.host_stage_s(t)  # inline fetch: the issuing thread gathers too
             # uniform layers through a 3-stage pipeline: fill + (L-1) x bottleneck stage
-            est = t.gather_s + t.h2d_s + gpu + (L - 1) * max(t.gather_s, t.h2d_s, gpu)
+            est = t.gather_s + t.h2d_s + gpu + (L - 1) * max(t.gather_s, t.h2d_s, gpu, host)
             if est < best_t - 1e-15:
                 best_r, best_t = r, est
         return max(best_r, self.r_min)
