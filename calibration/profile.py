@@ -37,19 +37,23 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         if len(size) >= 2:
             tables[key] = {"size": size, "seconds": sec, **({"fit_rel_error": round(err, 4)} if err is not None else {})}
 
+    def fit_op(key: str) -> Any:
+        """latency + bytes / bandwidth over one op's rows, into ``fits`` and a table."""
+        f = fit_latency_bandwidth(*_xy(ops[key]))
+        fits[key] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
+                     "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        add_table(key, ops[key], f.mean_rel_error)
+        return f
+
     # PCIe: latency + bytes / bandwidth per direction and memory kind
     rates: dict[str, float] = {}
     lats: list[float] = []
     for op in ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable"):
         if op in ops:
-            x, t = _xy(ops[op])
-            f = fit_latency_bandwidth(x, t)
+            f = fit_op(op)
             rates[op] = f.rate_per_s
             if op.endswith("pinned"):
                 lats.append(f.latency_s)
-            fits[op] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
-                        "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
-            add_table(op, ops[op], f.mean_rel_error)
     if "h2d_d2h_concurrent" in ops and "h2d_pinned" in ops and "d2h_pinned" in ops:
         big = max(r["size"] for r in ops["h2d_d2h_concurrent"])
         both = next(r["seconds"] for r in ops["h2d_d2h_concurrent"] if r["size"] == big)
@@ -83,11 +87,7 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         f = fit_latency_bandwidth(*_xy(ops["cpu_gather"]))
         fits["cpu_gather_alone"] = {"gbps": f.rate_per_s / 1e9, "mean_rel_error": f.mean_rel_error}
     if "h2d_fetch" in ops:
-        x, t = _xy(ops["h2d_fetch"])
-        f = fit_latency_bandwidth(x, t)
-        fits["h2d_fetch"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
-                             "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
-        add_table("h2d_fetch", ops["h2d_fetch"], f.mean_rel_error)
+        fit_op("h2d_fetch")
 
     hbm_gbps = ops["hbm_copy"][0]["size"] / ops["hbm_copy"][0]["seconds"] / 1e9
     peak_flops = max((r["flops"] / r["seconds"] for k, v in ops.items() if k.startswith("gemm:") for r in v),
@@ -95,11 +95,7 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     launch_us = ops["launch"][0]["seconds"] * 1e6 if "launch" in ops else 5.0
 
     if "attention_decode" in ops:
-        x, t = _xy(ops["attention_decode"])
-        f = fit_latency_bandwidth(x, t)
-        fits["attention_decode"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
-                                    "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
-        add_table("attention_decode", ops["attention_decode"], f.mean_rel_error)
+        fit_op("attention_decode")
     int8_overhead = 0.15
     if "attention_decode_int8" in ops and "attention_decode" in ops:
         # the fp16 fit extrapolates below its grid, where INT8's halved bytes fall

@@ -58,7 +58,7 @@ class StepSelection:
     rec: torch.Tensor              # [L, B] int64 of which recomputed
     cpu: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (miss_tok, cnt, rec) on host
     free_misses: float = 0.0       # mean misses per sequence and layer that pure SWA would have had
-    widths: list[tuple[int, int]] | None = None   # per layer: rows per sequence fetched as KV, as x
+    widths: torch.Tensor | None = None            # [L, 2] per layer: rows per sequence fetched as KV, as x (host)
     dst_kv: torch.Tensor | None = None            # [L, B, WK] flat slots of KV-fetched rows
     dst_x: torch.Tensor | None = None             # [L, B, WX] flat slots of recomputed rows
     pos_x: torch.Tensor | None = None             # [L, B, WX] their positions
@@ -330,10 +330,10 @@ class SlotCache:
         """Flat destination slots (b * S + slot) of every layer's fetched and recomputed
         rows, in the order the worker packs them, computed once per step."""
         _, cnt_c, rec_c = s.cpu
-        WK, WX = int((cnt_c - rec_c).max()), int(rec_c.max())
+        s.widths = torch.stack(((cnt_c - rec_c).amax(-1), rec_c.amax(-1)), -1)
+        WK, WX = s.widths.amax(0).tolist()
         M = s.miss_slot.shape[-1]
         base = self.b_ar[None, :, None] * self.S
-        s.widths = [(int((cnt_c[l] - rec_c[l]).max()), int(rec_c[l].max())) for l in range(self.L)]
         if WK:
             jj = torch.arange(WK, device=self.d.dev)
             src = (s.rec[..., None] + jj).clamp(max=M - 1)
@@ -382,8 +382,9 @@ class SlotCache:
         assert sel.cpu is not None and sel.widths is not None
         mt, cnt, rec = sel.cpu
         B, d = self.B, self.d
-        wk_all = torch.tensor([w for w, _ in sel.widths])
-        wx_all = torch.tensor([x for _, x in sel.widths]) if self.keep_inputs else torch.zeros_like(wk_all)
+        wk_all = sel.widths[:, 0]
+        wx_all = sel.widths[:, 1] if self.keep_inputs else torch.zeros_like(wk_all)
+        wk_l, wx_l = wk_all.tolist(), wx_all.tolist()     # plain ints: no tensor ops per layer
         idx: dict[str, list[torch.Tensor] | None] = {}
 
         def job(l: int) -> LayerFetch:
@@ -393,7 +394,7 @@ class SlotCache:
                 idx["x"] = self._packed_rows(mt, torch.zeros_like(rec), rec, wx_all)
             p = l % 2
             out = LayerFetch()
-            wk, wx = int(wk_all[l]), int(wx_all[l])
+            wk, wx = wk_l[l], wx_l[l]
             if wk == 0 and wx == 0:
                 return out
             fetcher.before_gather(l)
