@@ -28,6 +28,7 @@ for stage in "$@"; do
     overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
     probecheck) python3 benchmarks/debug/host_probe_check.py "$OUT" ${PROBECHECK:-dense,spill} 2>&1 | tee "$OUT/probecheck.log" | tail -30 ;;
     fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline,dense} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
+    stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     val-*) bash benchmarks/validation_matrix.sh "$OUT" "${stage#val-}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;

@@ -35,7 +35,7 @@ from _record import append_record  # noqa: E402
 
 # host time inside a step, by part: (object attribute, method names)
 PARTS = {"step_fn": ("begin", "pre", "post", "end"),
-         "slots": ("select", "stage_step", "write_through_step", "land_recomputed"),
+         "slots": ("select", "resolve", "write_through_step", "land_recomputed"),
          "fetcher": ("wait",), "prefix": ("stage_step", "prefetch", "spill")}
 
 

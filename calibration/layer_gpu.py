@@ -10,8 +10,10 @@ real width runs ``alisa.runtime``'s ``DecodeStep`` graphs, pre and post, with an
 attention list; the GEMMs (from this calibration's tables) and the attention kernels'
 floor are taken off, at two batch sizes, giving ``decode_layer_us[family/cache]`` as
 [fixed, per sequence] microseconds. The cache layouts differ in what the graphs hold:
-``slots`` (dense), ``swa`` (plus the importance update), ``prefix`` (FlexGen-like: a
-second attention over the fetched part and the merge).
+``slots`` (dense), ``swa`` (plus the importance update), ``spill`` (SWA whose KV
+outgrows the GPU cache: plus the new rows' copies for the write-through and the scatter
+that lands fetched rows), ``prefix`` (FlexGen-like: a second attention over the fetched
+part and the merge).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ REPEATS = 30
 CACHES: dict[str, dict[str, Any]] = {
     "slots": {"name": "dense-gpu"},
     "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
+    # a cache smaller than the run: the write-through copies and the landing scatter too
+    "spill": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 32},
     "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
 }
 
@@ -54,11 +58,16 @@ def _time_layers(sc, repeats: int) -> float:  # type: ignore[no-untyped-def]
                 st.pre(l)
                 st.post(l)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        # at most two layers queued ahead of the GPU, as the executor issues them
+        # (``RealOptions.run_ahead_layers``): a deeper queue runs slower
+        ring = [torch.cuda.Event(), torch.cuda.Event()]
         a.record()
-        for _ in range(repeats):
-            for l in range(L):
-                st.pre(l)
-                st.post(l)
+        for i in range(repeats * L):
+            st.pre(i % L)
+            st.post(i % L)
+            if i >= 2:
+                ring[i % 2].synchronize()
+            ring[i % 2].record()
         b.record()
         b.synchronize()
     del ex, st

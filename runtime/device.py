@@ -81,7 +81,14 @@ class Device:
 
     def gpu_bytes_now(self) -> int:
         if self.cuda:
-            return torch.cuda.memory_allocated(self.dev)
+            # read once per step: torch.cuda.memory_allocated flattens the allocator's whole
+            # statistics tree into a dict first (~0.3 ms on the H100 host, on the host's
+            # critical path); the nested dict it starts from has the same number
+            try:
+                idx = self.dev.index if self.dev.index is not None else torch.cuda.current_device()
+                return int(torch._C._cuda_memoryStats(idx)["allocated_bytes"]["all"]["current"])
+            except (AttributeError, KeyError, TypeError):
+                return torch.cuda.memory_allocated(self.dev)
         return sum(v for k, v in self.allocated.items() if not k.startswith("host"))
 
     def gpu_peak_bytes(self) -> int:
@@ -90,9 +97,28 @@ class Device:
         return self.gpu_bytes_now()
 
     # -- streams ------------------------------------------------------------------------
+    def on(self, stream: Any) -> "_OnStream":
+        """Issue on ``stream`` inside the block, then on the compute stream again. A cheap
+        ``torch.cuda.stream``: its device checks cost tens of microseconds a call on the
+        H100 host (``benchmarks/debug/step_profile.py``), and the fetch switches per layer."""
+        return _OnStream(self, stream)
+
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.dev)
+
+
+class _OnStream:
+    def __init__(self, device: Device, stream: Any) -> None:
+        self.d, self.s = device, stream
+
+    def __enter__(self) -> None:
+        if self.d.cuda:
+            torch.cuda.set_stream(self.s)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.d.cuda:
+            torch.cuda.set_stream(self.d.compute)
 
 
 class Timeline:

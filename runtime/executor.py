@@ -1,10 +1,13 @@
 """The real backend: the scheduler's StepPlans run on a GPU with real tensors.
 
 One scheduler, two executors: the same policy object that feeds the SimPy engine yields
-the plans here. Per step this executor
+the plans here (all of them before the run starts: they depend on the scenario and the
+profile only). The host issues at most ``run_ahead_layers`` layers ahead of the GPU.
+Per step this executor
 
-* dense-gpu, ALISA: places the new token and the step's misses in the GPU cache
-  (``SlotCache``), has a host worker gather the misses' rows into pinned staging and copy
+* dense-gpu, ALISA: selects and places the new token and the step's misses in the GPU
+  cache (``SlotCache``; a spilling step's selection is one CUDA graph,
+  ``SpillSelector``), gathers the misses' rows on the host into pinned staging and copies
   them on the H2D stream, layer by layer, while the GPU computes earlier layers; lands
   fetched KV in its slots and recomputes the rest from their layer inputs x (Phase III);
   attends with the Triton sparse kernel and updates SWA's importance with the Triton
@@ -57,11 +60,16 @@ class RealOptions:
     device: str | None = None                       # None: the CUDA GPU (required); "cpu": tests
     prompt_ids: torch.Tensor | None = None          # [B, P]; default: random ids, or the bundled text
     layer_trace_steps: int = 8                      # decode steps whose per-layer spans are traced
+    trace_later: int = 4                            # ... and this many more, spread over the rest of the run
     act_dtype: Literal["auto", "float16", "float32"] = "auto"   # auto: fp16 on a GPU, fp32 on the CPU
     graphs: bool = True                             # decode's dense parts as CUDA graphs (GPU only)
     fetch_threads: int | None = None                # CPU threads that gather fetched rows; None: fetch_threads_default()
     fetch_mode: Literal["inline", "thread"] = "inline"   # who gathers: the main thread between layers, or a worker
     run_ahead_steps: int | None = None              # the host issues at most this many steps past the GPU; None: no cap
+    # the host issues at most this many layers past the GPU (None: no cap). A deep queue of
+    # graph launches made the GPU slower on the H100 (dense OPT-6.7B b32: 12.2 ms per step
+    # uncapped, 9.95 at 2 layers; benchmarks/debug/layer_events.py)
+    run_ahead_layers: int | None = 2
 
 
 @dataclass
@@ -132,6 +140,9 @@ class RealExecutor:
         self.positions = torch.arange(self.N, device=dev)
         self._build_cache()
         self.step_fn = DecodeStep(self.dec, self.B, self.act_dtype, dev, graphs=self.opts.graphs)
+        k = self.opts.run_ahead_layers
+        self.ahead_evt = [torch.cuda.Event() for _ in range(k)] if k and dev.type == "cuda" else []
+        self.issued_layers = 0
         self._hook_cache()
 
     def _hook_cache(self) -> None:
@@ -169,7 +180,8 @@ class RealExecutor:
                 d, layers=m.num_layers, batch=self.B, max_tokens=self.N, capacity=C if spills else self.N,
                 kv_heads=m.num_kv_heads, head_dim=m.head_dim, hidden=m.hidden_size, int8=cfg.int8_kv,
                 write_through=spills, keep_inputs=cfg.recompute, swa=self.swa, history=p.importance_history(),
-                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=p.a_max)
+                ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=p.a_max,
+                selection=self.opts.selection, global_max=self._global_max())
         else:
             assert isinstance(p, DenseGpuPolicy)
             self.swa = False
@@ -180,6 +192,12 @@ class RealExecutor:
                 keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype,
                 attend_max=self.N)
         self.fetcher = HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode) if self.slots.write_through else None
+
+    def _global_max(self) -> int:
+        """The largest global part (a - w) of any step of the run."""
+        if not self.swa:
+            return 0
+        return max(a - w for a, w in (swa_budget(n, self.s, self.lf) for n in range(self.P + 1, self.N + 1)))
 
     def prompt(self) -> torch.Tensor:
         if self.opts.prompt_ids is not None:
@@ -227,6 +245,8 @@ class RealExecutor:
         """Capture the step's graphs (their warm-up runs compile the Triton kernels, which
         see fixed buffer widths: one variant per run) before anything is timed."""
         self.step_fn.capture()
+        if self.opts.graphs and self.slots is not None and self.slots.selector is not None:
+            self.slots.selector.capture()
         self.d.sync()
 
     def _rehearse(self, steps: int = 2) -> None:
@@ -236,6 +256,7 @@ class RealExecutor:
         import itertools
 
         policy, self.policy = self.policy, make_policy(self.sc)
+        self.traced: set[int] = set()
         self.tl = Timeline(self.d)
         self._reset_run_state()
         ids = self.prompt()
@@ -266,18 +287,16 @@ class RealExecutor:
     def _run(self) -> RealRun:
         d = self.d
         ids = self.prompt()
+        plans, oom = self._schedule()
+        self.traced = self._traced_steps(sum(p.phase != "prefill" for p in plans))
         self.tl = Timeline(d)
         wall0 = time.perf_counter()
         self._reset_run_state()
         step_marks: list[tuple[StepPlan, Any, int, int, int, int, int]] = []
         tokens: list[torch.Tensor] = []
-        oom: OutOfMemory | None = self.policy.static_check()
         start = self.tl.mark(d.compute)
-        if oom is None:
-            for plan in self.policy.plans():
-                if isinstance(plan, OutOfMemory):
-                    oom = plan
-                    break
+        if plans:
+            for plan in plans:
                 ahead = self.opts.run_ahead_steps
                 if ahead is not None and d.cuda and len(step_marks) > ahead:
                     step_marks[-ahead - 1][1].synchronize()
@@ -292,6 +311,31 @@ class RealExecutor:
         d.sync()
         wall = time.perf_counter() - wall0
         return self._result(start, step_marks, tokens, oom, wall)
+
+    def _schedule(self) -> tuple[list[StepPlan], OutOfMemory | None]:
+        """The run's plans, made before it starts (they depend on the scenario and the
+        profile only, not on measurements). The scheduler is Python (0.2-1 ms a step for
+        these models, `plan_s` in the result's info), which the simulator does not time;
+        made inline it would stall every step's host issue."""
+        t0 = time.perf_counter()
+        oom = self.policy.static_check()
+        plans: list[StepPlan] = []
+        if oom is None:
+            for plan in self.policy.plans():
+                if isinstance(plan, OutOfMemory):
+                    oom = plan
+                    break
+                plans.append(plan)
+        self.plan_s = time.perf_counter() - t0
+        return plans, oom
+
+    def _traced_steps(self, steps: int) -> set[int]:
+        """The decode steps whose per-layer spans go into the trace: the first few, and a
+        few more at even spacing up to the last (how the late, larger steps run)."""
+        first = min(self.opts.layer_trace_steps, steps)
+        later = {first + (steps - 1 - first) * (i + 1) // self.opts.trace_later
+                 for i in range(self.opts.trace_later)} if steps > first and self.opts.trace_later > 0 else set()
+        return set(range(first)) | later
 
     def _host_bytes(self) -> int:
         return self.slots.host_bytes_in_use() if self.slots else self.prefix.host_bytes_in_use()
@@ -335,40 +379,65 @@ class RealExecutor:
         a = min(a, plan.attended_tokens) if plan.attended_tokens else a
         misses = [lp.h2d_kv_tokens + lp.recompute_tokens for lp in plan.layers]
         recs = [lp.recompute_tokens for lp in plan.layers]
-        sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1)
-        fetching = sel.cpu is not None and int(sel.cpu[1].sum()) > 0
-        if sel.cpu is not None:
+        trace = plan.step in self.traced
+        t_sel = time.perf_counter()
+        sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1,
+                       t=self.P + plan.step)
+        st = self.step_fn
+        # issued while the GPU may still run the previous step; only the selection's host
+        # part is waited for (``resolve``), so layer 0's first graph is already queued
+        if d.cuda and c.write_through:
+            d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
+        st.begin(last, pos)
+        s0 = self.tl.mark(d.compute) if trace else None
+        st.pre(0)
+        t_wait = time.perf_counter()
+        c.resolve(sel)
+        t_ready = time.perf_counter()
+        fetching = sel.spills and sel.widths is not None and int(sel.widths.sum()) > 0
+        if sel.spills:
             self.free_misses.append(sel.free_misses)
             self.planned_misses.append(sum(misses) / len(misses))
-        trace = plan.step < self.opts.layer_trace_steps
         if fetching:
             self.fetcher.submit(c.gather_job(sel, self.fetcher, self.tl.mark if trace else None), after=self.last_d2h)
             self.last_d2h = None      # later steps' host rows are stored by the worker, in order
-        st = self.step_fn
-        if d.cuda and c.write_through:
-            d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
-        c.stage_step(sel, self.P + plan.step)
-        st.begin(last, pos)
+        if trace:
+            self.host_spans.append(("Host", "select", t_sel, t_wait, {"step": plan.step}))
+            self.host_spans.append(("Host", "wait selection", t_wait, t_ready, {"step": plan.step}))
         h2d = d2h = recomputed = 0
         for l in range(self.m.num_layers):
-            s = self.tl.mark(d.compute) if trace else None
-            st.pre(l)
+            t_l = time.perf_counter()
+            s = s0 if l == 0 else (self.tl.mark(d.compute) if trace else None)
+            if l:
+                st.pre(l)
             if fetching:
                 f = self.fetcher.wait(l)    # inline: runs layer 0's job; later layers' ran below
                 c.land_recomputed(l, sel, f, dec.kv_from_input)
                 h2d += f.h2d_bytes
                 if trace and f.gather_s is not None:
                     self.host_spans.append(("CPU", f"gather L{l}", f.gather_s[0], f.gather_s[1], {"step": plan.step}))
+                    if f.host_marks is not None:
+                        tj, g0, g1, c0, c1 = f.host_marks   # job start, gather, copy issue
+                        self.host_spans.append(("CPU", f"before gather L{l}", tj, g0, {"step": plan.step}))
+                        self.host_spans.append(("CPU", f"before copy L{l}", g1, c0, {"step": plan.step}))
+                        self.host_spans.append(("CPU", f"copy issue L{l}", c0, c1, {"step": plan.step}))
                     self.spans.append(("H2D", f"L{l}", f.copy_marks[0], f.copy_marks[1],
                                        {"step": plan.step, "bytes": f.h2d_bytes}))
             st.post(l)                      # lands the fetched rows, then attends
             if fetching:
                 self.fetcher.consumed(l)
+            if trace:
+                self.host_spans.append(("Host", f"issue L{l}", t_l, time.perf_counter(), {"step": plan.step}))
+            if fetching:
+                t_f = time.perf_counter()
                 self.fetcher.run_to(l + 2)  # inline: gather two layers ahead while the GPU works
+                if trace and self.fetcher.thread is None:
+                    self.host_spans.append(("Host", f"fetch ahead L{l}", t_f, time.perf_counter(), {"step": plan.step}))
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
-        if sel.cpu is not None:
-            recomputed = int(sel.cpu[2].sum())
+            self._throttle()
+        recomputed = sel.recomputed
+        t_end = time.perf_counter()
         tok = st.end()
         if c.write_through:
             d2h, flush = c.write_through_step(pos, plan.step % 2, self.tl.mark)
@@ -386,7 +455,20 @@ class RealExecutor:
                 else:
                     flush()
         c.host_tokens_written = n if c.write_through else 0
+        if trace:
+            self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
         return tok, h2d, d2h, recomputed
+
+    def _throttle(self) -> None:
+        """With ``run_ahead_layers`` k: wait until the GPU has finished the layer issued k
+        layers ago, so at most k layers are queued ahead of it."""
+        if not self.ahead_evt:
+            return
+        e = self.ahead_evt[self.issued_layers % len(self.ahead_evt)]
+        if self.issued_layers >= len(self.ahead_evt):
+            e.synchronize()
+        e.record(self.d.compute)
+        self.issued_layers += 1
 
     def _flush_pending(self) -> None:
         if self.pending_flush is not None:
@@ -399,7 +481,7 @@ class RealExecutor:
         n = plan.context_len
         pos = n - 1
         cpu_prev, cpu_now = self.cpu_prev, plan.cpu_kv_tokens
-        trace = plan.step < self.opts.layer_trace_steps
+        trace = plan.step in self.traced
         pc.marks.clear()
         st = self.step_fn
         pc.stage_step(n, cpu_prev)
@@ -417,6 +499,7 @@ class RealExecutor:
             d2h += pc.spill(l, cpu_prev, cpu_now)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
+            self._throttle()
         if trace:
             for l, a, b in pc.marks:
                 self.spans.append(("H2D", f"L{l}", a, b, {"step": plan.step}))
@@ -462,6 +545,8 @@ class RealExecutor:
             "pools_bytes": dict(self.d.allocated),
             "pinned_host_bytes": self.d.pinned_bytes,
             "wall_s": wall,
+            "plan_s": self.plan_s,
+            "traced_steps": sorted(self.traced),
         }
         if self.planned_misses:
             info["planned_misses_per_seq_layer"] = sum(self.planned_misses) / len(self.planned_misses)

@@ -98,7 +98,7 @@ class HostFetcher:
             for l in range(self.L):
                 try:
                     if self.error is None:
-                        with torch.cuda.stream(self.d.h2d):
+                        with self.d.on(self.d.h2d):
                             self.results[l] = fn(l)
                             self.done[l].record(self.d.h2d)
                 except BaseException as e:  # noqa: BLE001 - surfaced in wait()
@@ -139,7 +139,7 @@ class HostFetcher:
         while self.ran < layer:
             l = self.ran + 1
             if self.d.cuda:
-                with torch.cuda.stream(self.d.h2d):
+                with self.d.on(self.d.h2d):
                     self.results[l] = self.job(l)
                     self.done[l].record(self.d.h2d)
             else:

@@ -87,7 +87,7 @@ class PrefixCache:
         if d.cuda:
             d.h2d.wait_event(self.consumed[p])  # the compute stream is done with this buffer
             d.h2d.wait_stream(d.d2h)             # last step's spilled tokens have reached the host
-            with torch.cuda.stream(d.h2d):
+            with d.on(d.h2d):
                 s = mark(d.h2d)
                 self.stage[p][:cpu_prev].copy_(self.host[layer][:cpu_prev], non_blocking=True)
                 self.h2d_done[p].record(d.h2d)
@@ -155,7 +155,7 @@ class PrefixCache:
         d = self.d
         if d.cuda:
             d.d2h.wait_stream(d.compute)
-            with torch.cuda.stream(d.d2h):
+            with d.on(d.d2h):
                 dst.copy_(src, non_blocking=True)
                 src.record_stream(d.d2h)
         else:

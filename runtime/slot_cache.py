@@ -36,6 +36,7 @@ from alisa.kernels.swa_triton import importance_update, quantize_kv, scatter_row
 
 from .device import Device
 from .fetch import HostFetcher, LayerFetch
+from .spill_select import SpillSelector
 
 NEG_INF = float("-inf")
 
@@ -47,29 +48,27 @@ def kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StepSelection:
+    """A step's selection, as the executor needs it. For a spilling step: the landing slots
+    of recomputed rows (device) and, after ``SlotCache.resolve``, the host part (views of
+    pinned int32 memory, valid for this step)."""
+
     n: int
     a: int
-    sel_tok: torch.Tensor          # [L, B, a] int32 token ids (window first)
-    sel_slot: torch.Tensor         # [L, B, a] int32 slots, after this step's placement
-    new_slot: torch.Tensor         # [L, B] int64 slot of the new token
-    miss_tok: torch.Tensor         # [L, B, M] int64 (first cnt valid; first rec of them recomputed)
-    miss_slot: torch.Tensor        # [L, B, M] int64 destination slots (C where invalid)
-    cnt: torch.Tensor              # [L, B] int64 misses
-    rec: torch.Tensor              # [L, B] int64 of which recomputed
-    cpu: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (miss_tok, cnt, rec) on host
+    spills: bool = False
+    dst_x: torch.Tensor | None = None             # [L, B, K] flat slots of recomputed rows
+    pos_x: torch.Tensor | None = None             # [L, B, K] their positions
+    widths: torch.Tensor | None = None            # [L, 2] rows per sequence fetched as KV, as x
+    kv_rows: torch.Tensor | None = None           # [L, B, K] host rows (token * B + b) fetched as KV
+    x_rows: torch.Tensor | None = None            # [L, B, K] host rows whose inputs x are fetched
+    recomputed: int = 0                           # tokens recomputed, all layers and sequences
     free_misses: float = 0.0       # mean misses per sequence and layer that pure SWA would have had
-    widths: torch.Tensor | None = None            # [L, 2] per layer: rows per sequence fetched as KV, as x (host)
-    dst_kv: torch.Tensor | None = None            # [L, B, WK] flat slots of KV-fetched rows
-    dst_x: torch.Tensor | None = None             # [L, B, WX] flat slots of recomputed rows
-    pos_x: torch.Tensor | None = None             # [L, B, WX] their positions
-    new_flat: torch.Tensor | None = None          # [L, B] flat slot (b * S + slot) of the new token
 
 
 class SlotCache:
     def __init__(self, device: Device, *, layers: int, batch: int, max_tokens: int, capacity: int,
                  kv_heads: int, head_dim: int, hidden: int, int8: bool, write_through: bool,
                  keep_inputs: bool, swa: bool, history: int, ring_tokens: int, max_fetch: int,
-                 act_dtype: torch.dtype, attend_max: int) -> None:
+                 act_dtype: torch.dtype, attend_max: int, selection: str = "plan", global_max: int = 0) -> None:
         self.d = device
         dev = device.dev
         L, B, N, C = layers, batch, max_tokens, capacity
@@ -145,6 +144,9 @@ class SlotCache:
         self.lens_buf = device.alloc("step buffers", (B, kv_heads), torch.int32, fill=0)
         self.new_buf = device.alloc("step buffers", (L, B), torch.int64, fill=0)
         self.ring_slot = device.alloc("step buffers", (1,), torch.int32, fill=0)
+        # a spilling run's selection (fixed shapes; one graph on a GPU): ``global_max`` is
+        # the run's largest global part a - w, which bounds a step's misses
+        self.selector = SpillSelector(self, selection, global_max) if not self.identity else None
 
     def reset(self) -> None:
         """Forget every token (after a rehearsal); pool contents are overwritten by the prefill."""
@@ -241,137 +243,45 @@ class SlotCache:
 
     # -- decode: selection and placement -------------------------------------------------------
     def select(self, n: int, a: int, w: int, plan_misses: list[int], plan_rec: list[int],
-               recompute_ratio: float, mode: str, stamp: int) -> StepSelection:
-        """Choose each layer's attended tokens for a step at context n and place the
-        incoming ones (the new token n-1 and the misses) in slots."""
+               recompute_ratio: float, mode: str, stamp: int, t: int) -> StepSelection:
+        """Choose each layer's attended tokens for a step at context n (position t), place
+        the incoming ones (the new token n-1 and the misses) in slots, and fill the fixed
+        buffers the layer graphs read. A spilling step runs ``SpillSelector`` (one graph
+        on a GPU) and sends its host part down; ``resolve`` waits for that."""
+        ring = t % self.k_hist if self.swa else 0
+        if not self.identity:
+            assert self.selector is not None and mode == self.selector.mode
+            misses = plan_misses if mode == "plan" else [0] * self.L
+            recs = plan_rec if mode == "plan" else [0] * self.L
+            self.selector.set_inputs(n, w, a - w, a, stamp, ring, recompute_ratio, misses, recs)
+            self.selector.run()
+            return StepSelection(n, a, spills=True, dst_x=self.selector.dst_x, pos_x=self.selector.pos_x)
+        # nothing ever leaves the GPU (dense, or SWA with no spill): token t sits in slot t
         L, B, dev = self.L, self.B, self.d.dev
-        new_tok = n - 1
-        E, g = n - w, a - w
-        if self.identity:
-            sel = self._select_resident_only(n, a, w)
-            empty = torch.zeros(L, B, 0, dtype=torch.int64, device=dev)
-            z = torch.zeros(L, B, dtype=torch.int64, device=dev)
-            new_slot = torch.full((L, B), new_tok, dtype=torch.int64, device=dev)
-            return StepSelection(n, a, sel, sel, new_slot, empty, empty, z, z, new_flat=new_slot + self.b_ar * self.S)
-        win = torch.arange(E, n, device=dev).expand(L, B, w)
-        free_misses = 0.0
-        if g > 0:
-            sc = self.score[:, :, 0, :E]
-            res = self.tok_slot[:, :, :E] >= 0
-            if mode == "free":
-                top = sc.topk(g, dim=-1).indices
-                miss = self.tok_slot.gather(-1, top) < 0
-                cnt = miss.sum(-1)
-                order = torch.sort(miss.to(torch.int8), dim=-1, descending=True, stable=True).indices
-                glob = top.gather(-1, order)
-                miss_tok = glob
-                rec = torch.round(cnt.double() * recompute_ratio).long()
-            else:
-                m_max = max(plan_misses)
-                mt = torch.tensor(plan_misses, device=dev)[:, None]
-                cnt = torch.minimum(mt, (~res).sum(-1))
-                top_nr = sc.masked_fill(res, NEG_INF).topk(max(1, min(m_max, E)), dim=-1).indices
-                top_r = sc.masked_fill(~res, NEG_INF).topk(g, dim=-1).indices
-                cand = torch.cat((top_nr, top_r), dim=-1)
-                j1 = torch.arange(top_nr.shape[-1], device=dev) < cnt[..., None]
-                j2 = torch.arange(g, device=dev) < (g - cnt)[..., None]
-                valid = torch.cat((j1, j2), dim=-1)
-                order = torch.sort(valid.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :g]
-                glob = cand.gather(-1, order)
-                miss_tok = top_nr
-                rec = torch.minimum(torch.tensor(plan_rec, device=dev)[:, None].expand(L, B), cnt)
-                # what pure SWA would have missed: the miss model's check
-                free_top = sc.topk(g, dim=-1).indices
-                free_misses = (self.tok_slot.gather(-1, free_top) < 0).sum(-1).double().mean()
-            sel_tok = torch.cat((win, glob), dim=-1)
-        else:
-            sel_tok = win
-            miss_tok = torch.zeros(L, B, 1, dtype=torch.int64, device=dev)
-            cnt = torch.zeros(L, B, dtype=torch.int64, device=dev)
-            rec = cnt.clone()
-        M = miss_tok.shape[-1]
-        # -- placement: the new token and the misses take the least recently used unselected slots
-        inc = torch.cat((torch.full((L, B, 1), new_tok, device=dev, dtype=torch.int64), miss_tok), dim=-1)
-        valid = torch.arange(M + 1, device=dev) < (cnt + 1)[..., None]
-        key = self.last_used.clone()
-        sel_slots_before = self.tok_slot.gather(-1, sel_tok.clamp(max=self.N))  # -1 if not resident
-        key.scatter_(-1, torch.where(sel_slots_before >= 0, sel_slots_before, self.C), torch.iinfo(torch.int64).max)
-        key[..., self.C] = torch.iinfo(torch.int64).max
-        vict = key.topk(M + 1, dim=-1, largest=False).indices
-        vict = torch.where(valid, vict, self.C)
-        inc_v = torch.where(valid, inc, self.N)
-        old = self.slot_tok.gather(-1, vict)
-        self.tok_slot.scatter_(-1, torch.where(old >= 0, old, self.N), -1)
-        self.slot_tok.scatter_(-1, vict, inc_v)
-        self.tok_slot.scatter_(-1, inc_v, vict)
-        self.slot_tok[..., self.C] = -2
-        self.tok_slot[..., self.N] = -1
-        sel_slot = self.tok_slot.gather(-1, sel_tok)
-        self.last_used.scatter_(-1, sel_slot, stamp)
-        self.last_used[..., self.C] = -1
-        new_slot = vict[..., 0]
-        miss_slot = torch.where(valid[..., 1:], vict[..., 1:], self.C)
-        s = StepSelection(n, a, sel_tok.to(torch.int32), sel_slot.to(torch.int32), new_slot, miss_tok, miss_slot,
-                          cnt, rec, new_flat=new_slot + self.b_ar * self.S)
-        if self.write_through:
-            # one host round trip per step: the worker needs the miss lists to gather.
-            # Everything rides in one float64 tensor (token ids < 2^53 are exact).
-            free = free_misses if isinstance(free_misses, torch.Tensor) else cnt.double().mean()
-            flat = torch.cat((miss_tok.flatten().double(), cnt.flatten().double(), rec.flatten().double(),
-                              free.reshape(1).double())).cpu()
-            k = L * B * M
-            s.cpu = (flat[:k].long().view(L, B, M), flat[k:k + L * B].long().view(L, B),
-                     flat[k + L * B:k + 2 * L * B].long().view(L, B))
-            s.free_misses = float(flat[-1])
-            self._landing_indices(s)
-        return s
+        self.lens_buf.fill_(a)
+        if self.swa and a < n:
+            E, g = n - w, a - w
+            win = torch.arange(E, n, device=dev).expand(L, B, w)
+            glob = self.score[:, :, 0, :E].topk(g, dim=-1).indices if g > 0 else win[..., :0]
+            self.sel_buf[:, :, :a].copy_(torch.cat((win, glob), dim=-1))
+        elif self.swa:
+            self.sel_buf[:, :, :a].copy_(torch.arange(a, device=dev).expand(L, B, a))
+        self.new_buf.fill_(n - 1)
+        self.new_buf.add_(self.b_ar * self.S)
+        if self.swa:
+            self.ring_slot.fill_(ring)
+        return StepSelection(n, a)
 
-    def _landing_indices(self, s: StepSelection) -> None:
-        """Flat destination slots (b * S + slot) of every layer's fetched and recomputed
-        rows, in the order the worker packs them, computed once per step."""
-        _, cnt_c, rec_c = s.cpu
-        s.widths = torch.stack(((cnt_c - rec_c).amax(-1), rec_c.amax(-1)), -1)
-        WK, WX = s.widths.amax(0).tolist()
-        M = s.miss_slot.shape[-1]
-        base = self.b_ar[None, :, None] * self.S
-        if WK:
-            jj = torch.arange(WK, device=self.d.dev)
-            src = (s.rec[..., None] + jj).clamp(max=M - 1)
-            ok = jj < (s.cnt - s.rec)[..., None]
-            s.dst_kv = torch.where(ok, s.miss_slot.gather(-1, src), self.C) + base
-        if WX:
-            jj = torch.arange(WX, device=self.d.dev)
-            src = jj.expand(self.L, self.B, WX).clamp(max=M - 1)
-            ok = jj < s.rec[..., None]
-            s.dst_x = torch.where(ok, s.miss_slot.gather(-1, src), self.C) + base
-            s.pos_x = s.miss_tok.gather(-1, src)
-
-    def _select_resident_only(self, n: int, a: int, w: int) -> torch.Tensor:
-        """Identity slots (nothing ever leaves the GPU): dense, or SWA with no spill."""
-        L, B, dev = self.L, self.B, self.d.dev
-        if a >= n or not self.swa:
-            return torch.arange(n, device=dev, dtype=torch.int32).expand(L, B, n)
-        E, g = n - w, a - w
-        win = torch.arange(E, n, device=dev).expand(L, B, w)
-        glob = self.score[:, :, 0, :E].topk(g, dim=-1).indices if g > 0 else win[..., :0]
-        return torch.cat((win, glob), dim=-1).to(torch.int32)
+    def resolve(self, s: StepSelection) -> None:
+        """Wait for a spilling step's host part and keep views of it in ``s``."""
+        if not s.spills or s.widths is not None:
+            return
+        assert self.selector is not None
+        s.widths, rec, s.kv_rows, s.x_rows, free = self.selector.host_views()
+        s.recomputed = int(rec.sum())
+        s.free_misses = free / (self.L * self.B)
 
     # -- decode: fetching rows ---------------------------------------------------------------------
-    def _packed_rows(self, mt: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                     widths: torch.Tensor) -> list[torch.Tensor] | None:
-        """Host row ids (token * B + b) of every layer's rows lo <= j < hi of the miss lists,
-        packed [B, width of the layer] (padding reads row 0), one flat tensor per layer.
-        All layers in a few ops: the worker's per-layer Python is what waits for the GIL."""
-        W = int(widths.max()) if widths.numel() else 0
-        if W == 0:
-            return None
-        L, B, M = mt.shape
-        j = torch.arange(W)
-        src = (lo[..., None] + j).clamp(max=M - 1)
-        ok = j < (hi - lo)[..., None]
-        flat = torch.where(ok, mt.gather(-1, src) * B + torch.arange(B)[:, None], 0)
-        keep = (j < widths[:, None, None]).expand(L, B, W)
-        return list(torch.split(flat[keep], (widths * B).tolist()))
 
     def gather_job(self, sel: StepSelection, fetcher: HostFetcher,
                    mark: Callable[[Any], Any] | None) -> Callable[[int], LayerFetch]:
@@ -379,19 +289,14 @@ class SlotCache:
         fetched as KV and the x rows of those recomputed into pinned staging, and copy
         them to the GPU staging of the layer's parity. ``mark`` (traced steps only) puts
         events on the H2D stream around each layer's copies."""
-        assert sel.cpu is not None and sel.widths is not None
-        mt, cnt, rec = sel.cpu
+        assert sel.widths is not None and sel.kv_rows is not None and sel.x_rows is not None
         B, d = self.B, self.d
-        wk_all = sel.widths[:, 0]
-        wx_all = sel.widths[:, 1] if self.keep_inputs else torch.zeros_like(wk_all)
-        wk_l, wx_l = wk_all.tolist(), wx_all.tolist()     # plain ints: no tensor ops per layer
-        idx: dict[str, list[torch.Tensor] | None] = {}
+        wk_l = sel.widths[:, 0].tolist()       # plain ints: no tensor ops per layer but the gathers'
+        wx_l = sel.widths[:, 1].tolist() if self.keep_inputs else [0] * self.L
+        kv_rows, x_rows = sel.kv_rows, sel.x_rows
 
         def job(l: int) -> LayerFetch:
             tj = time.perf_counter()
-            if l == 0:
-                idx["kv"] = self._packed_rows(mt, rec, cnt, wk_all)
-                idx["x"] = self._packed_rows(mt, torch.zeros_like(rec), rec, wx_all)
             p = l % 2
             out = LayerFetch()
             wk, wx = wk_l[l], wx_l[l]
@@ -402,19 +307,19 @@ class SlotCache:
             # 2-D row gathers (what calibration timed): one row per (token, sequence)
             n_rows, nx = B * wk, B * wx
             if wk:
-                kv_idx = idx["kv"][l]  # type: ignore[index]
+                kv_idx = kv_rows[l, :, :wk].reshape(-1)      # sequence-major, as the landing slots
                 torch.index_select(self.host_kv[l].view(self.N * B, -1), 0, kv_idx,
                                    out=self.stage_kv[p][:n_rows].view(n_rows, -1))
                 if self.int8:
                     torch.index_select(self.host_scale[l].view(self.N * B, -1), 0, kv_idx,
                                        out=self.stage_sc[p][:n_rows].view(n_rows, -1))
             if wx:
-                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, idx["x"][l],  # type: ignore[index]
+                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, x_rows[l, :, :wx].reshape(-1),
                                    out=self.stage_x[p][:nx])
             t1 = time.perf_counter()
             fetcher.before_copy(l)
             t2 = time.perf_counter()
-            start = mark(torch.cuda.current_stream(d.dev) if d.cuda else None) if mark else None
+            start = mark(d.h2d) if mark else None
             if wk:
                 self.land_kv[p][:n_rows].copy_(self.stage_kv[p][:n_rows], non_blocking=True)
                 out.h2d_bytes += n_rows * self.stage_kv[p][0].numel() * self.stage_kv[p].element_size()
@@ -426,7 +331,7 @@ class SlotCache:
                 out.h2d_bytes += nx * self.h * self.stage_x[p].element_size()
             if mark:
                 out.gather_s = (t0, t1)
-                out.copy_marks = (start, mark(torch.cuda.current_stream(d.dev) if d.cuda else None))
+                out.copy_marks = (start, mark(d.h2d))
             out.host_marks = (tj, t0, t1, t2, time.perf_counter())
             out.widths = (wk, wx)
             return out
@@ -447,22 +352,6 @@ class SlotCache:
                           sc.reshape(self.B * wx, 2, self.Hkv) if sc is not None else None)
 
     # -- decode: the step's buffers, the new token, attention -------------------------------------
-    def stage_step(self, sel: StepSelection, t: int) -> None:
-        """Copy a step's selection into the fixed buffers the captured kernels read."""
-        a = sel.a
-        self.lens_buf.fill_(a)
-        if not (self.identity and not self.swa):
-            self.sel_buf[:, :, :a].copy_(sel.sel_slot)
-            if self.tok_buf is not self.sel_buf:
-                self.tok_buf[:, :, :a].copy_(sel.sel_tok)
-        self.new_buf.copy_(sel.new_flat)
-        if self.swa:
-            self.ring_slot.fill_(t % self.k_hist)
-        if self.write_through:
-            self.wk_buf.copy_((sel.cnt - sel.rec).amax(dim=1, keepdim=True))
-            if sel.dst_kv is not None:
-                self.dst_buf[:, :, : sel.dst_kv.shape[-1]].copy_(sel.dst_kv)
-
     def place_new(self, layer: int, rows16: torch.Tensor, x: torch.Tensor | None = None) -> None:
         """The new token's KV (rows [B, 1, 2, Hkv, d] fp16, as ``DecodeStep`` packs them)
         into its slot (``new_buf``) and, with write-through, into the step's D2H buffer
@@ -532,7 +421,7 @@ class SlotCache:
         d = self.d
         if d.cuda:
             d.d2h.wait_stream(d.compute)
-            with torch.cuda.stream(d.d2h):
+            with d.on(d.d2h):
                 for dst, src in parts:
                     src = src.contiguous()
                     dst.copy_(src, non_blocking=True)

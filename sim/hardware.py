@@ -113,7 +113,7 @@ class HardwareProfile(BaseModel):
         default_factory=dict,
         description="GPU time of one decode layer beyond its GEMMs and attention (norms, RoPE, activations, "
                     "residuals, cache writes, the kernels' fixed cost), as [fixed, per sequence] microseconds, "
-                    "keyed 'family/cache' (cache: slots, swa, prefix); measured by replaying the real backend's "
+                    "keyed 'family/cache' (cache: slots, swa, spill, prefix); measured by replaying the real backend's "
                     "decode graphs. Absent: one pass over the activations plus launch latencies")
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 

@@ -39,7 +39,7 @@ class StepCoster:
     cost: CostModel
     int8_kv: bool = False
     swa: bool = False              # decode layers update SWA's importance scores
-    cache: str = "slots"           # the real backend's cache layout: slots, swa, prefix (decode_layer_us key)
+    cache: str = "slots"           # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -47,13 +47,24 @@ class StepCoster:
         self.kv_fp16_bytes = kv_bytes_per_token_per_layer(self.model)
         self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
 
+    def use_cache_layout(self, cache: str) -> None:
+        """The real backend's cache layout, once the policy knows it (times made so far are
+        forgotten)."""
+        self.cache = cache
+        self._cache.clear()
+
     # -- GPU compute pieces ----------------------------------------------------
     def dense_layer_compute_s(self, m: int, decode: bool = False) -> float:
         """GEMMs, norms and activations of one layer on m tokens (attention excluded);
         decode: one token for each of m sequences."""
         c, md = self.cost, self.model
         t = sum(c.gemm_s(m, n, k, md.dtype_bytes) for _, n, k in layer_gemm_shapes(md))
-        measured = self.cost.hw.decode_layer_us.get(f"{md.family}/{self.cache}") if decode else None
+        measured = None
+        if decode:
+            # a profile from before the spill layout was measured: the SWA layer's
+            layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
+            measured = next((self.cost.hw.decode_layer_us[f"{md.family}/{k}"] for k in layouts
+                             if f"{md.family}/{k}" in self.cost.hw.decode_layer_us), None)
         if measured is not None:
             # the decode layer's many small kernels, as the real backend's graphs run them
             return t + max(0.0, measured[0] + m * measured[1]) * 1e-6

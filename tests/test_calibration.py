@@ -212,3 +212,20 @@ def test_decode_layer_section_and_its_use_in_the_step_cost():
     plain = StepCoster(m, 16, CostModel(HardwareProfile(**p)))
     assert slots.dense_layer_compute_s(16, decode=True) == plain.dense_layer_compute_s(16, decode=True)
     assert swa.dense_layer_compute_s(512) == plain.dense_layer_compute_s(512)
+    # a spilling run's layout: its own figure where measured, else the SWA layer's
+    spill = StepCoster(m, 16, CostModel(hw), swa=True, cache="spill")
+    assert spill.dense_layer_compute_s(16, decode=True) == swa.dense_layer_compute_s(16, decode=True)
+    hw2 = HardwareProfile(**{**p, "decode_layer_us": {**sec, "llama/spill": (70.0, 2.0)}})
+    spill2 = StepCoster(m, 16, CostModel(hw2), swa=True, cache="spill")
+    assert spill2.dense_layer_compute_s(16, decode=True) == pytest.approx(gemms16 + (70 + 32) * 1e-6, rel=1e-4)
+
+
+def test_a_spilling_alisa_run_is_costed_with_the_spill_layout():
+    from alisa.sim.policies import make_policy
+
+    base = dict(hardware="h100-80gb-measured", model="llama-7b", workload__prompt_len=512, workload__gen_len=64,
+                policy={"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320})
+    spilling = make_policy(scenario(**base))
+    assert spilling.spills and spilling.coster.cache == "spill"
+    resident = make_policy(scenario(**{**base, "policy": {**base["policy"], "gpu_kv_budget_tokens": 4096}}))
+    assert not resident.spills and resident.coster.cache == "swa"

@@ -114,7 +114,19 @@ def test_graphed_decode_gives_the_eager_tokens(policy):
         ex = RealExecutor(tiny(policy, prompt=32, gen=20), opts(selection="free", graphs=graphs))
         toks[graphs] = ex.run().tokens
         assert ex.step_fn.captured == graphs
+        if ex.slots is not None and ex.slots.selector is not None:   # the spilling selection's graph too
+            assert (ex.slots.selector.graph is not None) == graphs
     assert torch.equal(toks[True], toks[False])
+
+
+def test_traced_steps_are_the_first_few_and_a_spread_of_later_ones():
+    ex = RealExecutor(tiny({"name": "dense-gpu"}), opts(layer_trace_steps=3, trace_later=4))
+    # 3 first; later ones at 3 + (20 - 1 - 3) * i / 4 for i = 1..4 -> 7, 11, 15, 19 (the last)
+    assert ex._traced_steps(20) == {0, 1, 2, 7, 11, 15, 19}
+    assert ex._traced_steps(2) == {0, 1}
+    run = ex.run()
+    traced = {a["step"] for lane, _, _, _, a in run.er.events if lane == "GPU compute" and a.get("step", -1) >= 0}
+    assert traced == ex._traced_steps(len(run.er.steps) - 1) == set(run.info["traced_steps"])
 
 
 def test_unsupported_plans_are_refused_by_field():

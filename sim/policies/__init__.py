@@ -25,4 +25,7 @@ def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     cache = "prefix" if scenario.policy.name == "flexgen" else "swa" if swa else "slots"
     coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa,
                         cache=cache)
-    return REGISTRY[scenario.policy.name](scenario, coster)
+    policy = REGISTRY[scenario.policy.name](scenario, coster)
+    if isinstance(policy, AlisaPolicy) and policy.spills:
+        coster.use_cache_layout("spill")   # its layers also write through and land fetched rows
+    return policy
