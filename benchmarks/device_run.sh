@@ -27,7 +27,7 @@ for stage in "$@"; do
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
     overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
     probecheck) python3 benchmarks/debug/host_probe_check.py "$OUT" ${PROBECHECK:-dense,spill} 2>&1 | tee "$OUT/probecheck.log" | tail -30 ;;
-    fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline,dense} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
+    fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
     stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;

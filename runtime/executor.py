@@ -65,7 +65,6 @@ class RealOptions:
     graphs: bool = True                             # decode's dense parts as CUDA graphs (GPU only)
     fetch_threads: int | None = None                # CPU threads that gather fetched rows; None: fetch_threads_default()
     fetch_mode: Literal["inline", "thread"] = "inline"   # who gathers: the main thread between layers, or a worker
-    run_ahead_steps: int | None = None              # the host issues at most this many steps past the GPU; None: no cap
     # the host issues at most this many layers past the GPU (None: no cap). A deep queue of
     # graph launches made the GPU slower on the H100 (dense OPT-6.7B b32: 12.2 ms per step
     # uncapped, 9.95 at 2 layers; benchmarks/debug/layer_events.py)
@@ -295,18 +294,14 @@ class RealExecutor:
         step_marks: list[tuple[StepPlan, Any, int, int, int, int, int]] = []
         tokens: list[torch.Tensor] = []
         start = self.tl.mark(d.compute)
-        if plans:
-            for plan in plans:
-                ahead = self.opts.run_ahead_steps
-                if ahead is not None and d.cuda and len(step_marks) > ahead:
-                    step_marks[-ahead - 1][1].synchronize()
-                if plan.phase == "prefill":
-                    tok, h2d, d2h, rec = self._prefill(plan, ids)
-                else:
-                    tok, h2d, d2h, rec = self._decode(plan, tokens[-1])
-                tokens.append(tok)
-                step_marks.append((plan, self.tl.mark(d.compute), h2d, d2h, rec, d.gpu_bytes_now(),
-                                   self._host_bytes()))
+        for plan in plans:
+            if plan.phase == "prefill":
+                tok, h2d, d2h, rec = self._prefill(plan, ids)
+            else:
+                tok, h2d, d2h, rec = self._decode(plan, tokens[-1])
+            tokens.append(tok)
+            step_marks.append((plan, self.tl.mark(d.compute), h2d, d2h, rec, d.gpu_bytes_now(),
+                               self._host_bytes()))
         self._flush_pending()
         d.sync()
         wall = time.perf_counter() - wall0

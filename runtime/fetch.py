@@ -90,20 +90,31 @@ class HostFetcher:
                     self.error = e
                 continue
             try:
-                self.d.h2d.synchronize()          # last step's copies are out of the pinned staging
-                if self.after is not None:
-                    self.after.synchronize()      # the prefill's write-through has reached the host
+                self._start_step()
             except BaseException as e:  # noqa: BLE001
                 self.error = e
             for l in range(self.L):
                 try:
                     if self.error is None:
-                        with self.d.on(self.d.h2d):
-                            self.results[l] = fn(l)
-                            self.done[l].record(self.d.h2d)
+                        self._run_layer(fn, l)
                 except BaseException as e:  # noqa: BLE001 - surfaced in wait()
                     self.error = e
                 self.ready[l].set()
+
+    def _start_step(self) -> None:
+        """Before a step's first gather (CUDA)."""
+        self.d.h2d.synchronize()          # last step's copies are out of the pinned staging
+        if self.after is not None:
+            self.after.synchronize()      # the prefill's write-through has reached the host
+
+    def _run_layer(self, job: Job, l: int) -> None:
+        """Layer l's gather and copy, issued on the H2D stream; ``done[l]`` marks the copy."""
+        if self.d.cuda:
+            with self.d.on(self.d.h2d):
+                self.results[l] = job(l)
+                self.done[l].record(self.d.h2d)
+        else:
+            self.results[l] = job(l)
 
     def run_later(self, fn: Callable[[], None]) -> None:
         """Run fn on the worker after the jobs already submitted (inline: now)."""
@@ -132,19 +143,11 @@ class HostFetcher:
         if self.ran >= layer:
             return
         if self.d.cuda and not self.started:
-            self.d.h2d.synchronize()              # last step's copies are out of the pinned staging
-            if self.after is not None:
-                self.after.synchronize()          # the prefill's write-through has reached the host
+            self._start_step()
         self.started = True
         while self.ran < layer:
-            l = self.ran + 1
-            if self.d.cuda:
-                with self.d.on(self.d.h2d):
-                    self.results[l] = self.job(l)
-                    self.done[l].record(self.d.h2d)
-            else:
-                self.results[l] = self.job(l)
-            self.ran = l
+            self._run_layer(self.job, self.ran + 1)
+            self.ran += 1
 
     def wait(self, layer: int) -> LayerFetch:
         """Block until the layer's rows are on their way; the compute stream waits for them."""

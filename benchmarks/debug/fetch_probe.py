@@ -146,33 +146,10 @@ def pipeline(out: dict) -> None:
     out["pipeline"] = res
 
 
-def dense(out: dict) -> None:
-    """Dense decode steps with and without per-layer event marks and with the host's
-    run-ahead capped: the validation's OPT steps got 2 ms slower once layer tracing stopped."""
-    from alisa.runtime.executor import RealExecutor, RealOptions
-    from alisa.runtime.run import release_gpu
-    from alisa.sim.scenario import expand_sweep
-
-    res = {}
-    for model, trace, ahead in (("opt-6.7b", 100, None), ("opt-6.7b", 0, None), ("opt-6.7b", 0, 1),
-                                ("opt-6.7b", 0, 2), ("llama-7b", 0, None), ("llama-7b", 0, 1)):
-        sweep = json.dumps({"model": [model], "workload.batch_size": [8], "workload.gen_len": [24]})
-        (_, sc), = expand_sweep("scenarios/validation/dense-gpu.yaml", [f"sweep={sweep}"])
-        ex = RealExecutor(sc, RealOptions(layer_trace_steps=trace, run_ahead_steps=ahead))
-        run = ex.run()
-        del ex
-        release_gpu()
-        dec = [r for r in run.er.steps if r.phase != "prefill"][2:]
-        key = f"{model} trace={trace} run_ahead={ahead}"
-        res[key] = {"step_ms": med([r.time_s for r in dec]) * 1e3}
-        print(key, res[key], flush=True)
-    out["dense"] = res
-
-
 def main() -> int:
     dest = Path(sys.argv[1])
     dest.mkdir(parents=True, exist_ok=True)
-    which = sys.argv[2].split(",") if len(sys.argv) > 2 else ["micro", "pipeline", "dense"]
+    which = sys.argv[2].split(",") if len(sys.argv) > 2 else ["micro", "pipeline"]
     out: dict = {"threads_default": torch.get_num_threads(), "device": torch.cuda.get_device_name(0)}
     print(out, flush=True)
     if "micro" in which:
