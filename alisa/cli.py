@@ -227,7 +227,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     name = args.name
     out = Path(args.out) if args.out else Path("hardware_profiles") / f"{name}.yaml"
-    stages = 8
+    stages = 10
     with tqdm(total=stages, desc="calibrate", unit="stage", file=sys.stderr) as bar:
         def step(label: str) -> None:
             bar.set_postfix_str(label)

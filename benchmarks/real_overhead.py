@@ -35,7 +35,7 @@ from _record import append_record  # noqa: E402
 
 # host time inside a step, by part: (object attribute, method names)
 PARTS = {"step_fn": ("begin", "pre", "post", "end"),
-         "slots": ("select", "resolve", "write_through_step", "land_recomputed"),
+         "slots": ("select", "resolve", "write_through_step"), "recompute": ("run",),
          "fetcher": ("wait",), "prefix": ("stage_step", "prefetch", "spill")}
 
 
@@ -46,7 +46,7 @@ def measure(sc, graphs: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         obj = getattr(ex, attr)
         if obj is not None:
             for name, v in time_methods(obj, names).items():
-                spent[name if name != "wait" else "fetch_wait"] = v
+                spent[{"wait": "fetch_wait", "run": "recompute"}.get(name, name)] = v
     run = ex.run()
     del ex
     release_gpu()

@@ -10,7 +10,9 @@ as fixed + per sequence, and differences between probes separate the parts
 write-through, waiting and landing, recompute, a FlexGen-like host prefix. The depths are
 8 and 32 because the per-layer cost of a spilling run grows with depth at first (the
 host worker's gathers and the main thread share the interpreter lock); 32 is the depth
-of the models the matrix runs.
+of the models the matrix runs. A spilling probe's host time also holds the wait for its
+selection graph (GPU work over all layers, sequences and positions); that is timed apart
+(``selection_gpu``), replayed on the probe's own graph, and taken off.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """One real run's medians per decode step: host seconds (``seconds``), of which in the
     fetch (``wait_seconds``: waiting for a worker, or running the fetch jobs inline), and
     the fetch job's own seconds per fetching layer beyond its gathers and waits
-    (``worker_layer_seconds``: index lists, copy issue); and the prefill's host seconds."""
+    (``worker_layer_seconds``: index lists, copy issue); the prefill's host seconds; and a
+    spilling run's selection graph's seconds, issue to host part (``selection_seconds``)."""
     from alisa.runtime.executor import RealExecutor
     from alisa.runtime.run import release_gpu
 
@@ -85,7 +88,15 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
             return f
         ex.fetcher.wait, ex.fetcher.run_to = wait, run_to
     ex.run()
-    del ex
+    # a spilling run's selection graph: GPU time the host waited for at every step, which
+    # the simulator times from the profile's ``selection`` (shape-dependent), so it is
+    # taken off these probes' host time
+    selector = ex.slots.selector if ex.slots is not None else None
+    selection_s = 0.0
+    if selector is not None and selector.graph is not None:
+        from .selection_gpu import replay_seconds
+        selection_s = replay_seconds(selector)
+    del ex, selector
     release_gpu()
 
     def median(xs: list[float]) -> float:
@@ -94,7 +105,7 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     L = sc.model.num_layers
     return {"seconds": median(spent["_decode"][2:]),        # the first two are the executor's rehearsal
             "wait_seconds": median(waits[2:]), "worker_layer_seconds": median(worker[2 * L:]),
-            "prefill_seconds": min(spent["_prefill"])}
+            "prefill_seconds": min(spent["_prefill"]), "selection_seconds": selection_s}
 
 
 PROBES: dict[str, dict[str, Any]] = {
@@ -127,7 +138,9 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
     for p in PROBES:
         # the main thread's own time: what it spent in the fetch (waiting for a worker, or
         # running the jobs inline) the simulator times as gathers and ``fetch_layer_us``
-        own = {L: by[p, L]["seconds"] - by[p, L].get("wait_seconds", 0.0) for L in (a, b)}
+        # and the selection graph's GPU time the profile's ``selection`` gives
+        own = {L: by[p, L]["seconds"] - by[p, L].get("wait_seconds", 0.0) - by[p, L].get("selection_seconds", 0.0)
+               for L in (a, b)}
         per_layer = (own[b] - own[a]) / (b - a)
         fit[p] = (own[a] - a * per_layer, per_layer)
     pre = (by["dense", b]["prefill_seconds"] - by["dense", a]["prefill_seconds"]) / (b - a)

@@ -120,3 +120,88 @@ def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str,
         slope = (r1 - r0) / (b1 - b0)
         out[key] = [round(r0 - b0 * slope, 2), round(slope, 3)]
     return out
+
+
+# Phase III recompute: (batch, rows per sequence) replayed per family; a cache of 320
+# tokens for a 1032-token run spills, and its largest global part (103) bounds the rows
+RECOMPUTE_POINTS = ((8, 16), (8, 96), (32, 16), (32, 96))
+
+
+def _time_recompute(sc, rows: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of GPU time per layer of the real backend's recompute graph at ``rows``
+    rows per sequence, replayed back to back over the layers."""
+    import torch
+
+    from alisa.runtime.executor import RealExecutor
+    from alisa.runtime.run import release_gpu
+
+    ex = RealExecutor(sc)
+    with torch.no_grad():
+        ex._warm_up()
+        c, rc, L = ex.slots, ex.recompute, sc.model.num_layers
+        assert rc is not None and c.selector is not None
+        sel = c.selector
+        sel.rec_width.fill_(rows)
+        sel.dst_x.copy_((c.b_ar * c.S + c.C)[None, :, None].expand_as(sel.dst_x))   # every row to the trash slot
+        sel.pos_x.copy_(torch.arange(sel.pos_x.shape[-1], device=sel.pos_x.device).expand_as(sel.pos_x))
+        rc.capture(rows)
+        for l in range(L):
+            rc.run(l, rows)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for i in range(repeats * L):
+            rc.run(i % L, rows)
+        b.record()
+        b.synchronize()
+    del ex, rc, c, sel
+    release_gpu()
+    return a.elapsed_time(b) / 1e3 / (repeats * L)
+
+
+def measure_recompute(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
+    """Raw rows: GPU seconds per layer of the recompute graph, per family, batch and width."""
+    from alisa.sim.catalog import model_config
+    from alisa.sim.models import recompute_width_bucket
+    from alisa.sim.scenario import build_scenario
+
+    rows: list[dict] = []
+    policy = {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": True,
+              "recompute_ratio": 1.0}
+    for family, name in _family_models(models).items():
+        model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
+        for B, width in RECOMPUTE_POINTS:
+            sc = build_scenario({"name": "recompute-probe", "model": model, "hardware": hardware,
+                                 "workload": {"batch_size": B, "prompt_len": 1024, "gen_len": 8},
+                                 "policy": policy, "seed": 0}, "<calibration recompute probe>")
+            rows.append({"op": f"recompute_layer:{family}", "size": float(B * recompute_width_bucket(width)),
+                         "batch": B, "rows": width, "model": name, "seconds": _time_recompute(sc, width, REPEATS)})
+    return rows
+
+
+def recompute_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
+    """The profile's ``recompute_layer_us``: per family, [fixed, per recomputed row]
+    microseconds of a recompute layer's GPU time beyond its K/V GEMM (least squares over
+    the points, rows = batch x width bucket)."""
+    import numpy as np
+
+    from alisa.sim.catalog import get_model
+    from alisa.sim.costs import CostModel
+    from alisa.sim.hardware import HardwareProfile
+    from alisa.sim.models import kv_recompute_gemm_shape
+
+    cost = CostModel(HardwareProfile(**{**profile, "recompute_layer_us": {}}))
+    pts: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["op"].startswith("recompute_layer:"):
+            m = get_model(r["model"])
+            n, k = kv_recompute_gemm_shape(m)
+            tokens = int(r["size"])
+            pts.setdefault(r["op"].split(":", 1)[1], []).append(
+                (float(tokens), (r["seconds"] - cost.gemm_s(tokens, n, k, m.dtype_bytes)) * 1e6))
+    out: dict[str, list[float]] = {}
+    for fam, p in pts.items():
+        if len({x for x, _ in p}) < 2:
+            continue
+        slope, fixed = np.polyfit([x for x, _ in p], [y for _, y in p], 1)
+        out[fam] = [round(float(fixed), 2), round(float(slope), 5)]
+    return out

@@ -12,7 +12,8 @@ from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
-from .layer_gpu import decode_layer_section
+from .layer_gpu import decode_layer_section, recompute_layer_section
+from .selection_gpu import selection_section
 
 
 def _by_op(rows: list[dict]) -> dict[str, list[dict]]:
@@ -142,6 +143,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     host = host_section(rows)
     if host is not None:
         profile["host"] = host
+    selection = selection_section(rows)
+    if selection is not None:
+        profile["selection"] = selection
     # GEMM tables, with the error of the analytic roofline at the measured peaks
     analytic = CostModel(HardwareProfile(**{**profile, "tables": {}}))
     for key in sorted(k for k in ops if k.startswith("gemm:")):
@@ -153,5 +157,8 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     decode = decode_layer_section(rows, profile)
     if decode:
         profile["decode_layer_us"] = decode
+    recompute = recompute_layer_section(rows, profile)
+    if recompute:
+        profile["recompute_layer_us"] = recompute
     HardwareProfile(**profile)  # fail here, not in a user's run, if anything is off
     return profile

@@ -68,8 +68,9 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
 
     from . import measure
     from .host_issue import measure_host_issue
-    from .layer_gpu import measure_decode_layers
+    from .layer_gpu import measure_decode_layers, measure_recompute
     from .profile import build_profile
+    from .selection_gpu import measure_selection
 
     grid = measure.quick_grid() if quick else measure.full_grid(os.cpu_count() or 1)
     models = models or (QUICK_MODELS if quick else DEFAULT_MODELS)
@@ -83,6 +84,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
         ("fetch pipeline", lambda: measure.fetch_pipeline(grid)),
         ("GEMMs", lambda: measure.gemms(gemm_shapes(models), grid)),
         ("attention kernels", lambda: measure.attention(grid)),
+        ("selection graph", measure_selection),
     ]
     stage_s: dict[str, float] = {}
     for label, fn in stages:
@@ -111,6 +113,11 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     s = time.time()
     rows += measure_decode_layers(build_profile(rows, name, device, meta), models)
     stage_s["decode layers"] = round(time.time() - s, 2)
+    if progress:
+        progress("recompute layers (real backend graphs)")
+    s = time.time()
+    rows += measure_recompute(build_profile(rows, name, device, meta), models)
+    stage_s["recompute layers"] = round(time.time() - s, 2)
     meta["wall_s"] = round(time.time() - t0, 1)
     return build_profile(rows, name, device, meta), rows
 

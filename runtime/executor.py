@@ -47,6 +47,7 @@ from .decoder import dense_causal
 from .device import Device, Timeline, require_cuda
 from .fetch import HostFetcher
 from .prefix_cache import PrefixCache
+from .recompute import Recompute
 from .slot_cache import SlotCache
 from .weights import LoadedModel, load_model
 
@@ -162,6 +163,7 @@ class RealExecutor:
         self.prefix: PrefixCache | None = None
         self.slots: SlotCache | None = None
         self.fetcher: HostFetcher | None = None
+        self.recompute: Recompute | None = None
         if isinstance(p, FlexGenPolicy):
             cpu = [p._cpu_tokens(n) for n in range(self.P, self.N + 1)]
             gpu_tokens = max(n - c for n, c in zip(range(self.P, self.N + 1), cpu)) + 1
@@ -180,7 +182,7 @@ class RealExecutor:
                 kv_heads=m.num_kv_heads, head_dim=m.head_dim, hidden=m.hidden_size, int8=cfg.int8_kv,
                 write_through=spills, keep_inputs=cfg.recompute, swa=self.swa, history=p.importance_history(),
                 ring_tokens=max(self.P, p.a_max), max_fetch=p.a_max, act_dtype=self.act_dtype, attend_max=p.a_max,
-                selection=self.opts.selection, global_max=self._global_max())
+                selection=self.opts.selection, global_max=p.global_max())
         else:
             assert isinstance(p, DenseGpuPolicy)
             self.swa = False
@@ -191,12 +193,9 @@ class RealExecutor:
                 keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype,
                 attend_max=self.N)
         self.fetcher = HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode) if self.slots.write_through else None
-
-    def _global_max(self) -> int:
-        """The largest global part (a - w) of any step of the run."""
-        if not self.swa:
-            return 0
-        return max(a - w for a, w in (swa_budget(n, self.s, self.lf) for n in range(self.P + 1, self.N + 1)))
+        sel = self.slots.selector
+        self.recompute = (Recompute(self.slots, self.dec.kv_from_input, sel.rec_width, sel.dst_x, sel.pos_x)
+                          if self.slots.keep_inputs and sel is not None else None)
 
     def prompt(self) -> torch.Tensor:
         if self.opts.prompt_ids is not None:
@@ -225,9 +224,10 @@ class RealExecutor:
             torch.set_num_threads(self.fetcher.threads)   # the main thread gathers (inline fetch)
         try:
             with torch.no_grad():
-                self._warm_up()
+                plans, oom = self._schedule()
+                self._warm_up(plans)
                 self._rehearse()
-                return self._run()
+                return self._run(plans, oom)
         except torch.OutOfMemoryError:
             held = torch.cuda.memory_allocated(self.d.dev) / GB if self.d.cuda else 0.0
             raise InputError(f"out of GPU memory during the run (activations and temporaries beyond the "
@@ -240,12 +240,18 @@ class RealExecutor:
             if self.fetcher is not None:
                 self.fetcher.close()
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, plans: list[StepPlan] | None = None) -> None:
         """Capture the step's graphs (their warm-up runs compile the Triton kernels, which
-        see fixed buffer widths: one variant per run) before anything is timed."""
+        see fixed buffer widths: one variant per run) before anything is timed; with
+        ``plans``, the recompute's too, at every width bucket they can need."""
         self.step_fn.capture()
         if self.opts.graphs and self.slots is not None and self.slots.selector is not None:
             self.slots.selector.capture()
+        if self.opts.graphs and self.recompute is not None and plans:
+            K = self.slots.selector.K
+            rows = max((K if self.opts.selection == "free" and p.recompute_ratio > 0 else lp.recompute_tokens
+                        for p in plans for lp in p.layers), default=0)
+            self.recompute.capture(rows)
         self.d.sync()
 
     def _rehearse(self, steps: int = 2) -> None:
@@ -283,10 +289,9 @@ class RealExecutor:
         self.pending_flush: Any = None
         self.cpu_prev = 0
 
-    def _run(self) -> RealRun:
+    def _run(self, plans: list[StepPlan], oom: OutOfMemory | None) -> RealRun:
         d = self.d
         ids = self.prompt()
-        plans, oom = self._schedule()
         self.traced = self._traced_steps(sum(p.phase != "prefill" for p in plans))
         self.tl = Timeline(d)
         wall0 = time.perf_counter()
@@ -366,7 +371,7 @@ class RealExecutor:
     def _decode(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         if self.prefix is not None:
             return self._decode_prefix(plan, last)
-        d, c, dec = self.d, self.slots, self.dec
+        d, c = self.d, self.slots
         assert c is not None
         n = plan.context_len
         pos = n - 1
@@ -407,7 +412,8 @@ class RealExecutor:
                 st.pre(l)
             if fetching:
                 f = self.fetcher.wait(l)    # inline: runs layer 0's job; later layers' ran below
-                c.land_recomputed(l, sel, f, dec.kv_from_input)
+                if self.recompute is not None:
+                    self.recompute.run(l, f.widths[1])
                 h2d += f.h2d_bytes
                 if trace and f.gather_s is not None:
                     self.host_spans.append(("CPU", f"gather L{l}", f.gather_s[0], f.gather_s[1], {"step": plan.step}))

@@ -338,19 +338,6 @@ class SlotCache:
 
         return job
 
-    def land_recomputed(self, layer: int, sel: StepSelection, fetched: LayerFetch, recompute_kv) -> None:  # type: ignore[no-untyped-def]
-        """Phase III: K, V of this layer's recomputed tokens from their fetched inputs x,
-        into their slots (eager: the row count changes the GEMM's shape). Rows fetched as
-        KV land inside the replayed graph (``attend``)."""
-        wx = fetched.widths[1]
-        if not wx:
-            return
-        x = self.land_x[layer % 2][: self.B * wx].view(self.B, wx, self.h)
-        k, v = recompute_kv(layer, x, sel.pos_x[layer, :, :wx])
-        rows, sc = self._pack(k, v)
-        self._write_slots(layer, sel.dst_x[layer, :, :wx].reshape(-1), rows.reshape(self.B * wx, 2, self.Hkv, self.hd),
-                          sc.reshape(self.B * wx, 2, self.Hkv) if sc is not None else None)
-
     # -- decode: the step's buffers, the new token, attention -------------------------------------
     def place_new(self, layer: int, rows16: torch.Tensor, x: torch.Tensor | None = None) -> None:
         """The new token's KV (rows [B, 1, 2, Hkv, d] fp16, as ``DecodeStep`` packs them)

@@ -52,9 +52,10 @@ class SpillSelector:
         self.out = torch.zeros(self.host_ints, dtype=torch.int32, device=dev)
         self.out_host = c.d.alloc("host selection staging", (self.host_ints,), torch.int32, host=True)
         self.ready = torch.cuda.Event() if c.d.cuda else None
-        # landing slots and positions of the step's recomputed rows, read by the eager recompute
+        # landing slots and positions of the step's recomputed rows, read by the recompute
         self.dst_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.pos_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
+        self.rec_width = torch.zeros(L, dtype=torch.int64, device=dev)   # recomputed rows per sequence, per layer
         self.graph: torch.cuda.CUDAGraph | None = None
 
     # -- the host side ---------------------------------------------------------------------
@@ -181,6 +182,7 @@ class SpillSelector:
         self.pos_x.copy_(miss_tok.clamp(max=N - 1))
         x_rows = torch.where(ok_x, miss_tok * B + c.b_ar[None, :, None], 0)
         widths = torch.stack((nk.amax(-1), rec.amax(-1)), -1)
+        self.rec_width.copy_(widths[:, 1])
         self.out.copy_(torch.cat((widths.flatten(), rec.flatten(), kv_rows.flatten(), x_rows.flatten(),
                                   free.reshape(1))).to(torch.int32))
 

@@ -45,6 +45,24 @@ class _Interp:
         return math.exp(self.log_y[i] + f * (self.log_y[i + 1] - self.log_y[i]))
 
 
+@dataclass(frozen=True)
+class SelectionShape:
+    """The fixed shapes a spilling ALISA run's selection graph works in: layers L, batch B,
+    positions N (prompt + generation), cache slots C per sequence and layer, and K, the
+    largest global part (a - w) of the run."""
+
+    layers: int
+    batch: int
+    positions: int
+    slots: int
+    global_max: int
+
+    def terms(self) -> tuple[float, float, float]:
+        """Elements of the graph's work: L x B x N, L x B x (C + 1), L x B x K."""
+        rows = self.layers * self.batch
+        return float(rows * self.positions), float(rows * (self.slots + 1)), float(rows * max(1, self.global_max))
+
+
 @dataclass
 class CostModel:
     hw: HardwareProfile
@@ -52,6 +70,14 @@ class CostModel:
 
     def __post_init__(self) -> None:
         self._tables = {k: _Interp.of(t) for k, t in self.hw.tables.items()}
+
+    def selection_s(self, shape: SelectionShape | None) -> float:
+        """GPU time of one spilling step's selection graph and its host part's copy."""
+        if shape is None:
+            return 0.0
+        c = self.hw.selection
+        n, s, k = shape.terms()
+        return c.fixed_us * 1e-6 + (n * c.per_position_ns + s * c.per_slot_ns + k * c.per_global_ns) * 1e-9
 
     # -- derived rates --------------------------------------------------------
     @property

@@ -133,12 +133,16 @@ class Engine:
     def _host_start(self, plan: StepPlan) -> float:
         """When the host starts issuing this step's layers. It runs ahead of the GPU (launches
         queue) unless the step needs a GPU result on the host first (``host_round_trip``):
-        then it waits for the previous step to finish, which is now."""
+        then it waits for the previous step to finish, which is now, and for the selection
+        that the GPU runs next (a spilling run's selection graph and its copy down)."""
         if plan.phase == "prefill":
             return max(self._host_free, self.env.now)
         pre = self.coster.step_host_s(plan.host_round_trip)
-        base = self.env.now if plan.host_round_trip else self._host_free
-        return base + pre
+        if not plan.host_round_trip:
+            return self._host_free + pre
+        sel = self.coster.selection_s(True)
+        self._trace("GPU compute", "select", self.env.now, sel, {"step": plan.step})
+        return self.env.now + sel + pre
 
     def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
         env = self.env

@@ -67,7 +67,8 @@ class HostIssue(BaseModel):
     fetch_layer_us: UsOrLine = Field(0.0, description="the host fetch worker, per decode layer that gathers rows: "
                                                       "its index lists and copy issue, beyond the gather itself")
     round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
-                                                     "(ALISA with spilled KV): the wait, the copy, the worker's start")
+                                                     "(ALISA with spilled KV): beyond the selection graph's GPU time "
+                                                     "(``selection``), the wake-up, the copy, the gathers' start")
 
     def at(self, name: str, batch: int) -> float:
         """Field ``name`` at batch size ``batch``, in microseconds (never below zero)."""
@@ -77,6 +78,23 @@ class HostIssue(BaseModel):
     @property
     def is_zero(self) -> bool:
         return not any(self.at(f, 1) for f in type(self).model_fields)
+
+
+class SelectionCost(BaseModel):
+    """GPU time of the real backend's selection for a spilling ALISA step (one graph over
+    every layer and sequence in the run's fixed shapes, ``runtime/spill_select.py``, plus
+    the copy of its host part), in terms of ``SelectionShape``: fixed + ns per element of
+    L x B x N (positions), L x B x (C + 1) (cache slots) and L x B x K (global part).
+    ``alisa calibrate`` times the graph over a grid of shapes. Zero (the default, and
+    datasheet profiles) models a selection that costs the GPU nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fixed_us: NonNegativeFloat = 0.0
+    per_position_ns: NonNegativeFloat = 0.0
+    per_slot_ns: NonNegativeFloat = 0.0
+    per_global_ns: NonNegativeFloat = 0.0
+    fit_rel_error: float | None = Field(None, description="mean |relative error| of the fit over the measured shapes")
 
 
 class HardwareProfile(BaseModel):
@@ -109,6 +127,14 @@ class HardwareProfile(BaseModel):
     gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
     tables: dict[str, OpTable] = Field(default_factory=dict)
     host: HostIssue = Field(default_factory=HostIssue, description="host issue costs of the real backend")
+    selection: SelectionCost = Field(default_factory=SelectionCost,
+                                     description="GPU time of the real backend's spilling selection, per step")
+    recompute_layer_us: dict[str, Tuple[float, float]] = Field(
+        default_factory=dict,
+        description="GPU time of one layer's Phase III recompute beyond its K/V GEMM (norm, RoPE, packing, "
+                    "slot writes) as [fixed, per recomputed row] microseconds (rows: sequences x the width bucket), "
+                    "keyed by model family; measured by replaying the real backend's recompute graphs. Absent: "
+                    "the K/V GEMM alone")
     decode_layer_us: dict[str, Tuple[float, float]] = Field(
         default_factory=dict,
         description="GPU time of one decode layer beyond its GEMMs and attention (norms, RoPE, activations, "

@@ -148,6 +148,30 @@ def kv_recompute_gemm_shape(model: ModelSpec) -> tuple[int, int]:
     return 2 * model.kv_dim, model.hidden_size
 
 
+def recompute_width_bucket(rows: int, cap: int | None = None) -> int:
+    """The width the real backend recomputes ``rows`` rows per sequence at (its Phase III
+    graphs are captured per width bucket): rows rounded up to a multiple of 16, or of a
+    quarter of the largest power of two not above rows, whichever is larger; at most
+    ``cap`` (the widest a step can recompute), never below rows."""
+    if rows <= 0:
+        return 0
+    step = max(16, (1 << (rows.bit_length() - 1)) // 4)
+    b = -(-rows // step) * step
+    return max(rows, min(b, cap)) if cap is not None else b
+
+
+def recompute_width_buckets(max_rows: int, cap: int | None = None) -> list[int]:
+    """Every bucket width up to the one of ``max_rows``."""
+    out: list[int] = []
+    last = recompute_width_bucket(max_rows, cap)
+    w = 1
+    while max_rows > 0 and (not out or out[-1] < last):
+        b = recompute_width_bucket(w, cap)
+        out.append(b)
+        w = b + 1
+    return out
+
+
 def lm_head_gemm_shape(model: ModelSpec) -> tuple[int, int]:
     return model.vocab_size, model.hidden_size
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .costs import CostModel
+from .costs import CostModel, SelectionShape
 from .models import (ModelSpec, hidden_bytes_per_token_per_layer, kv_bytes_per_token_per_layer,
-                     kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape,
+                     kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape, recompute_width_bucket,
                      stored_kv_bytes_per_token_per_layer)
 from .plan import LayerPlan
 
@@ -40,6 +40,7 @@ class StepCoster:
     int8_kv: bool = False
     swa: bool = False              # decode layers update SWA's importance scores
     cache: str = "slots"           # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
+    selection: SelectionShape | None = None   # a spilling run's selection graph (its GPU time starts each step)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -77,8 +78,21 @@ class StepCoster:
             m * self.model.hidden_size * self.model.dtype_bytes)
 
     def recompute_s(self, tokens_total: int) -> float:
+        """GPU time of one layer's recompute of ``tokens_total`` rows (all sequences)."""
+        if tokens_total <= 0:
+            return 0.0
         n, k = kv_recompute_gemm_shape(self.model)
-        return self.cost.gemm_s(tokens_total, n, k, self.model.dtype_bytes) if tokens_total > 0 else 0.0
+        t = self.cost.gemm_s(tokens_total, n, k, self.model.dtype_bytes)
+        extra = self.cost.hw.recompute_layer_us.get(self.model.family)
+        return t + (max(0.0, extra[0] + tokens_total * extra[1]) * 1e-6 if extra is not None else 0.0)
+
+    def recompute_rows(self, tokens: int) -> int:
+        """Rows per sequence a layer recomputing ``tokens`` tokens per sequence runs its
+        GEMM on: the real backend's width bucket where the profile models its executor
+        (a measured host), else exactly ``tokens``."""
+        if self.cost.hw.host.is_zero or tokens <= 0:
+            return tokens
+        return recompute_width_bucket(tokens, self.selection.global_max if self.selection else None)
 
     # -- one layer --------------------------------------------------------------
     def layer_times(self, lp: LayerPlan) -> LayerTimes:
@@ -94,7 +108,7 @@ class StepCoster:
         else:
             gpu_attended = lp.attended_tokens - lp.cpu_attention_tokens
             compute += c.attention_decode_s(b * gpu_attended * self.kv_bytes, self.int8_kv)
-        compute += self.recompute_s(b * lp.recompute_tokens)
+        compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
         fetch_bytes = b * (lp.h2d_kv_tokens * self.kv_bytes + lp.recompute_tokens * self.hidden_bytes)
@@ -149,6 +163,11 @@ class StepCoster:
         """Per decode step host time outside the layers (and the round trip, if any)."""
         h, b = self.cost.hw.host, self.batch
         return (h.at("step_us", b) + (h.at("round_trip_us", b) if plan_round_trip else 0.0)) * 1e-6
+
+    def selection_s(self, plan_round_trip: bool) -> float:
+        """GPU time of the step's selection (and the copy of its host part), which the host
+        waits for before it gathers: a round-trip step of a spilling run."""
+        return self.cost.selection_s(self.selection) if plan_round_trip else 0.0
 
     def pipelined_estimate_s(self, layers: tuple[LayerPlan, ...] | list[LayerPlan]) -> float:
         """Makespan of gather -> H2D -> compute over the layers (a 3-stage flow shop),

@@ -13,7 +13,7 @@ from alisa.calibration.fit import fit_latency_bandwidth, table_points
 from alisa.calibration.profile import build_profile
 from alisa.calibration.run import write_profile
 from alisa.cli import main
-from alisa.sim.costs import CostModel
+from alisa.sim.costs import CostModel, SelectionShape
 from alisa.sim.hardware import HardwareProfile, load_profile
 from alisa.sim.runner import simulate
 
@@ -171,9 +171,11 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
                  "prefix": lambda B: u("layer_us", B) + u("prefix_us", B)}
     per_step = {p: (lambda B, p=p: u("step_us", B) + (u("round_trip_us", B) if p in ("spill", "recompute") else 0))
                 for p in PROBES}
+    # ... and for their selection graph on the GPU (its own profile section), timed apart
+    select = {p: (lambda B, L, p=p: (20.0 + 0.3 * L * B) if p in ("spill", "recompute") else 0.0) for p in PROBES}
     rows = [{"op": f"host_issue:{p}", "layers": L, "batch": B, "size": float(L),
-             "seconds": (per_step[p](B) + L * (per_layer[p](B) + wait[p](B))) * 1e-6,
-             "wait_seconds": L * wait[p](B) * 1e-6,
+             "seconds": (per_step[p](B) + L * (per_layer[p](B) + wait[p](B)) + select[p](B, L)) * 1e-6,
+             "wait_seconds": L * wait[p](B) * 1e-6, "selection_seconds": select[p](B, L) * 1e-6,
              "worker_layer_seconds": u("fetch_layer_us", B) * 1e-6 if p in ("spill", "recompute") else 0.0,
              "prefill_seconds": (100.0 + L * u("prefill_layer_us", B)) * 1e-6}
             for p in PROBES for B in BATCHES for L in DEPTHS]
@@ -220,6 +222,27 @@ def test_decode_layer_section_and_its_use_in_the_step_cost():
     assert spill2.dense_layer_compute_s(16, decode=True) == pytest.approx(gemms16 + (70 + 32) * 1e-6, rel=1e-4)
 
 
+def test_selection_section_recovers_a_known_cost_and_the_step_cost_uses_it():
+    from alisa.calibration.selection_gpu import GRID, selection_section
+
+    # 30 us + 0.02 ns per position element + 0.05 per slot element + 0.4 per global element
+    rows = [{"op": "selection_graph", "layers": L, "batch": B, "positions": N, "slots": C, "global_max": K,
+             "size": float(L * B * N),
+             "seconds": (30.0 + 1e-3 * (0.02 * L * B * N + 0.05 * L * B * (C + 1) + 0.4 * L * B * K)) * 1e-6}
+            for L, B, N, C, K in GRID]
+    sec = selection_section(rows)
+    assert sec["fixed_us"] == pytest.approx(30.0, rel=1e-3)
+    assert (sec["per_position_ns"], sec["per_slot_ns"], sec["per_global_ns"]) == pytest.approx((0.02, 0.05, 0.4),
+                                                                                                rel=1e-3)
+    assert sec["fit_rel_error"] < 1e-3
+    p = build_profile(_synthetic_rows() + rows, "synth", _device(), {"date": "2026-01-01", "quick": True})
+    cost = CostModel(HardwareProfile(**p))
+    # by hand: 32 x 8 rows; 1536 positions, 541 slots, 246 global -> 30 + 7.86 + 6.92 + 25.19 us
+    assert cost.selection_s(SelectionShape(32, 8, 1536, 540, 246)) == pytest.approx(69.98e-6, rel=1e-3)
+    assert cost.selection_s(None) == 0.0
+    assert selection_section(rows[:3]) is None           # too few shapes to fit four terms
+
+
 def test_a_spilling_alisa_run_is_costed_with_the_spill_layout():
     from alisa.sim.policies import make_policy
 
@@ -227,5 +250,53 @@ def test_a_spilling_alisa_run_is_costed_with_the_spill_layout():
                 policy={"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320})
     spilling = make_policy(scenario(**base))
     assert spilling.spills and spilling.coster.cache == "spill"
+    # its selection's shapes: 32 layers, batch 8 (the default), N = 512 + 64, C = 320 and
+    # K = a - w at n = 576: a = ceil(0.2 x 576) = 116, w = 58 -> 58
+    assert spilling.coster.selection == SelectionShape(32, 8, 576, 320, 58)
     resident = make_policy(scenario(**{**base, "policy": {**base["policy"], "gpu_kv_budget_tokens": 4096}}))
     assert not resident.spills and resident.coster.cache == "swa"
+    assert resident.coster.selection is None and resident.coster.selection_s(True) == 0.0
+
+
+def test_recompute_is_costed_at_the_real_backends_width_bucket():
+    from alisa.sim.catalog import get_model
+    from alisa.sim.hardware import load_profile
+    from alisa.sim.models import kv_recompute_gemm_shape
+    from alisa.sim.plan import LayerPlan
+    from alisa.sim.step_cost import StepCoster
+
+    m = get_model("llama-7b")
+    n, k = kv_recompute_gemm_shape(m)
+    for name, rows in (("h100-80gb-measured", 96), ("h100-80gb", 91)):   # measured host: a bucket; datasheet: exact
+        cost = CostModel(load_profile(name))
+        coster = StepCoster(m, 32, cost, swa=True, cache="spill")
+        lp = dict(attended_tokens=300, d2h_kv_tokens=1, d2h_hidden_tokens=1)
+        extra = (coster.layer_times(LayerPlan(recompute_tokens=91, **lp)).compute_s
+                 - coster.layer_times(LayerPlan(**lp)).compute_s)
+        assert extra == pytest.approx(coster.recompute_s(32 * rows), rel=1e-9), name
+        assert coster.recompute_s(32 * rows) >= cost.gemm_s(32 * rows, n, k)
+
+
+def test_recompute_layer_section_and_its_use_in_the_step_cost():
+    from alisa.calibration.layer_gpu import recompute_layer_section
+    from alisa.sim.catalog import get_model
+    from alisa.sim.models import kv_recompute_gemm_shape
+    from alisa.sim.step_cost import StepCoster
+
+    p = build_profile(_synthetic_rows(), "synth", _device(), {"date": "2026-01-01", "quick": True})
+    cost = CostModel(HardwareProfile(**p))
+    m = get_model("llama-7b")
+    n, k = kv_recompute_gemm_shape(m)
+    # beyond the GEMM: 20 us + 0.05 us per row, at 128 .. 3072 rows
+    rows = [{"op": "recompute_layer:llama", "size": float(t), "model": "llama-7b",
+             "seconds": cost.gemm_s(t, n, k) + (20.0 + 0.05 * t) * 1e-6} for t in (128, 768, 512, 3072)]
+    sec = recompute_layer_section(rows, p)
+    assert sec["llama"] == pytest.approx([20.0, 0.05], abs=1e-3)
+    hw = HardwareProfile(**{**p, "recompute_layer_us": sec})
+    coster = StepCoster(m, 32, CostModel(hw))
+    assert coster.recompute_s(1000) == pytest.approx(cost.gemm_s(1000, n, k) + 70e-6, rel=1e-4)
+    assert coster.recompute_s(0) == 0.0
+    # another family keeps the GEMM alone
+    opt = get_model("opt-6.7b")
+    no, ko = kv_recompute_gemm_shape(opt)
+    assert StepCoster(opt, 32, CostModel(hw)).recompute_s(1000) == pytest.approx(cost.gemm_s(1000, no, ko), rel=1e-9)

@@ -121,12 +121,15 @@ class _FixedCoster:
     hidden_bytes = 1
 
     def __init__(self, times: dict[int, LayerTimes], head_s: float, step_s: float = 0.0,
-                 round_trip_s: float = 0.0) -> None:
+                 round_trip_s: float = 0.0, select_s: float = 0.0) -> None:
         self.times, self.head_s = times, head_s
-        self.step_s, self.round_trip_s = step_s, round_trip_s
+        self.step_s, self.round_trip_s, self.select_s = step_s, round_trip_s, select_s
 
     def step_host_s(self, round_trip: bool) -> float:
         return self.step_s + (self.round_trip_s if round_trip else 0.0)
+
+    def selection_s(self, round_trip: bool) -> float:
+        return self.select_s if round_trip else 0.0
 
     def layer_times(self, lp: LayerPlan) -> LayerTimes:
         return self.times[lp.attended_tokens]
@@ -168,16 +171,19 @@ def test_engine_pipeline_matches_hand_schedule():
     assert lanes == {"CPU", "H2D", "GPU compute", "D2H"}
 
 
-@pytest.mark.parametrize("compute, host, round_trip, ends", [
+@pytest.mark.parametrize("compute, host, round_trip, select, ends", [
     # host-bound: each layer ends when the host has issued it; the host runs on from 4.5
-    (1.0, 2.0, False, (5.0, 9.5)),
+    (1.0, 2.0, False, 0.25, (5.0, 9.5)),
     # the same with a round trip: the host waits for the GPU, then 1.5 s before issuing
-    (1.0, 2.0, True, (6.0, 12.0)),
+    (1.0, 2.0, True, 0.0, (6.0, 12.0)),
+    # ... and first for the step's selection on the GPU (0.25 s): 0.25 later each step
+    (1.0, 2.0, True, 0.25, (6.25, 12.5)),
     # GPU-bound: the host issues ahead and its time is hidden after the first layer
-    (3.0, 1.0, False, (7.0, 13.5)),
+    (3.0, 1.0, False, 0.25, (7.0, 13.5)),
 ])
-def test_engine_host_issue_by_hand(compute, host, round_trip, ends):
-    coster = _FixedCoster({1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0)
+def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
+    coster = _FixedCoster({1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0,
+                          select_s=select)
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=round_trip)
     er = Engine(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))

@@ -50,3 +50,18 @@ def test_catalog_complete():
     want = {"opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "llama-7b", "llama-13b", "llama-33b", "llama-65b",
             "llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "mistral-7b", "smollm2-135m"}
     assert want <= set(model_names())
+
+
+def test_recompute_width_buckets_by_hand():
+    from alisa.sim.models import recompute_width_bucket, recompute_width_buckets
+
+    # multiples of 16 up to 64, then of a quarter of the power of two below: 80, 96, ..., 160, 192
+    assert [recompute_width_bucket(r) for r in (0, 1, 16, 17, 64, 65, 91, 128, 129, 300)] == \
+        [0, 16, 16, 32, 64, 80, 96, 128, 160, 320]
+    assert recompute_width_bucket(50, cap=58) == 58 and recompute_width_bucket(40, cap=58) == 48
+    assert recompute_width_bucket(70, cap=58) == 70          # never below the rows themselves
+    assert recompute_width_buckets(91) == [16, 32, 48, 64, 80, 96]
+    assert recompute_width_buckets(58, cap=58) == [16, 32, 48, 58]
+    assert recompute_width_buckets(0) == []
+    # a bucket is never more than a quarter wider than its rows, beyond 64
+    assert all(recompute_width_bucket(r) <= 1.25 * r for r in range(64, 5000))

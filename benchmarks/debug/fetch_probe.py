@@ -108,7 +108,7 @@ def pipeline(out: dict) -> None:
         (_, sc), = expand_sweep("scenarios/validation/alisa.yaml", [f"sweep={sweep}"])
         _, er_sim = simulate(sc)
         ex = RealExecutor(sc, RealOptions(fetch_threads=threads, layer_trace_steps=100))
-        spent = time_methods(ex.slots, ("select", "resolve", "write_through_step", "land_recomputed"))
+        spent = time_methods(ex.slots, ("select", "resolve", "write_through_step"))
         spent.update(time_methods(ex.fetcher, ("wait",)))
         spent.update(time_methods(ex, ("_decode",)))
         fetched: list = []

@@ -28,4 +28,5 @@ def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     policy = REGISTRY[scenario.policy.name](scenario, coster)
     if isinstance(policy, AlisaPolicy) and policy.spills:
         coster.use_cache_layout("spill")   # its layers also write through and land fetched rows
+        coster.selection = policy.selection_shape()
     return policy

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..costs import SelectionShape
 from ..hardware import GB
 from ..memory import MemoryLayout, plan_memory
 from ..models import swa_importance_bytes
@@ -86,6 +87,22 @@ class AlisaPolicy(Policy):
         self.r_history: list[float] = []
 
     # -- layout ----------------------------------------------------------------
+    def global_max(self) -> int:
+        """The largest global part (a - w) of any decode step of the run (0 without SWA)."""
+        if self.cfg.kv_sparsity <= 0:
+            return 0
+        P = self.sc.workload.prompt_len
+        return max(a - w for a, w in (swa_budget(n, self.cfg.kv_sparsity, self.cfg.local_fraction)
+                                      for n in range(P + 1, self.n_max + 1)))
+
+    def selection_shape(self) -> SelectionShape | None:
+        """The fixed shapes of a spilling run's per-step selection (the real backend's
+        ``SpillSelector``); None when the KV never spills."""
+        if not self.spills:
+            return None
+        return SelectionShape(self.model.num_layers, self.batch, self.n_max, min(self.C, self.n_max),
+                              self.global_max())
+
     def importance_history(self) -> int:
         """Steps summed into importance (our default: the window at the longest context)."""
         wl = self.sc.workload
