@@ -19,11 +19,12 @@ The attention kernels read the step's token lists and lengths from fixed device 
 that the cache fills before the step (``SlotCache.stage_step``, ``PrefixCache.stage_step``), so
 their launches replay too, and so does the landing of fetched rows (a scatter that reads
 its row count on the device). What stays eager between the graphs is what changes shape
-or crosses streams: waiting for a layer's fetched rows, Phase III recompute, and once per
-step the write-through of the new tokens to the host. All buffers are static: a graph reads and writes fixed addresses, so the
-step's write-through copy of what the graphs made must finish before the next step's
-``pre`` graphs overwrite it (the executor's compute stream waits for the D2H stream once
-per step).
+or crosses streams: waiting for a layer's fetched rows and once per step the
+write-through of the new tokens to the host (Phase III recompute has graphs of its own
+per width, ``recompute.py``). All buffers are static: a graph reads and writes fixed
+addresses, so the step's write-through copy of what the graphs made must finish before
+the next step's ``pre`` graphs overwrite it (the executor's compute stream waits for the
+D2H stream once per step).
 
 ``graphs=False`` runs the same bodies eagerly into the same buffers (the CPU, tests).
 """
@@ -35,6 +36,7 @@ from typing import Callable
 import torch
 
 from .decoder import Decoder
+from .device import capture_graphs
 from .slot_cache import kv_rows
 
 
@@ -95,26 +97,10 @@ class DecodeStep:
         return out
 
     def capture(self) -> None:
-        """Warm every body up on a side stream (cuBLAS picks its kernels, the allocator
-        settles), then capture each into its own graph sharing one memory pool."""
+        """Capture each body into its own graph, the graphs sharing one memory pool."""
         if not self.graphs or self.captured:
             return
-        bodies = self._bodies()
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                for _, body in bodies:
-                    body()
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
-        torch.cuda.synchronize(self.x.device)
-        pool = torch.cuda.graph_pool_handle()
-        for key, body in bodies:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                body()
-            self._g[key] = g
-        torch.cuda.synchronize(self.x.device)
+        self._g = capture_graphs(self.x.device, dict(self._bodies()))
         self.captured = True
 
     def _run(self, key: tuple[str, int], body: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,30 @@ def require_cuda() -> torch.device:
                          f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
                          "run the simulator instead (--backend sim)", field="--backend")
     return torch.device("cuda")
+
+
+def capture_graphs(dev: torch.device, bodies: dict[Any, Callable[[], None]], warmups: int = 2,
+                   shared_pool: bool = True) -> dict[Any, torch.cuda.CUDAGraph]:
+    """Each body as a CUDA graph: warmed up on a side stream first (cuBLAS picks its
+    kernels, Triton compiles, the allocator settles), then captured, by default into one
+    memory pool (safe where the graphs replay one at a time)."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            for body in bodies.values():
+                body()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    torch.cuda.synchronize(dev)
+    pool = torch.cuda.graph_pool_handle() if shared_pool else None
+    graphs: dict[Any, torch.cuda.CUDAGraph] = {}
+    for key, body in bodies.items():
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=pool):
+            body()
+        graphs[key] = g
+    torch.cuda.synchronize(dev)
+    return graphs
 
 
 class GpuOutOfMemory(InputError):

@@ -22,6 +22,8 @@ import torch
 
 from alisa.sim.models import recompute_width_bucket, recompute_width_buckets
 
+from .device import capture_graphs
+
 if TYPE_CHECKING:
     from .slot_cache import SlotCache
 
@@ -69,17 +71,4 @@ class Recompute:
             return
         K = self.dst.shape[-1]
         keys = [(l, wb) for l in range(c.L) for wb in recompute_width_buckets(min(max_rows, K), K)]
-        side = torch.cuda.Stream(c.d.dev)
-        side.wait_stream(c.d.compute)
-        with torch.cuda.stream(side):
-            for l, wb in keys:               # warm-up: cuBLAS picks its kernels, Triton compiles
-                self.body(l, wb)
-        c.d.compute.wait_stream(side)
-        torch.cuda.synchronize(c.d.dev)
-        pool = torch.cuda.graph_pool_handle()
-        for l, wb in keys:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                self.body(l, wb)
-            self._g[(l, wb)] = g
-        torch.cuda.synchronize(c.d.dev)
+        self._g = capture_graphs(c.d.dev, {key: (lambda key=key: self.body(*key)) for key in keys}, warmups=1)

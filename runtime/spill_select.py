@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .device import capture_graphs
+
 if TYPE_CHECKING:
     from .slot_cache import SlotCache
 
@@ -85,18 +87,7 @@ class SpillSelector:
         if not c.d.cuda or self.graph is not None:
             return
         self.set_inputs(1, 1, 0, 1, 0, 0, 0.0, [0] * c.L, [0] * c.L)   # a valid, empty step
-        side = torch.cuda.Stream(c.d.dev)
-        side.wait_stream(c.d.compute)
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.body()
-        c.d.compute.wait_stream(side)
-        torch.cuda.synchronize(c.d.dev)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self.body()
-        torch.cuda.synchronize(c.d.dev)
-        self.graph = g
+        self.graph = capture_graphs(c.d.dev, {"select": self.body}, shared_pool=False)["select"]
         c.reset()
 
     # -- the device side (graph-safe: fixed shapes, no host reads) --------------------------

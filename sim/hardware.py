@@ -60,7 +60,7 @@ class HostIssue(BaseModel):
     importance_us: UsOrLine = Field(0.0, description="SWA's importance update, per decode layer")
     spill_layer_us: UsOrLine = Field(0.0, description="per decode layer of a run whose KV spills: write-through "
                                                       "to the host, waiting for and landing fetched rows")
-    recompute_us: UsOrLine = Field(0.0, description="per decode layer with Phase III recompute (eager)")
+    recompute_us: UsOrLine = Field(0.0, description="per decode layer with Phase III recompute")
     prefix_us: UsOrLine = Field(0.0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
                                                  "its copy, the stream waits, the spill")
     step_us: UsOrLine = Field(0.0, description="per decode step: embedding, LM head, bookkeeping")
