@@ -22,12 +22,13 @@ for stage in "$@"; do
     calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
     # calibrate, then use the new profile for what follows (the ALISA plan's recompute ratio depends on it)
     calibrate-use) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40
-                   cp "$OUT/h100-80gb-measured.yaml" hardware_profiles/h100-80gb-measured.yaml ;;
+                   cp "$OUT/h100-80gb-measured.yaml" "$OUT/h100-80gb-measured.measurements.json" hardware_profiles/ ;;
     calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
     overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
     probecheck) python3 benchmarks/debug/host_probe_check.py "$OUT" ${PROBECHECK:-dense,spill} 2>&1 | tee "$OUT/probecheck.log" | tail -30 ;;
     fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
+    hostspread) python3 benchmarks/debug/host_spread.py "$OUT" ${HOSTSPREAD:-} 2>&1 | tee "$OUT/hostspread.log" | tail -40 ;;
     stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;

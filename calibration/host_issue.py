@@ -7,7 +7,9 @@ sizes. The host time of a decode step, from a clock around the executor's step, 
 per-step + depth x per-layer: the depths separate those, the batch sizes give each part
 as fixed + per sequence, and differences between probes separate the parts
 (``HostIssue``'s fields): dense layers, SWA's importance update, a spilling run's
-write-through, waiting and landing, recompute, a FlexGen-like host prefix. The depths are
+write-through, waiting and landing, recompute, a FlexGen-like host prefix; the fetch's
+copy issue per further part comes from the recompute probe's layers, which fetch both
+KV rows and inputs x (recompute ratio 0.5), against the spill probe's. The depths are
 8 and 32 because the per-layer cost of a spilling run grows with depth at first (the
 host worker's gathers and the main thread share the interpreter lock); 32 is the depth
 of the models the matrix runs. A spilling probe's host time also holds the wait for its
@@ -66,6 +68,7 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     spent = time_methods(ex, ("_decode", "_prefill"))
     waits: list[float] = []
     worker: list[float] = []
+    copies: dict[int, list[float]] = {1: [], 2: []}    # copy issue seconds by the layer's parts
     if ex.fetcher is not None:
         inner, inner_run = ex.fetcher.wait, ex.fetcher.run_to
         per_step: list[float] = []
@@ -82,6 +85,9 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
             if f.host_marks is not None:
                 m = f.host_marks
                 worker.append((m[1] - m[0]) + (m[4] - m[3]))
+                parts = int(f.widths[0] > 0) + int(f.widths[1] > 0)
+                if parts in copies:
+                    copies[parts].append(m[4] - m[3])
             if layer == sc.model.num_layers - 1:
                 waits.append(sum(per_step))
                 per_step.clear()
@@ -103,9 +109,13 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
         xs = sorted(xs)
         return xs[len(xs) // 2] if xs else 0.0
     L = sc.model.num_layers
-    return {"seconds": median(spent["_decode"][2:]),        # the first two are the executor's rehearsal
-            "wait_seconds": median(waits[2:]), "worker_layer_seconds": median(worker[2 * L:]),
-            "prefill_seconds": min(spent["_prefill"]), "selection_seconds": selection_s}
+    out = {"seconds": median(spent["_decode"][2:]),        # the first two are the executor's rehearsal
+           "wait_seconds": median(waits[2:]), "worker_layer_seconds": median(worker[2 * L:]),
+           "prefill_seconds": min(spent["_prefill"]), "selection_seconds": selection_s}
+    for parts, xs in copies.items():
+        if xs:
+            out[f"copy_issue_{parts}part_seconds"] = median(xs)
+    return out
 
 
 PROBES: dict[str, dict[str, Any]] = {
@@ -113,8 +123,9 @@ PROBES: dict[str, dict[str, Any]] = {
     "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
     "spill": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": False,
               "selection_churn": 0.6},
+    # half the misses recomputed: its layers fetch KV rows and inputs x (two parts each)
     "recompute": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": True,
-                  "recompute_ratio": 1.0, "selection_churn": 0.6},
+                  "recompute_ratio": 0.5, "selection_churn": 0.6},
     "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
 }
 
@@ -154,7 +165,17 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
         "step_us": fit["dense"][0] * 1e6,
         "round_trip_us": (fit["spill"][0] - fit["swa"][0]) * 1e6,
         "fetch_layer_us": by["spill", b].get("worker_layer_seconds", 0.0) * 1e6,
+        "fetch_part_us": _part_us(by["spill", b], by["recompute", b]),
     }
+
+
+def _part_us(one: dict, two: dict) -> float:
+    """A fetching layer's further part (its second gather's copy): the copy issue of the
+    recompute probe's two-part layers (KV rows and inputs x) less the spill probe's
+    one-part layers', timed on the host around the copies alone (the probes' waits for the
+    GPU, which a narrow model's pace sets, stay out). Zero where either was not measured."""
+    a, b = one.get("copy_issue_1part_seconds"), two.get("copy_issue_2part_seconds")
+    return (b - a) * 1e6 if a is not None and b is not None else 0.0
 
 
 def host_section(rows: list[dict]) -> dict[str, Any] | None:

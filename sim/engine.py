@@ -19,7 +19,9 @@ it and ends no earlier than the host has issued all of it. The host runs ahead o
 GPU across steps, except where a step needs a GPU result first (``host_round_trip``),
 and it waits for a layer's gathered rows before issuing that layer. Where the coster says
 ``inline_fetch`` (a measured host: the real backend's default), that same host thread
-does the gathers, two layers ahead of the layer it issues, instead of a CPU worker.
+does the gathers, two layers ahead of the layer it issues, instead of a CPU worker, and
+at a spilling step's end stores the step's write-through rows into the host copy
+(``flush_s``) before it can issue the next step's selection.
 """
 
 from __future__ import annotations
@@ -140,9 +142,11 @@ class Engine:
         pre = self.coster.step_host_s(plan.host_round_trip)
         if not plan.host_round_trip:
             return self._host_free + pre
-        sel = self.coster.selection_s(True)
-        self._trace("GPU compute", "select", self.env.now, sel, {"step": plan.step})
-        return self.env.now + sel + pre
+        # the selection graph runs once the GPU is free and the host has issued it (after
+        # the last step's flush)
+        sel, start = self.coster.selection_s(True), max(self.env.now, self._host_free)
+        self._trace("GPU compute", "select", start, sel, {"step": plan.step})
+        return start + sel + pre
 
     def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
         env = self.env
@@ -153,6 +157,7 @@ class Engine:
             self._trace_cut = plan.step
         start = env.now
         h0 = self._host_start(plan)
+        flush = self.coster.flush_s(times, plan.phase == "prefill")   # the host stores the write-through rows
         moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
         if not moves:
             # one GPU interval: layer l starts once the GPU is free and the host has begun
@@ -165,7 +170,8 @@ class Engine:
                 g = max(s + t.compute_s, h)
                 spans.append((s, g, h - t.host_s, t.host_s))
             g = max(g, h) + head_s
-            self._host_free = h
+            self._host_free = h + flush
+            self._trace("Host", "flush", h, flush, {"step": plan.step})
             yield env.timeout(g - start)
             self._sim_events += 1
             if self._trace_cut is None:
@@ -205,7 +211,8 @@ class Engine:
                 self._trace("Host", f"issue L{l}", h, t.host_s, {"step": plan.step})
                 h += t.host_s
                 issue_end[l] = h
-            self._host_free = h
+            self._host_free = h + flush
+            self._trace("Host", "flush", h, flush, {"step": plan.step})
 
         sync = [lp.sync_fetch for lp in plan.layers]
         staged = [not lp.contiguous_fetch for lp in plan.layers]   # token gathers go through staging
@@ -265,7 +272,9 @@ class Engine:
                 while nxt <= min(l + STAGING_DEPTH, L - 1):
                     yield from gather(nxt)
                     nxt += 1
-            self._host_free = env.now
+            # set before the step ends (the GPU's last layer and head end after this)
+            self._host_free = env.now + flush
+            self._trace("Host", "flush", env.now, flush, {"step": plan.step})
 
         env.process(h2d_proc())
         if getattr(self.coster, "inline_fetch", False):

@@ -66,6 +66,9 @@ class HostIssue(BaseModel):
     step_us: UsOrLine = Field(0.0, description="per decode step: embedding, LM head, bookkeeping")
     fetch_layer_us: UsOrLine = Field(0.0, description="the host fetch worker, per decode layer that gathers rows: "
                                                       "its index lists and copy issue, beyond the gather itself")
+    fetch_part_us: UsOrLine = Field(0.0, description="per further part a fetching layer gathers and copies (Phase "
+                                                     "III layers fetch KV rows and layer inputs x: two gathers, two "
+                                                     "copies), beyond ``fetch_layer_us``")
     round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
                                                      "(ALISA with spilled KV): beyond the selection graph's GPU time "
                                                      "(``selection``), the wake-up, the copy, the gathers' start")

@@ -111,10 +111,15 @@ class StepCoster:
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
-        fetch_bytes = b * (lp.h2d_kv_tokens * self.kv_bytes + lp.recompute_tokens * self.hidden_bytes)
+        # the fetch's parts: KV rows, and layer inputs x for the recompute; the executor
+        # gathers and copies each apart (one index_select and one copy per part)
+        parts = [p for p in (b * lp.h2d_kv_tokens * self.kv_bytes, b * lp.recompute_tokens * self.hidden_bytes) if p]
+        fetch_bytes = sum(parts)
         gather = 0.0
-        if not lp.contiguous_fetch and fetch_bytes > 0:
-            gather = c.cpu_gather_s(fetch_bytes) + self.cost.hw.host.at("fetch_layer_us", b) * 1e-6
+        if not lp.contiguous_fetch and parts:
+            h = self.cost.hw.host
+            gather = sum(c.cpu_gather_s(p) for p in parts) + 1e-6 * (
+                h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b))
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
@@ -158,6 +163,17 @@ class StepCoster:
             us += h.at("spill_layer_us", b) if lp.d2h_kv_tokens else 0.0
             us += h.at("recompute_us", b) if lp.recompute_tokens else 0.0
         return us * 1e-6
+
+    def flush_s(self, times: list[LayerTimes], prefill: bool = False) -> float:
+        """Host time, at a decode step's end, to store its write-through rows (every layer's
+        new K, V and x, the step's D2H bytes) into the host copy: the real backend's
+        spilling layout does it on the issuing thread (inline fetch); the prefill's rows
+        go down straight into the host copy. Timed as a CPU gather of the same bytes (a
+        row scatter through host memory on the same threads); zero where the profile does
+        not model the real backend's host, or for other layouts."""
+        if prefill or self.cache != "spill" or not self.inline_fetch:
+            return 0.0
+        return self.cost.cpu_gather_s(sum(t.d2h_bytes for t in times))
 
     def step_host_s(self, plan_round_trip: bool) -> float:
         """Per decode step host time outside the layers (and the round trip, if any)."""

@@ -159,7 +159,8 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
     # a known host: (fixed, per sequence) microseconds per layer for each probe's extra part
     line = {"layer_us": (30.0, 0.5), "importance_us": (10.0, 0.25), "spill_layer_us": (300.0, 4.0),
             "recompute_us": (200.0, 2.0), "prefix_us": (80.0, 1.0), "step_us": (50.0, 1.0),
-            "round_trip_us": (2000.0, 40.0), "prefill_layer_us": (800.0, 5.0), "fetch_layer_us": (60.0, 1.5)}
+            "round_trip_us": (2000.0, 40.0), "prefill_layer_us": (800.0, 5.0), "fetch_layer_us": (60.0, 1.5),
+            "fetch_part_us": (12.0, 0.5)}
     u = lambda k, B: line[k][0] + B * line[k][1]  # noqa: E731
     # spilling probes also wait for the fetch worker (per layer); that time is the worker's, not the host's
     wait = {p: (lambda B, p=p: (40.0 + 2.0 * B) if p in ("spill", "recompute") else 0.0) for p in PROBES}
@@ -177,7 +178,12 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
              "seconds": (per_step[p](B) + L * (per_layer[p](B) + wait[p](B)) + select[p](B, L)) * 1e-6,
              "wait_seconds": L * wait[p](B) * 1e-6, "selection_seconds": select[p](B, L) * 1e-6,
              "worker_layer_seconds": u("fetch_layer_us", B) * 1e-6 if p in ("spill", "recompute") else 0.0,
-             "prefill_seconds": (100.0 + L * u("prefill_layer_us", B)) * 1e-6}
+             "prefill_seconds": (100.0 + L * u("prefill_layer_us", B)) * 1e-6,
+             # copy issue: 25 us + 0.1 per sequence for a one-part layer (the spill probe's),
+             # plus the further part for the recompute probe's two-part layers
+             **({"copy_issue_1part_seconds": (25.0 + 0.1 * B) * 1e-6} if p == "spill" else {}),
+             **({"copy_issue_2part_seconds": (25.0 + 0.1 * B + u("fetch_part_us", B)) * 1e-6}
+                if p == "recompute" else {})}
             for p in PROBES for B in BATCHES for L in DEPTHS]
     got = HostIssue(**host_section(rows))
     for k, (c0, c1) in line.items():
@@ -275,6 +281,39 @@ def test_recompute_is_costed_at_the_real_backends_width_bucket():
                  - coster.layer_times(LayerPlan(**lp)).compute_s)
         assert extra == pytest.approx(coster.recompute_s(32 * rows), rel=1e-9), name
         assert coster.recompute_s(32 * rows) >= cost.gemm_s(32 * rows, n, k)
+
+
+def test_a_phase3_layer_gathers_each_part_apart_and_the_host_flushes_the_write_through():
+    from alisa.sim.catalog import get_model
+    from alisa.sim.hardware import HostIssue, load_profile
+    from alisa.sim.plan import LayerPlan
+    from alisa.sim.step_cost import StepCoster
+
+    m = get_model("llama-7b")
+    base = load_profile("h100-80gb-measured")
+    hw = base.model_copy(update={"host": base.host.model_copy(update={"fetch_layer_us": (30.0, 0.0),
+                                                                      "fetch_part_us": (10.0, 0.5)})})
+    cost = CostModel(hw)
+    coster = StepCoster(m, 8, cost, swa=True, cache="spill")
+    kv, x = 8 * 20 * 16384, 8 * 12 * 8192          # LLaMA-7B: 16 KiB of KV, 8 KiB of x per token and layer
+    both = coster.layer_times(LayerPlan(attended_tokens=300, h2d_kv_tokens=20, recompute_tokens=12,
+                                        d2h_kv_tokens=1, d2h_hidden_tokens=1))
+    # by hand: one gather per part, the layer's fetch overhead, and one further part (10 + 8 x 0.5 us)
+    assert both.gather_s == pytest.approx(cost.cpu_gather_s(kv) + cost.cpu_gather_s(x) + 44e-6, rel=1e-9)
+    assert both.h2d_bytes == kv + x
+    kv_only = coster.layer_times(LayerPlan(attended_tokens=300, h2d_kv_tokens=20, d2h_kv_tokens=1,
+                                           d2h_hidden_tokens=1))
+    assert kv_only.gather_s == pytest.approx(cost.cpu_gather_s(kv) + 30e-6, rel=1e-9)
+    # the flush: the step's D2H bytes (K, V and x of the new token, every sequence), a decode
+    # step of the spill layout only, on a measured host only
+    times = [both] * 32
+    d2h = 32 * 8 * (16384 + 8192)
+    assert sum(t.d2h_bytes for t in times) == d2h
+    assert coster.flush_s(times) == pytest.approx(cost.cpu_gather_s(d2h), rel=1e-9)
+    assert coster.flush_s(times, prefill=True) == 0.0
+    assert StepCoster(m, 8, cost, swa=True, cache="swa").flush_s(times) == 0.0
+    ideal = hw.model_copy(update={"host": HostIssue()})
+    assert StepCoster(m, 8, CostModel(ideal), swa=True, cache="spill").flush_s(times) == 0.0
 
 
 def test_recompute_layer_section_and_its_use_in_the_step_cost():

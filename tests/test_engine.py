@@ -121,9 +121,12 @@ class _FixedCoster:
     hidden_bytes = 1
 
     def __init__(self, times: dict[int, LayerTimes], head_s: float, step_s: float = 0.0,
-                 round_trip_s: float = 0.0, select_s: float = 0.0) -> None:
+                 round_trip_s: float = 0.0, select_s: float = 0.0, flush_s: float = 0.0) -> None:
         self.times, self.head_s = times, head_s
-        self.step_s, self.round_trip_s, self.select_s = step_s, round_trip_s, select_s
+        self.step_s, self.round_trip_s, self.select_s, self.flush = step_s, round_trip_s, select_s, flush_s
+
+    def flush_s(self, times: list[LayerTimes], prefill: bool = False) -> float:
+        return 0.0 if prefill else self.flush
 
     def step_host_s(self, round_trip: bool) -> float:
         return self.step_s + (self.round_trip_s if round_trip else 0.0)
@@ -188,6 +191,22 @@ def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
     er = Engine(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
     assert "Host" in {e[0] for e in er.events}
+
+
+@pytest.mark.parametrize("flush, ends", [
+    # the host's flush (1.0) outlasts the GPU's last layer and head (the host is free at
+    # 5.75 + 1.0 = 6.75, the GPU at 6.25): the next selection starts at 6.75, not 6.25
+    (1.0, (6.25, 13.0)),
+    # a flush done before the GPU is (5.75 + 0.25 < 6.25) costs nothing
+    (0.25, (6.25, 12.5)),
+])
+def test_engine_flush_delays_next_selection(flush, ends):
+    coster = _FixedCoster({1: LayerTimes(0, 0, 1.0, 0, 0, 0, 2.0)}, head_s=0.5, step_s=0.5, round_trip_s=1.0,
+                          select_s=0.25, flush_s=flush)
+    step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=True)
+    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
+    assert any(e[1] == "flush" for e in er.events)
 
 
 def test_engine_host_waits_for_gathered_rows():
