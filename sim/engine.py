@@ -148,6 +148,12 @@ class Engine:
         self._trace("GPU compute", "select", start, sel, {"step": plan.step})
         return start + sel + pre
 
+    def _host_done(self, issued_s: float, flush_s: float, step: int) -> None:
+        """The host has issued a step's last layer at ``issued_s``; it then flushes the
+        step's write-through rows and is free for the next step."""
+        self._host_free = issued_s + flush_s
+        self._trace("Host", "flush", issued_s, flush_s, {"step": step})
+
     def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
         env = self.env
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
@@ -170,8 +176,7 @@ class Engine:
                 g = max(s + t.compute_s, h)
                 spans.append((s, g, h - t.host_s, t.host_s))
             g = max(g, h) + head_s
-            self._host_free = h + flush
-            self._trace("Host", "flush", h, flush, {"step": plan.step})
+            self._host_done(h, flush, plan.step)
             yield env.timeout(g - start)
             self._sim_events += 1
             if self._trace_cut is None:
@@ -211,8 +216,7 @@ class Engine:
                 self._trace("Host", f"issue L{l}", h, t.host_s, {"step": plan.step})
                 h += t.host_s
                 issue_end[l] = h
-            self._host_free = h + flush
-            self._trace("Host", "flush", h, flush, {"step": plan.step})
+            self._host_done(h, flush, plan.step)
 
         sync = [lp.sync_fetch for lp in plan.layers]
         staged = [not lp.contiguous_fetch for lp in plan.layers]   # token gathers go through staging
@@ -273,8 +277,7 @@ class Engine:
                     yield from gather(nxt)
                     nxt += 1
             # set before the step ends (the GPU's last layer and head end after this)
-            self._host_free = env.now + flush
-            self._trace("Host", "flush", env.now, flush, {"step": plan.step})
+            self._host_done(env.now, flush, plan.step)
 
         env.process(h2d_proc())
         if getattr(self.coster, "inline_fetch", False):
