@@ -1,39 +1,60 @@
 """Host time to issue the real backend's work, measured by running it.
 
-Each probe is a narrow model (hidden 512, so the host rather than the GPU sets the pace)
-run by ``alisa.runtime``'s executor on the validation matrix's workload shape (prompt
-512; ALISA at s = 0.8 with a 320-token cache and churn 0.6) at two depths and two batch
-sizes. The host time of a decode step, from a clock around the executor's step, is
-per-step + depth x per-layer: the depths separate those, the batch sizes give each part
-as fixed + per sequence, and differences between probes separate the parts
-(``HostIssue``'s fields): dense layers, SWA's importance update, a spilling run's
-write-through, waiting and landing, recompute, a FlexGen-like host prefix; the fetch's
-copy issue per further part comes from the recompute probe's layers, which fetch both
-KV rows and inputs x (recompute ratio 0.5), against the spill probe's. The depths are
-8 and 32 because the per-layer cost of a spilling run grows with depth at first (the
-host worker's gathers and the main thread share the interpreter lock); 32 is the depth
-of the models the matrix runs. A spilling probe's host time also holds the wait for its
-selection graph (GPU work over all layers, sequences and positions); that is timed apart
-(``selection_gpu``), replayed on the probe's own graph, and taken off.
+Each probe is a model of the validation matrix's width (hidden 4096: KV rows of 16 KiB
+and inputs x of 8 KiB, as LLaMA-7B and OPT-6.7B) with a small FFN and vocabulary, run by
+``alisa.runtime``'s executor on the matrix's workload shape (prompt 512; ALISA at s = 0.8
+with a 320-token cache and churn 0.6) at two depths and two batch sizes. The host's time
+per decode step is per-step + depth x per-layer: the depths separate those, the batch
+sizes give each part as fixed + per sequence, and differences between probes separate the
+parts (``HostIssue``'s fields): dense layers, SWA's importance update, a spilling run's
+write-through and landing, recompute, a FlexGen-like host prefix. The fetch's own time
+per fetching layer beyond its gathers comes from the spill probe, and its copy issue per
+further part from the recompute probe's layers, which fetch both KV rows and inputs x
+(recompute ratio 0.5). Depth 32 is the depth of the models the matrix runs.
+
+The width matters: the host's own costs grow when its gathers stream megabytes through
+host memory. With hidden 512 the probes put the copy issue at 20-36 us a layer, while the
+real runs' traces (LLaMA-7B, OPT-6.7B) showed 59-86 us for the same code.
+
+What a probe measures is the host's *own* time. The GPU often sets a probe's pace, so a
+clock around the step would time the host waiting for it: the run-ahead throttle, the
+copy that last used a pinned buffer, the selection's host part. Every CUDA synchronize
+during a probe is timed (``timed_syncs``); what one spends beyond a synchronize whose work
+is already done (``sync_floor_s``, measured before the run) is a wait, and comes off
+(``waits_in``). A step's time is its cycle, from its start to the next step's, so the run
+loop's bookkeeping and the step's end (LM head, write-through, the host copy's store)
+count: the real runs these fields model are host-bound, and there all of it lies on the
+critical path. The selection graph's launch comes off too: the profile's ``selection``
+times it from issue to host part (``selection_gpu``).
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import math
+import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 DEPTHS = (8, 32)
 BATCHES = (8, 32)
 PROMPT = 512
+WIDTH = 4096
 
 
 def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen: int,  # type: ignore[no-untyped-def]
               batch: int = 8):
     from alisa.sim.scenario import build_scenario
 
-    model = dict(name=f"probe-{layers}l", family="llama", num_layers=layers, hidden_size=512, num_heads=4,
-                 num_kv_heads=4, head_dim=128, ffn_dim=1024, vocab_size=1024, activation="silu", norm="rmsnorm",
-                 max_positions=4096)
+    # the matrix's width (KV rows of 16 KiB, inputs x of 8 KiB, as LLaMA-7B and OPT-6.7B),
+    # so the probes gather and copy the bytes the real runs do; a small FFN and vocabulary
+    # keep their GPU time and memory down (the host's own time does not depend on them)
+    model = dict(name=f"probe-{layers}l", family="llama", num_layers=layers, hidden_size=WIDTH,
+                 num_heads=WIDTH // 128, num_kv_heads=WIDTH // 128, head_dim=128, ffn_dim=1024, vocab_size=1024,
+                 activation="silu", norm="rmsnorm", max_positions=4096)
     return build_scenario({"name": "host-probe", "model": model, "hardware": hardware,
                            "workload": {"batch_size": batch, "prompt_len": PROMPT, "gen_len": gen},
                            "policy": policy, "seed": 0}, "<calibration host probe>")
@@ -55,49 +76,164 @@ def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
     return spent
 
 
+def waits_in(a: float, b: float, syncs: list[tuple[float, float]], floor_s: float) -> float:
+    """Seconds the host spent waiting inside [a, b]: each synchronize starting there, less
+    what one costs when its work is already done (``floor_s``), which the host pays anyway.
+    ``syncs`` are (start, end) host times in start order."""
+    lo = bisect.bisect_left(syncs, (a, -math.inf))
+    waited = 0.0
+    for s0, s1 in syncs[lo:]:
+        if s0 >= b:
+            break
+        waited += max(0.0, min(s1, b) - s0 - floor_s)
+    return waited
+
+
+def sync_floor_s(repeats: int = 200) -> float:
+    """Median host seconds of a CUDA synchronize whose work is already done."""
+    import torch
+
+    e = torch.cuda.Event()
+    e.record()
+    e.synchronize()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        e.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+@contextlib.contextmanager
+def timed_syncs() -> Iterator[list[tuple[float, float]]]:
+    """Record (start, end) host times of every CUDA event and stream synchronize inside."""
+    import torch
+
+    spans: list[tuple[float, float]] = []
+    saved = {cls: cls.synchronize for cls in (torch.cuda.Event, torch.cuda.Stream)}
+
+    def timed(fn):  # type: ignore[no-untyped-def]
+        def sync(self):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            try:
+                return fn(self)
+            finally:
+                spans.append((t0, time.perf_counter()))
+        return sync
+    try:
+        for cls, fn in saved.items():
+            cls.synchronize = timed(fn)  # type: ignore[method-assign]
+        yield spans
+    finally:
+        for cls, fn in saved.items():
+            cls.synchronize = fn  # type: ignore[method-assign]
+
+
+def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """Wrap obj's methods so each call's (start, end) host times are appended to the
+    returned lists."""
+    spans: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for name in names:
+        fn = getattr(obj, name)
+
+        def wrap(*a, _fn=fn, _out=spans[name], **kw):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                _out.append((t0, time.perf_counter()))
+        setattr(obj, name, wrap)
+    return spans
+
+
+@dataclass
+class StepCycle:
+    """One decode step as the probe saw it, host clock: the step's cycle [start, end) (to
+    the next step's start), its fetch calls' spans (waits for and runs of the fetch jobs),
+    the seconds its gathers took, how many of its layers fetched, and its selection
+    graph's launch spans."""
+
+    start: float
+    end: float
+    fetch: list[tuple[float, float]] = field(default_factory=list)
+    gather_s: float = 0.0
+    fetching_layers: int = 0
+    launch: list[tuple[float, float]] = field(default_factory=list)
+
+
+def own_seconds(c: StepCycle, syncs: list[tuple[float, float]], floor_s: float) -> tuple[float, float]:
+    """The host's own seconds in a step's cycle, and in its fetch calls (both without
+    waits). The selection graph's launch is left out of the first: the profile's
+    ``selection`` times it from issue to host part, launch included."""
+    fetch = sum(b - a - waits_in(a, b, syncs, floor_s) for a, b in c.fetch)
+    launch = sum(b - a - waits_in(a, b, syncs, floor_s) for a, b in c.launch)
+    cycle = c.end - c.start - waits_in(c.start, c.end, syncs, floor_s)
+    return cycle - launch, fetch
+
+
+def _cycles(decode: list[tuple[float, float]], prefill: list[tuple[float, float]]) -> list[StepCycle]:
+    """The timed run's decode steps as cycles: each from its start to the next step's
+    (the last one to its own end). Steps before the last prefill (the executor's untimed
+    rehearsal) are left out."""
+    after = max((a for a, _ in prefill), default=-math.inf)
+    starts = [(a, b) for a, b in decode if a > after]
+    return [StepCycle(a, starts[i + 1][0] if i + 1 < len(starts) else b) for i, (a, b) in enumerate(starts)]
+
+
+def _cycle_of(cycles: list[StepCycle], t: float) -> StepCycle | None:
+    i = bisect.bisect_right([c.start for c in cycles], t) - 1
+    return cycles[i] if i >= 0 and t < cycles[i].end else None
+
+
 def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """One real run's medians per decode step: host seconds (``seconds``), of which in the
-    fetch (``wait_seconds``: waiting for a worker, or running the fetch jobs inline), and
-    the fetch job's own seconds per fetching layer beyond its gathers and waits
-    (``worker_layer_seconds``: index lists, copy issue); the prefill's host seconds; and a
-    spilling run's selection graph's seconds, issue to host part (``selection_seconds``)."""
+    """One real run's medians per decode step. The host's own time (``own_seconds``: the
+    cycle less its waits and the selection graph's launch), of which in the fetch
+    (``fetch_own_seconds``: the gathers, index lists, copy issue, stream waits), and the
+    fetch's own time per fetching layer beyond its gathers (``fetch_layer_own_seconds``);
+    the copy issue by the layer's parts (``copy_issue_{1,2}part_seconds``). For the record,
+    the clock around the step (``seconds``), its time in the fetch (``wait_seconds``), the
+    selection graph's seconds from issue to host part, replayed after the run
+    (``selection_seconds``), and the synchronize floor. The prefill's host seconds."""
     from alisa.runtime.executor import RealExecutor
     from alisa.runtime.run import release_gpu
 
+    floor = sync_floor_s()
     ex = RealExecutor(sc)
-    spent = time_methods(ex, ("_decode", "_prefill"))
-    waits: list[float] = []
-    worker: list[float] = []
-    copies: dict[int, list[float]] = {1: [], 2: []}    # copy issue seconds by the layer's parts
+    calls = record_calls(ex, ("_decode", "_prefill"))
+    fetch_calls: list[tuple[float, float]] = []     # outermost calls only: wait runs run_to inline
+    # per fetching layer: job start, gather seconds, parts, copy issue seconds, bytes
+    fetched: list[tuple[float, float, int, float, int]] = []
     if ex.fetcher is not None:
         inner, inner_run = ex.fetcher.wait, ex.fetcher.run_to
-        per_step: list[float] = []
+        depth = [0]
+
+        def timed(fn, *a):  # type: ignore[no-untyped-def]
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    fetch_calls.append((t0, time.perf_counter()))
 
         def run_to(layer: int) -> None:
-            t0 = time.perf_counter()
-            inner_run(layer)
-            per_step.append(time.perf_counter() - t0)
+            timed(inner_run, layer)
 
         def wait(layer: int):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
-            f = inner(layer)
-            per_step.append(time.perf_counter() - t0)
+            f = timed(inner, layer)
             if f.host_marks is not None:
                 m = f.host_marks
-                worker.append((m[1] - m[0]) + (m[4] - m[3]))
-                parts = int(f.widths[0] > 0) + int(f.widths[1] > 0)
-                if parts in copies:
-                    copies[parts].append(m[4] - m[3])
-            if layer == sc.model.num_layers - 1:
-                waits.append(sum(per_step))
-                per_step.clear()
+                fetched.append((m[0], m[2] - m[1], int(f.widths[0] > 0) + int(f.widths[1] > 0), m[4] - m[3],
+                                f.h2d_bytes))
             return f
         ex.fetcher.wait, ex.fetcher.run_to = wait, run_to
-    ex.run()
-    # a spilling run's selection graph: GPU time the host waited for at every step, which
-    # the simulator times from the profile's ``selection`` (shape-dependent), so it is
-    # taken off these probes' host time
     selector = ex.slots.selector if ex.slots is not None else None
+    launches = record_calls(selector, ("run",))["run"] if selector is not None else []
+    with timed_syncs() as syncs:
+        ex.run()
+    # a spilling run's selection graph: from issue to host part, which the simulator
+    # times from the profile's ``selection`` (shape-dependent)
     selection_s = 0.0
     if selector is not None and selector.graph is not None:
         from .selection_gpu import replay_seconds
@@ -105,16 +241,46 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     del ex, selector
     release_gpu()
 
+    syncs.sort()
+    cycles = _cycles(calls["_decode"], calls["_prefill"])
+    for spans, put in ((fetch_calls, lambda c, s: c.fetch.append(s)), (launches, lambda c, s: c.launch.append(s))):
+        for span in spans:
+            c = _cycle_of(cycles, span[0])
+            if c is not None:
+                put(c, span)
+    copies: dict[int, list[float]] = {1: [], 2: []}    # copy issue seconds by the layer's parts
+    steady = cycles[2:-1] or cycles          # the first steps warm up; the last has no successor
+    in_steady = {id(c) for c in steady}
+    gathers: list[tuple[float, int, int]] = []     # the steady steps' gathers: seconds, parts, bytes
+    for t, g, parts, copy_s, nbytes in fetched:
+        c = _cycle_of(cycles, t)
+        if c is not None:
+            c.gather_s += g
+            c.fetching_layers += 1
+            if parts in copies:
+                copies[parts].append(copy_s)
+            if id(c) in in_steady:
+                gathers.append((g, parts, nbytes))
+    own = [own_seconds(c, syncs, floor) for c in steady]
+    per_layer = [(f - c.gather_s) / c.fetching_layers for c, (_, f) in zip(steady, own) if c.fetching_layers]
+
     def median(xs: list[float]) -> float:
-        xs = sorted(xs)
-        return xs[len(xs) // 2] if xs else 0.0
-    L = sc.model.num_layers
-    out = {"seconds": median(spent["_decode"][2:]),        # the first two are the executor's rehearsal
-           "wait_seconds": median(waits[2:]), "worker_layer_seconds": median(worker[2 * L:]),
-           "prefill_seconds": min(spent["_prefill"]), "selection_seconds": selection_s}
+        return statistics.median(xs) if xs else 0.0
+    decode = [b - a for a, b in calls["_decode"]]
+    out = {"own_seconds": median([o for o, _ in own]), "fetch_own_seconds": median([f for _, f in own]),
+           "fetch_layer_own_seconds": median(per_layer), "sync_floor_seconds": floor,
+           "seconds": median(decode[2:]),       # the first two are the executor's rehearsal
+           "wait_seconds": median([sum(b - a for a, b in c.fetch) for c in steady]),
+           "prefill_seconds": min(b - a - waits_in(a, b, syncs, floor) for a, b in calls["_prefill"]),
+           "selection_seconds": selection_s}
     for parts, xs in copies.items():
         if xs:
             out[f"copy_issue_{parts}part_seconds"] = median(xs)
+    if gathers:
+        # means, not medians: the in-run gather fit is linear in parts and bytes
+        n = len(gathers)
+        out |= {"gather_layer_seconds": sum(g for g, _, _ in gathers) / n,
+                "gather_parts": sum(p for _, p, _ in gathers) / n, "gather_bytes": sum(b for _, _, b in gathers) / n}
     return out
 
 
@@ -147,11 +313,7 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
     depth) at depths a < b."""
     fit: dict[str, tuple[float, float]] = {}     # probe -> (per step, per layer) seconds
     for p in PROBES:
-        # the main thread's own time: what it spent in the fetch (waiting for a worker, or
-        # running the jobs inline) the simulator times as gathers and ``fetch_layer_us``
-        # and the selection graph's GPU time the profile's ``selection`` gives
-        own = {L: by[p, L]["seconds"] - by[p, L].get("wait_seconds", 0.0) - by[p, L].get("selection_seconds", 0.0)
-               for L in (a, b)}
+        own = {L: _own_outside_fetch(by[p, L]) for L in (a, b)}
         per_layer = (own[b] - own[a]) / (b - a)
         fit[p] = (own[a] - a * per_layer, per_layer)
     pre = (by["dense", b]["prefill_seconds"] - by["dense", a]["prefill_seconds"]) / (b - a)
@@ -164,9 +326,23 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
         "prefix_us": (fit["prefix"][1] - fit["dense"][1]) * 1e6,
         "step_us": fit["dense"][0] * 1e6,
         "round_trip_us": (fit["spill"][0] - fit["swa"][0]) * 1e6,
-        "fetch_layer_us": by["spill", b].get("worker_layer_seconds", 0.0) * 1e6,
+        "fetch_layer_us": _fetch_layer_s(by["spill", b]) * 1e6,
         "fetch_part_us": _part_us(by["spill", b], by["recompute", b]),
     }
+
+
+def _own_outside_fetch(row: dict) -> float:
+    """A probe step's host seconds outside the fetch, which the simulator times as gathers
+    plus ``fetch_layer_us``. Rows from calibrations before the own-time accounting hold
+    the clock around the step, less the fetch calls and the selection graph's seconds."""
+    if "own_seconds" in row:
+        return row["own_seconds"] - row["fetch_own_seconds"]
+    return row["seconds"] - row.get("wait_seconds", 0.0) - row.get("selection_seconds", 0.0)
+
+
+def _fetch_layer_s(row: dict) -> float:
+    """The fetch's host seconds per fetching layer beyond its gathers."""
+    return row.get("fetch_layer_own_seconds", row.get("worker_layer_seconds", 0.0))
 
 
 def _part_us(one: dict, two: dict) -> float:
@@ -202,4 +378,25 @@ def host_section(rows: list[dict]) -> dict[str, Any] | None:
     for k in at[b0]:
         slope = (at[b1][k] - at[b0][k]) / (b1 - b0)
         out[k] = [round(at[b0][k] - b0 * slope, 2), round(slope, 3)]
-    return out
+    return out | in_run_gather(rows)
+
+
+def in_run_gather(rows: list[dict]) -> dict[str, float]:
+    """The executor's own gathers in the spilling probes, fitted as seconds = parts x
+    ``gather_part_us`` + bytes / ``gather_gbps`` (non-negative least squares over the
+    probes' mean fetching layers). Empty where no probe recorded its gathers (older
+    calibrations). The gather microbenchmark (``cpu_gather``) read 34 and 52 GB/s in two
+    processes on one machine while the real runs gathered at 22-37: in the executor the
+    gathers share the host with the issue of GPU work and the write-through."""
+    pts = [(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
+           if r["op"].startswith("host_issue:") and r.get("gather_bytes")]
+    if len(pts) < 2:
+        return {}
+    import numpy as np
+    from scipy.optimize import nnls
+
+    a = np.array([[p, b / 1e9] for p, b, _ in pts])
+    (fixed_s, s_per_gb), _ = nnls(a, np.array([t for _, _, t in pts]))
+    if s_per_gb <= 0:
+        return {}
+    return {"gather_part_us": round(fixed_s * 1e6, 2), "gather_gbps": round(1.0 / s_per_gb, 3)}

@@ -139,14 +139,15 @@ class Engine:
         that the GPU runs next (a spilling run's selection graph and its copy down)."""
         if plan.phase == "prefill":
             return max(self._host_free, self.env.now)
-        pre = self.coster.step_host_s(plan.host_round_trip)
+        ready = self._host_free + self.coster.step_host_s()
         if not plan.host_round_trip:
-            return self._host_free + pre
+            return ready
         # the selection graph runs once the GPU is free and the host has issued it (after
-        # the last step's flush)
-        sel, start = self.coster.selection_s(True), max(self.env.now, self._host_free)
+        # the last step's flush and the step's own bookkeeping, which overlap the GPU's
+        # tail); the host then waits for its host part and sets up the gathers
+        sel, start = self.coster.selection_s(True), max(self.env.now, ready)
         self._trace("GPU compute", "select", start, sel, {"step": plan.step})
-        return start + sel + pre
+        return start + sel + self.coster.round_trip_host_s()
 
     def _host_done(self, issued_s: float, flush_s: float, step: int) -> None:
         """The host has issued a step's last layer at ``issued_s``; it then flushes the

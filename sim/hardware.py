@@ -69,6 +69,10 @@ class HostIssue(BaseModel):
     fetch_part_us: UsOrLine = Field(0.0, description="per further part a fetching layer gathers and copies (Phase "
                                                      "III layers fetch KV rows and layer inputs x: two gathers, two "
                                                      "copies), beyond ``fetch_layer_us``")
+    gather_part_us: NonNegativeFloat = Field(0.0, description="the executor's own gather of host rows into pinned "
+                                                             "staging, per part (KV rows, inputs x): fixed cost")
+    gather_gbps: NonNegativeFloat = Field(0.0, description="... and its rate; 0: gathers are timed by the profile's "
+                                                           "``cpu_gather`` microbenchmark")
     round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
                                                      "(ALISA with spilled KV): beyond the selection graph's GPU time "
                                                      "(``selection``), the wake-up, the copy, the gathers' start")

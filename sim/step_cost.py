@@ -118,7 +118,7 @@ class StepCoster:
         gather = 0.0
         if not lp.contiguous_fetch and parts:
             h = self.cost.hw.host
-            gather = sum(c.cpu_gather_s(p) for p in parts) + 1e-6 * (
+            gather = sum(self.gather_part_s(p) for p in parts) + 1e-6 * (
                 h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b))
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
@@ -143,6 +143,15 @@ class StepCoster:
         out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes, self.host_issue_s(lp))
         self._cache[lp] = out
         return out
+
+    def gather_part_s(self, nbytes: float) -> float:
+        """CPU time to gather one part of a layer's fetch (KV rows, or inputs x) into pinned
+        staging: the executor's own gathers where calibration measured them in the host
+        probes (``host.gather_gbps``), else the ``cpu_gather`` microbenchmark."""
+        h = self.cost.hw.host
+        if h.gather_gbps > 0 and self.inline_fetch:
+            return h.gather_part_us * 1e-6 + nbytes / (h.gather_gbps * 1e9)
+        return self.cost.cpu_gather_s(nbytes)
 
     @property
     def inline_fetch(self) -> bool:
@@ -175,10 +184,15 @@ class StepCoster:
             return 0.0
         return self.cost.cpu_gather_s(sum(t.d2h_bytes for t in times))
 
-    def step_host_s(self, plan_round_trip: bool) -> float:
-        """Per decode step host time outside the layers (and the round trip, if any)."""
-        h, b = self.cost.hw.host, self.batch
-        return (h.at("step_us", b) + (h.at("round_trip_us", b) if plan_round_trip else 0.0)) * 1e-6
+    def step_host_s(self) -> float:
+        """Per decode step host time outside the layers: the step's end (LM head, the
+        write-through's issue), the run loop's bookkeeping, the next selection's inputs."""
+        return self.cost.hw.host.at("step_us", self.batch) * 1e-6
+
+    def round_trip_host_s(self) -> float:
+        """A round-trip step's host time after its selection's host part has arrived
+        (reading it, setting up the gathers), beyond ``step_host_s``."""
+        return self.cost.hw.host.at("round_trip_us", self.batch) * 1e-6
 
     def selection_s(self, plan_round_trip: bool) -> float:
         """GPU time of the step's selection (and the copy of its host part), which the host

@@ -193,6 +193,72 @@ def test_host_section_recovers_fixed_and_per_sequence_costs():
     assert HostIssue(layer_us=(10.0, -1.0)).at("layer_us", 20) == 0.0
 
 
+def test_host_probe_own_time_leaves_out_waits_beyond_the_synchronize_floor():
+    from alisa.calibration.host_issue import StepCycle, _cycles, own_seconds, waits_in
+
+    syncs = [(1.0, 1.5), (2.0, 2.01), (3.0, 4.0)]          # (start, end), host clock
+    # a sync that found its work done costs the floor (0.01), which stays host time
+    assert waits_in(0.0, 10.0, syncs, 0.01) == pytest.approx(0.49 + 0.0 + 0.99)
+    assert waits_in(1.2, 3.5, syncs, 0.01) == pytest.approx(0.0 + 0.49)   # starts inside only, cut at b
+    assert waits_in(5.0, 6.0, syncs, 0.01) == 0.0
+    # decode calls of the rehearsal (before the last prefill) are not cycles; each cycle
+    # runs to the next step's start, the last to its own end
+    cyc = _cycles([(0.1, 0.2), (0.3, 0.4), (1.0, 1.8), (2.0, 2.7), (3.0, 3.2)], [(0.0, 0.05), (0.5, 0.9)])
+    assert [(c.start, c.end) for c in cyc] == [(1.0, 2.0), (2.0, 3.0), (3.0, 3.2)]
+    # a step: 10 s cycle holding a 2 s wait; its fetch calls 3 s holding a 1 s wait; the
+    # selection graph's launch 0.5 s
+    c = StepCycle(0.0, 10.0, fetch=[(1.0, 3.0), (6.0, 7.0)], launch=[(0.2, 0.7)])
+    own, fetch = own_seconds(c, [(1.5, 2.5), (8.0, 9.0)], 0.0)
+    assert own == pytest.approx(10.0 - 2.0 - 0.5) and fetch == pytest.approx(3.0 - 1.0)
+
+
+def test_host_section_from_own_time_rows_ignores_the_gpu_paced_clock():
+    from alisa.calibration.host_issue import BATCHES, DEPTHS, PROBES, host_section
+    from alisa.sim.hardware import HostIssue
+
+    line = {"layer_us": (20.0, 0.2), "importance_us": (8.0, 0.1), "spill_layer_us": (40.0, 0.5),
+            "recompute_us": (30.0, 0.4), "prefix_us": (50.0, 1.0), "step_us": (300.0, 2.0),
+            "round_trip_us": (150.0, 1.0), "fetch_layer_us": (60.0, 1.5), "fetch_part_us": (12.0, 0.5)}
+    u = lambda k, B: line[k][0] + B * line[k][1]
+    extra = {"dense": [], "swa": ["importance_us"], "spill": ["importance_us", "spill_layer_us"],
+             "recompute": ["importance_us", "spill_layer_us", "recompute_us"], "prefix": ["prefix_us"]}
+    rows = []
+    for p in PROBES:
+        for B in BATCHES:
+            for L in DEPTHS:
+                spills = p in ("spill", "recompute")
+                gather_us = 70.0 + B                  # per fetching layer, timed as CPU gathers
+                fetch_us = L * (gather_us + u("fetch_layer_us", B)) if spills else 0.0
+                own_us = (u("step_us", B) + (u("round_trip_us", B) if spills else 0.0)
+                          + L * sum(u(k, B) for k in ["layer_us", *extra[p]]) + fetch_us)
+                rows.append({"op": f"host_issue:{p}", "layers": L, "batch": B, "size": float(L),
+                             "own_seconds": own_us * 1e-6, "fetch_own_seconds": fetch_us * 1e-6,
+                             "fetch_layer_own_seconds": u("fetch_layer_us", B) * 1e-6 if spills else 0.0,
+                             # the clock around the step: the narrow model's GPU pace, 100 us a layer
+                             "seconds": (500.0 + 100.0 * L) * 1e-6, "wait_seconds": 1e-3,
+                             "selection_seconds": 4e-4, "prefill_seconds": (100.0 + L * 900.0) * 1e-6,
+                             **({"copy_issue_1part_seconds": (25.0 + 0.1 * B) * 1e-6} if p == "spill" else {}),
+                             **({"copy_issue_2part_seconds": (25.0 + 0.1 * B + u("fetch_part_us", B)) * 1e-6}
+                                if p == "recompute" else {})})
+    got = HostIssue(**host_section(rows))
+    for k, (c0, c1) in line.items():
+        for B in (1, 8, 20, 64):
+            assert got.at(k, B) == pytest.approx(c0 + B * c1, rel=1e-3, abs=0.05), k
+
+
+def test_in_run_gather_fit_recovers_part_cost_and_rate():
+    from alisa.calibration.host_issue import in_run_gather
+
+    # probes' mean fetching layers: parts, bytes; seconds = 6 us a part + bytes at 28 GB/s
+    pts = [(1.0, 2.2e6), (1.0, 8.9e6), (1.8, 1.7e6), (1.9, 6.8e6), (1.0, 0.6e6)]
+    rows = [{"op": "host_issue:spill", "gather_parts": p, "gather_bytes": b,
+             "gather_layer_seconds": p * 6e-6 + b / 28e9} for p, b in pts]
+    rows.append({"op": "host_issue:dense", "own_seconds": 1e-3})     # no gathers: not a point
+    got = in_run_gather(rows)
+    assert got["gather_part_us"] == pytest.approx(6.0, abs=0.01) and got["gather_gbps"] == pytest.approx(28.0, rel=1e-3)
+    assert in_run_gather(rows[:1]) == {}                             # one point cannot separate the two
+
+
 def test_decode_layer_section_and_its_use_in_the_step_cost():
     from alisa.calibration.layer_gpu import decode_layer_section
     from alisa.sim.catalog import get_model
@@ -292,7 +358,8 @@ def test_a_phase3_layer_gathers_each_part_apart_and_the_host_flushes_the_write_t
     m = get_model("llama-7b")
     base = load_profile("h100-80gb-measured")
     hw = base.model_copy(update={"host": base.host.model_copy(update={"fetch_layer_us": (30.0, 0.0),
-                                                                      "fetch_part_us": (10.0, 0.5)})})
+                                                                      "fetch_part_us": (10.0, 0.5),
+                                                                      "gather_gbps": 0.0})})
     cost = CostModel(hw)
     coster = StepCoster(m, 8, cost, swa=True, cache="spill")
     kv, x = 8 * 20 * 16384, 8 * 12 * 8192          # LLaMA-7B: 16 KiB of KV, 8 KiB of x per token and layer
@@ -304,6 +371,11 @@ def test_a_phase3_layer_gathers_each_part_apart_and_the_host_flushes_the_write_t
     kv_only = coster.layer_times(LayerPlan(attended_tokens=300, h2d_kv_tokens=20, d2h_kv_tokens=1,
                                            d2h_hidden_tokens=1))
     assert kv_only.gather_s == pytest.approx(cost.cpu_gather_s(kv) + 30e-6, rel=1e-9)
+    # with the executor's own gathers measured (5 us a part, 25 GB/s) they time the parts instead
+    own = hw.model_copy(update={"host": hw.host.model_copy(update={"gather_part_us": 5.0, "gather_gbps": 25.0})})
+    both_own = StepCoster(m, 8, CostModel(own), swa=True, cache="spill").layer_times(
+        LayerPlan(attended_tokens=300, h2d_kv_tokens=20, recompute_tokens=12, d2h_kv_tokens=1, d2h_hidden_tokens=1))
+    assert both_own.gather_s == pytest.approx(2 * 5e-6 + (kv + x) / 25e9 + 44e-6, rel=1e-9)
     # the flush: the step's D2H bytes (K, V and x of the new token, every sequence), a decode
     # step of the spill layout only, on a measured host only
     times = [both] * 32

@@ -128,8 +128,11 @@ class _FixedCoster:
     def flush_s(self, times: list[LayerTimes], prefill: bool = False) -> float:
         return 0.0 if prefill else self.flush
 
-    def step_host_s(self, round_trip: bool) -> float:
-        return self.step_s + (self.round_trip_s if round_trip else 0.0)
+    def step_host_s(self) -> float:
+        return self.step_s
+
+    def round_trip_host_s(self) -> float:
+        return self.round_trip_s
 
     def selection_s(self, round_trip: bool) -> float:
         return self.select_s if round_trip else 0.0
@@ -177,10 +180,11 @@ def test_engine_pipeline_matches_hand_schedule():
 @pytest.mark.parametrize("compute, host, round_trip, select, ends", [
     # host-bound: each layer ends when the host has issued it; the host runs on from 4.5
     (1.0, 2.0, False, 0.25, (5.0, 9.5)),
-    # the same with a round trip: the host waits for the GPU, then 1.5 s before issuing
-    (1.0, 2.0, True, 0.0, (6.0, 12.0)),
+    # the same with a round trip: the host's step time (0.5 s, from 5.5) overlaps the GPU's
+    # head; then it waits for the GPU (free at 6.0) and takes 1.0 s before issuing
+    (1.0, 2.0, True, 0.0, (6.0, 11.5)),
     # ... and first for the step's selection on the GPU (0.25 s): 0.25 later each step
-    (1.0, 2.0, True, 0.25, (6.25, 12.5)),
+    (1.0, 2.0, True, 0.25, (6.25, 12.0)),
     # GPU-bound: the host issues ahead and its time is hidden after the first layer
     (3.0, 1.0, False, 0.25, (7.0, 13.5)),
 ])
@@ -197,8 +201,9 @@ def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
     # the host's flush (1.0) outlasts the GPU's last layer and head (the host is free at
     # 5.75 + 1.0 = 6.75, the GPU at 6.25): the next selection starts at 6.75, not 6.25
     (1.0, (6.25, 13.0)),
-    # a flush done before the GPU is (5.75 + 0.25 < 6.25) costs nothing
-    (0.25, (6.25, 12.5)),
+    # a flush done before the GPU is (5.75 + 0.25 < 6.25) costs nothing, and the step's
+    # own host time (0.5) overlaps the GPU's tail: the selection starts at 6.0 + 0.5 = 6.5
+    (0.25, (6.25, 12.25)),
 ])
 def test_engine_flush_delays_next_selection(flush, ends):
     coster = _FixedCoster({1: LayerTimes(0, 0, 1.0, 0, 0, 0, 2.0)}, head_s=0.5, step_s=0.5, round_trip_s=1.0,
