@@ -35,7 +35,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,22 +58,6 @@ def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen
     return build_scenario({"name": "host-probe", "model": model, "hardware": hardware,
                            "workload": {"batch_size": batch, "prompt_len": PROMPT, "gen_len": gen},
                            "policy": policy, "seed": 0}, "<calibration host probe>")
-
-
-def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
-    """Wrap obj's methods so each call's host seconds are appended to the returned lists."""
-    spent: dict[str, list[float]] = {n: [] for n in names}
-    for name in names:
-        fn = getattr(obj, name)
-
-        def wrap(*a, _fn=fn, _out=spent[name], **kw):  # type: ignore[no-untyped-def]
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **kw)
-            finally:
-                _out.append(time.perf_counter() - t0)
-        setattr(obj, name, wrap)
-    return spent
 
 
 def waits_in(a: float, b: float, syncs: list[tuple[float, float]], floor_s: float) -> float:
@@ -129,36 +113,50 @@ def timed_syncs() -> Iterator[list[tuple[float, float]]]:
             cls.synchronize = fn  # type: ignore[method-assign]
 
 
-def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
-    """Wrap obj's methods so each call's (start, end) host times are appended to the
-    returned lists."""
-    spans: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+def _wrap_calls(obj: Any, names: tuple[str, ...], note: Callable[[list, float, float], None]) -> dict[str, list]:
+    """Wrap obj's methods so each call's start and end host times go to ``note`` with the
+    method's list, which is returned."""
+    out: dict[str, list] = {n: [] for n in names}
     for name in names:
         fn = getattr(obj, name)
 
-        def wrap(*a, _fn=fn, _out=spans[name], **kw):  # type: ignore[no-untyped-def]
+        def wrap(*a, _fn=fn, _out=out[name], **kw):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             try:
                 return _fn(*a, **kw)
             finally:
-                _out.append((t0, time.perf_counter()))
+                note(_out, t0, time.perf_counter())
         setattr(obj, name, wrap)
-    return spans
+    return out
+
+
+def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Wrap obj's methods so each call's host seconds are appended to the returned lists."""
+    return _wrap_calls(obj, names, lambda out, t0, t1: out.append(t1 - t0))
+
+
+def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """Wrap obj's methods so each call's (start, end) host times are appended to the
+    returned lists."""
+    return _wrap_calls(obj, names, lambda out, t0, t1: out.append((t0, t1)))
 
 
 @dataclass
 class StepCycle:
     """One decode step as the probe saw it, host clock: the step's cycle [start, end) (to
     the next step's start), its fetch calls' spans (waits for and runs of the fetch jobs),
-    the seconds its gathers took, how many of its layers fetched, and its selection
-    graph's launch spans."""
+    its fetching layers' gathers (seconds, parts, bytes), and its selection graph's launch
+    spans."""
 
     start: float
     end: float
     fetch: list[tuple[float, float]] = field(default_factory=list)
-    gather_s: float = 0.0
-    fetching_layers: int = 0
+    gathers: list[tuple[float, int, int]] = field(default_factory=list)
     launch: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def gather_s(self) -> float:
+        return sum(g for g, _, _ in self.gathers)
 
 
 def own_seconds(c: StepCycle, syncs: list[tuple[float, float]], floor_s: float) -> tuple[float, float]:
@@ -180,8 +178,9 @@ def _cycles(decode: list[tuple[float, float]], prefill: list[tuple[float, float]
     return [StepCycle(a, starts[i + 1][0] if i + 1 < len(starts) else b) for i, (a, b) in enumerate(starts)]
 
 
-def _cycle_of(cycles: list[StepCycle], t: float) -> StepCycle | None:
-    i = bisect.bisect_right([c.start for c in cycles], t) - 1
+def _cycle_of(cycles: list[StepCycle], starts: list[float], t: float) -> StepCycle | None:
+    """The cycle holding host time t (``starts``: the cycles' starts, in order)."""
+    i = bisect.bisect_right(starts, t) - 1
     return cycles[i] if i >= 0 and t < cycles[i].end else None
 
 
@@ -243,26 +242,23 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
     syncs.sort()
     cycles = _cycles(calls["_decode"], calls["_prefill"])
+    starts = [c.start for c in cycles]
     for spans, put in ((fetch_calls, lambda c, s: c.fetch.append(s)), (launches, lambda c, s: c.launch.append(s))):
         for span in spans:
-            c = _cycle_of(cycles, span[0])
+            c = _cycle_of(cycles, starts, span[0])
             if c is not None:
                 put(c, span)
     copies: dict[int, list[float]] = {1: [], 2: []}    # copy issue seconds by the layer's parts
-    steady = cycles[2:-1] or cycles          # the first steps warm up; the last has no successor
-    in_steady = {id(c) for c in steady}
-    gathers: list[tuple[float, int, int]] = []     # the steady steps' gathers: seconds, parts, bytes
     for t, g, parts, copy_s, nbytes in fetched:
-        c = _cycle_of(cycles, t)
+        c = _cycle_of(cycles, starts, t)
         if c is not None:
-            c.gather_s += g
-            c.fetching_layers += 1
+            c.gathers.append((g, parts, nbytes))
             if parts in copies:
                 copies[parts].append(copy_s)
-            if id(c) in in_steady:
-                gathers.append((g, parts, nbytes))
+    steady = cycles[2:-1] or cycles          # the first steps warm up; the last has no successor
+    gathers = [x for c in steady for x in c.gathers]
     own = [own_seconds(c, syncs, floor) for c in steady]
-    per_layer = [(f - c.gather_s) / c.fetching_layers for c, (_, f) in zip(steady, own) if c.fetching_layers]
+    per_layer = [(f - c.gather_s) / len(c.gathers) for c, (_, f) in zip(steady, own) if c.gathers]
 
     def median(xs: list[float]) -> float:
         return statistics.median(xs) if xs else 0.0
