@@ -13,7 +13,7 @@ further part from the recompute probe's layers, which fetch both KV rows and inp
 (recompute ratio 0.5). Depth 32 is the depth of the models the matrix runs.
 
 The width matters: the host's own costs grow when its gathers stream megabytes through
-host memory. With hidden 512 the probes put the copy issue at 20-36 us a layer, while the
+host memory. With hidden 512 the probes put the copy issue at 19-36 us a layer, while the
 real runs' traces (LLaMA-7B, OPT-6.7B) showed 59-86 us for the same code.
 
 What a probe measures is the host's *own* time. The GPU often sets a probe's pace, so a
@@ -381,8 +381,8 @@ def in_run_gather(rows: list[dict]) -> dict[str, float]:
     """The executor's own gathers in the spilling probes, fitted as seconds = parts x
     ``gather_part_us`` + bytes / ``gather_gbps`` (non-negative least squares over the
     probes' mean fetching layers). Empty where no probe recorded its gathers (older
-    calibrations). The gather microbenchmark (``cpu_gather``) read 34 and 52 GB/s in two
-    processes on one machine while the real runs gathered at 22-37: in the executor the
+    calibrations). The gather microbenchmark (``cpu_gather``) read 33-52 GB/s in three
+    calibrations within 20 minutes while the real runs gathered at 22-38: in the executor the
     gathers share the host with the issue of GPU work and the write-through."""
     pts = [(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
            if r["op"].startswith("host_issue:") and r.get("gather_bytes")]
