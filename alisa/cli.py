@@ -82,7 +82,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from alisa.runtime.executor import RealOptions
-    from alisa.runtime.validate import compare, fmt_value, read_run, step_time_figure, summarize
+    from alisa.runtime.validate import (compare_repeats, fmt_value, read_run, step_series_median, step_time_figure,
+                                        summarize, summarize_spread)
     from alisa.sim.atomic import write_bytes, write_text
     from alisa.sim.bundled import resolve_scenario
     from alisa.sim.runner import run_scenario
@@ -96,11 +97,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise InputError("two scenarios (or sweep points) share a name; give them distinct `name:` fields",
                          field="name")
     out = Path(args.out)
-    real_from = Path(args.real_from) if args.real_from else None
-    if real_from is not None:
-        missing = [lab for lab, _ in points if not (real_from / lab / "real" / "result.json").is_file()]
+    # --real-from DIR [DIR ...]: measured runs of every point, one folder per repeat
+    real_froms = [Path(p) for p in args.real_from] if args.real_from else []
+    for rf in real_froms:
+        missing = [lab for lab, _ in points if not (rf / lab / "real" / "result.json").is_file()]
         if missing:
-            raise InputError(f"no measured run for {', '.join(missing)}", file=str(real_from), field="--real-from")
+            raise InputError(f"no measured run for {', '.join(missing)}", file=str(rf), field="--real-from")
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     opts = RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager)
@@ -108,10 +110,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     for label, sc in tqdm(points, desc="validate", unit="scenario", file=sys.stderr):
         d = out / label
-        real_dir = (real_from / label / "real") if real_from else d / "real"
-        if real_from is None:
+        real_dirs = [rf / label / "real" for rf in real_froms] or [d / "real"]
+        if not real_froms:
             try:
-                run_real(sc, real_dir, opts, plots=False)
+                run_real(sc, real_dirs[0], opts, plots=False)
             except InputError as e:
                 if len(points) == 1:
                     raise
@@ -122,36 +124,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         run_scenario(sc, d / "sim", plots=False)
         sim, sim_steps = read_run(d / "sim")
-        real, real_steps = read_run(real_dir)
-        metrics = compare(sim, real)
-        point_rows = [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error}
-                      for m in metrics]
+        runs = [read_run(rd) for rd in real_dirs]
+        real = runs[0][0]
+        metrics = compare_repeats(sim, [r for r, _ in runs])
+        point_rows = [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error,
+                       "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats} for m in metrics]
         rows += point_rows
         write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
-                                                      "real": real.get("real", {})}, indent=2))
+                                                      "real": real.get("real", {}),
+                                                      "real_runs": [str(rd) for rd in real_dirs]}, indent=2))
+        several = len(runs) > 1
         write_bytes(d / "step_time_compare.png", step_time_figure(
-            sim_steps, real_steps, f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
-                                   f"({real.get('real', {}).get('device', '?')})"))
+            sim_steps, step_series_median([s for _, s in runs]) if several else runs[0][1],
+            f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
+            f"({real.get('real', {}).get('device', '?')}{f', {len(runs)} runs' if several else ''})",
+            repeats=[s for _, s in runs] if several else None))
         print(f"\n{label}")
         for r in point_rows:
             err = "n/a" if r["error"] is None else f"{100 * r['error']:+.1f}%"
+            rng = (f"  runs {fmt_value(r['metric'], r['real_min'])} .. {fmt_value(r['metric'], r['real_max'])}"
+                   if r["repeats"] > 1 else "")
             print(f"  {r['metric']:26s} sim {fmt_value(r['metric'], r['sim']):>14s}  "
-                  f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}")
+                  f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}{rng}")
     if args.real_only:
         print(f"wrote measured runs under {out}" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0 if not failures else 1
-    summary = summarize(rows)
+    summary, spread = summarize(rows), summarize_spread(rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["scenario", "metric", "sim", "real", "error"])
+    w = csv.DictWriter(buf, fieldnames=["scenario", "metric", "sim", "real", "error", "real_min", "real_max",
+                                        "repeats"])
     w.writeheader()
     w.writerows(rows)
     write_text(out / "validation.csv", buf.getvalue())
-    write_text(out / "summary.json", json.dumps({"summary": summary, "failures": failures,
-                                                 "scenarios": [lab for lab, _ in points]}, indent=2))
-    print("\nmedian / worst |error| over scenarios")
+    write_text(out / "summary.json", json.dumps({"summary": summary, "measured_spread": spread, "failures": failures,
+                                                 "scenarios": [lab for lab, _ in points],
+                                                 "measured_runs": [str(rf) for rf in real_froms]}, indent=2))
+    print("\nmedian / worst |error| over scenarios" + (f" (measured: median of {len(real_froms)} runs)"
+                                                       if len(real_froms) > 1 else ""))
     for k, v in summary.items():
         print(f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
               f"({v['worst_scenario']}, n={v['n']})")
+    if spread:
+        print("\nthe measured runs' own spread, (max - min) / median: median / worst over scenarios")
+        for k, v in spread.items():
+            print(f"  {k:26s} {100 * v['median_spread']:6.1f}% / {100 * v['worst_spread']:6.1f}% "
+                  f"({v['worst_scenario']}, n={v['n']})")
     print(f"\nwrote {out}/validation.csv, summary.json and per-scenario folders")
     return 0 if not failures else 1
 
@@ -357,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     _real_flags(v)
     v.add_argument("--real-only", action="store_true", help="only the measured runs (e.g. on a GPU machine)")
-    v.add_argument("--real-from", metavar="DIR", help="compare with measured runs written by --real-only")
+    v.add_argument("--real-from", metavar="DIR", nargs="+",
+                   help="compare with measured runs written by --real-only; several DIRs: repeats of every point, "
+                        "compared by their median, with their spread reported")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("sweep", help="run the Cartesian product of a scenario's `sweep:` lists")

@@ -29,9 +29,12 @@ for stage in "$@"; do
     probecheck) python3 benchmarks/debug/host_probe_check.py "$OUT" ${PROBECHECK:-dense,spill} 2>&1 | tee "$OUT/probecheck.log" | tail -30 ;;
     fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
     hostspread) python3 benchmarks/debug/host_spread.py "$OUT" ${HOSTSPREAD:-} 2>&1 | tee "$OUT/hostspread.log" | tail -40 ;;
+    probevsreal) python3 benchmarks/debug/probe_vs_real.py "$OUT" ${PROBEVSREAL:-} 2>&1 | tee "$OUT/probevsreal.log" | tail -40 ;;
     stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
+    # val-alisa-r2: a repeat of a policy's runs, in its own process, packed as validation-alisa-r2.tgz
+    val-*-r[0-9]*) p=${stage#val-}; VAL_TAG=-${p##*-} bash benchmarks/validation_matrix.sh "$OUT" "${p%-r*}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
     val-*) bash benchmarks/validation_matrix.sh "$OUT" "${stage#val-}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
     *) echo "unknown stage $stage" ;;
   esac

@@ -48,14 +48,23 @@ def rel_errors(pred: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
     return float(r.mean()), float(r.max())
 
 
-def table_points(sizes: np.ndarray, seconds: np.ndarray) -> tuple[list[float], list[float]]:
+def table_points(sizes: np.ndarray, seconds: np.ndarray,
+                 rate_monotone: bool = False) -> tuple[list[float], list[float]]:
     """A monotone piecewise-linear table over the measured grid: duplicates merged (median),
-    and times made non-decreasing in size (a larger op never costs less: noise otherwise)."""
+    and times made non-decreasing in size (a larger op never costs less: noise otherwise).
+    With ``rate_monotone`` (PCIe copies), the rate may not fall as sizes grow either: a
+    point slower per byte than a smaller one is capped at the smaller one's rate. A copy's
+    fixed cost only amortises with size; a point that breaks this caught a slow window (on
+    the H100 VM one calibration timed 16 MiB pinned H2D copies at 35 GB/s, between 4 and
+    64 MiB at 50 and 55, while the real runs' copies of that size ran at full rate)."""
     x = np.asarray(sizes, dtype=float)
     t = np.asarray(seconds, dtype=float)
     order = np.argsort(x)
     x, t = x[order], t[order]
     ux = np.unique(x)
     ut = np.array([np.median(t[x == v]) for v in ux])
+    if rate_monotone:
+        for i in range(1, len(ux)):
+            ut[i] = min(ut[i], ut[i - 1] * ux[i] / ux[i - 1])
     ut = np.maximum.accumulate(ut)
     return [float(v) for v in ux], [float(v) for v in ut]

@@ -16,6 +16,11 @@ from .layer_gpu import decode_layer_section, recompute_layer_section
 from .selection_gpu import selection_section
 
 
+# DMA copies from and to pinned memory, whose rate only grows with size (``table_points``);
+# not pageable copies, whose CPU-side staging copy may slow once its source leaves the cache
+PCIE_TABLES = frozenset({"h2d_pinned", "d2h_pinned", "h2d_d2h_concurrent", "h2d_fetch"})
+
+
 def _by_op(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -34,7 +39,7 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
 
     def add_table(key: str, op_rows: list[dict], err: float | None) -> None:
         x, t = _xy(op_rows)
-        size, sec = table_points(x, t)
+        size, sec = table_points(x, t, rate_monotone=key in PCIE_TABLES)
         if len(size) >= 2:
             tables[key] = {"size": size, "seconds": sec, **({"fit_rel_error": round(err, 4)} if err is not None else {})}
 

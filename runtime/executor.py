@@ -381,8 +381,12 @@ class RealExecutor:
         recs = [lp.recompute_tokens for lp in plan.layers]
         trace = plan.step in self.traced
         t_sel = time.perf_counter()
+        g_sel = self.tl.mark(d.compute) if trace else None
         sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1,
                        t=self.P + plan.step)
+        if trace:
+            # the selection's GPU time (with its host part's copy), from when the GPU reaches it
+            self.spans.append(("GPU compute", "select", g_sel, self.tl.mark(d.compute), {"step": plan.step}))
         st = self.step_fn
         # issued while the GPU may still run the previous step; only the selection's host
         # part is waited for (``resolve``), so layer 0's first graph is already queued
@@ -436,7 +440,7 @@ class RealExecutor:
                     self.host_spans.append(("Host", f"fetch ahead L{l}", t_f, time.perf_counter(), {"step": plan.step}))
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
-            self._throttle()
+            self._throttle(f"throttle L{l}", plan.step if trace else None)
         recomputed = sel.recomputed
         t_end = time.perf_counter()
         tok = st.end()
@@ -460,14 +464,18 @@ class RealExecutor:
             self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
         return tok, h2d, d2h, recomputed
 
-    def _throttle(self) -> None:
+    def _throttle(self, name: str, traced_step: int | None) -> None:
         """With ``run_ahead_layers`` k: wait until the GPU has finished the layer issued k
-        layers ago, so at most k layers are queued ahead of it."""
+        layers ago, so at most k layers are queued ahead of it. On a traced step the wait
+        is a host span: where the GPU, not the host, sets the pace."""
         if not self.ahead_evt:
             return
         e = self.ahead_evt[self.issued_layers % len(self.ahead_evt)]
         if self.issued_layers >= len(self.ahead_evt):
+            t0 = time.perf_counter()
             e.synchronize()
+            if traced_step is not None:
+                self.host_spans.append(("Host", name, t0, time.perf_counter(), {"step": traced_step}))
         e.record(self.d.compute)
         self.issued_layers += 1
 
@@ -500,7 +508,7 @@ class RealExecutor:
             d2h += pc.spill(l, cpu_prev, cpu_now)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
-            self._throttle()
+            self._throttle(f"throttle L{l}", plan.step if trace else None)
         if trace:
             for l, a, b in pc.marks:
                 self.spans.append(("H2D", f"L{l}", a, b, {"step": plan.step}))

@@ -23,9 +23,15 @@ PHASES = ("I", "II", "III")
 
 @dataclass(frozen=True)
 class Metric:
+    """One metric, simulated against measured. With repeated measured runs, ``real`` is
+    their median and ``real_min``/``real_max`` their range."""
+
     name: str
     sim: float
     real: float
+    real_min: float | None = None
+    real_max: float | None = None
+    repeats: int = 1
 
     @property
     def error(self) -> float | None:
@@ -65,11 +71,40 @@ def compare(sim: dict[str, Any], real: dict[str, Any]) -> list[Metric]:
     return out
 
 
-def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str, Any]], title: str) -> bytes:
+def compare_repeats(sim: dict[str, Any], reals: list[dict[str, Any]]) -> list[Metric]:
+    """``compare`` against several measured runs of one scenario (repeats, e.g. in separate
+    processes): per metric the median of the runs' values, with their range. A metric
+    counts only where every run has it."""
+    per = [{m.name: m for m in compare(sim, r)} for r in reals]
+    out = []
+    for name, m in per[0].items():
+        vals = [p[name].real for p in per if name in p]
+        if len(vals) < len(per):
+            continue
+        out.append(Metric(name, m.sim, statistics.median(vals), min(vals), max(vals), len(vals)))
+    return out
+
+
+def step_series_median(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per decode step, the median step time over repeated runs (steps every run has)."""
+    by = [{r["step"]: r["time_s"] for r in run} for run in runs]
+    common = sorted(set(by[0]).intersection(*by[1:]))
+    return [{"step": k, "time_s": statistics.median(b[k] for b in by)} for k in common]
+
+
+def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str, Any]], title: str,
+                     repeats: list[list[dict[str, Any]]] | None = None) -> bytes:
+    """Simulated and measured step time over a run, and the error per step. With
+    ``repeats`` (several measured runs), each is drawn thin and ``real_steps`` (their
+    median) is the measured line the error is taken against."""
     from alisa.sim.plots import png_bytes, plt
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
-    ax.plot([r["step"] for r in real_steps], [1e3 * r["time_s"] for r in real_steps], lw=0.8, label="measured")
+    for i, run in enumerate(repeats or []):
+        ax.plot([r["step"] for r in run], [1e3 * r["time_s"] for r in run], lw=0.4, color="0.6", alpha=0.7,
+                label="measured runs" if i == 0 else None)
+    ax.plot([r["step"] for r in real_steps], [1e3 * r["time_s"] for r in real_steps], lw=0.8,
+            label="measured (median of runs)" if repeats else "measured")
     ax.plot([r["step"] for r in sim_steps], [1e3 * r["time_s"] for r in sim_steps], lw=0.8, label="simulated")
     ax.set_ylabel("step time (ms)")
     ax.set_title(title, fontsize=9)
@@ -99,6 +134,22 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         worst = max(v)
         out[k] = {"n": len(v), "median_abs_error": statistics.median(e for e, _ in v),
                   "worst_abs_error": worst[0], "worst_scenario": worst[1]}
+    return out
+
+
+def summarize_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The measured side's own spread per metric, where points were measured more than
+    once: (max - min) / median of the runs, its median and worst over the points. An
+    error smaller than this spread cannot be told from run-to-run variation."""
+    by: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        if r.get("repeats", 1) > 1 and r["real"]:
+            by.setdefault(r["metric"], []).append(((r["real_max"] - r["real_min"]) / abs(r["real"]), r["scenario"]))
+    out = {}
+    for k, v in by.items():
+        worst = max(v)
+        out[k] = {"n": len(v), "median_spread": statistics.median(e for e, _ in v), "worst_spread": worst[0],
+                  "worst_scenario": worst[1]}
     return out
 
 

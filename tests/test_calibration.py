@@ -37,6 +37,21 @@ def test_table_points_are_monotone_and_deduplicated():
     assert sec == sorted(sec) and sec[1] == 3.0
 
 
+
+def test_table_points_cap_a_slow_copy_at_the_smaller_sizes_rate():
+    """rate_monotone: 16 MiB at 35 GB/s between 4 MiB at 50 and 64 MiB at 55 is capped at
+    4 MiB's rate (its time x 16/4); the others keep theirs."""
+    mib = 2 ** 20
+    size = np.array([4 * mib, 16 * mib, 64 * mib])
+    sec = size / np.array([50e9, 35e9, 55e9])
+    _, plain = table_points(size, sec)
+    _, capped = table_points(size, sec, rate_monotone=True)
+    assert plain[1] == pytest.approx(sec[1])
+    assert capped[1] == pytest.approx(sec[0] * 4) and capped[0] == sec[0] and capped[2] == sec[2]
+    # a fixed cost (latency) that amortises is left alone
+    lat = 2e-5 + size / 50e9
+    assert table_points(size, lat, rate_monotone=True)[1] == pytest.approx(list(lat))
+
 def _synthetic_rows(lat=10e-6, bw=50e9, gather_bw=20e9, hbm=3e12, flops=700e12) -> list[dict]:
     rows = [{"op": "launch", "size": 1, "seconds": 4e-6}, {"op": "hbm_copy", "size": 2 << 30, "seconds": (2 << 30) / hbm}]
     for s in [4 << (2 * i) for i in range(10)]:

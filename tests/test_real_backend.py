@@ -5,6 +5,7 @@ interpreter; on a GPU machine the same tests run on CUDA."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -196,10 +197,47 @@ def test_validate_compares_from_the_written_files(tmp_path, write_yaml):
     out = tmp_path / "val"
     assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out)]) == 0
     rows = (out / "validation.csv").read_text().splitlines()
-    assert rows[0] == "scenario,metric,sim,real,error"
+    assert rows[0] == "scenario,metric,sim,real,error,real_min,real_max,repeats"
     summary = json.loads((out / "summary.json").read_text())["summary"]
     assert summary["throughput_tokens_per_s"]["median_abs_error"] == 0.0
     assert (out / "v" / "step_time_compare.png").stat().st_size > 1000
+
+
+def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml):
+    """--real-from with three folders: each metric against the median of the three
+    measured runs, their range beside it, and the measured spread in the summary. Runs at
+    0.9x, 1.0x and 1.2x the simulated throughput: median 1.0x (error 0), spread 0.3."""
+    from alisa.cli import main
+
+    sc_path = write_yaml({"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
+                          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
+                          "policy": {"name": "dense-gpu"}})
+    sim_out = tmp_path / "simrun"
+    assert main(["run", str(sc_path), "--out", str(sim_out), "--no-plots"]) == 0
+    tps = json.loads((sim_out / "result.json").read_text())["throughput_tokens_per_s"]
+    dirs = []
+    for i, f in enumerate((1.2, 0.9, 1.0)):
+        d = tmp_path / f"measured{i}"
+        shutil.copytree(sim_out, d / "v" / "real")
+        res = json.loads((d / "v" / "real" / "result.json").read_text())
+        res["throughput_tokens_per_s"] = f * tps
+        (d / "v" / "real" / "result.json").write_text(json.dumps(res))
+        dirs.append(str(d))
+    out = tmp_path / "val"
+    assert main(["validate", str(sc_path), "--real-from", *dirs, "--out", str(out)]) == 0
+    with open(out / "validation.csv", newline="") as f:
+        got = {r["metric"]: r for r in csv.DictReader(f)}
+    t = got["throughput_tokens_per_s"]
+    assert float(t["real"]) == pytest.approx(tps) and float(t["error"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(t["real_min"]) == pytest.approx(0.9 * tps) and float(t["real_max"]) == pytest.approx(1.2 * tps)
+    assert t["repeats"] == "3"
+    spread = json.loads((out / "summary.json").read_text())["measured_spread"]
+    assert spread["throughput_tokens_per_s"]["median_spread"] == pytest.approx(0.3)
+    assert spread["step_time_phase_I_s"]["median_spread"] == 0.0     # step files are identical copies
+    # a missing repeat names its folder
+    shutil.rmtree(Path(dirs[1]) / "v")
+    assert main(["validate", str(sc_path), "--real-from", *dirs, "--out", str(tmp_path / "val2")]) == 2
+    assert not (tmp_path / "val2").exists()
 
 
 def test_compare_subtracts_the_reserve_from_simulated_gpu_memory():
