@@ -133,12 +133,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
                                                       "real": real.get("real", {}),
                                                       "real_runs": [str(rd) for rd in real_dirs]}, indent=2))
+        series = [s for _, s in runs]
         several = len(runs) > 1
         write_bytes(d / "step_time_compare.png", step_time_figure(
-            sim_steps, step_series_median([s for _, s in runs]) if several else runs[0][1],
+            sim_steps, step_series_median(series),
             f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
             f"({real.get('real', {}).get('device', '?')}{f', {len(runs)} runs' if several else ''})",
-            repeats=[s for _, s in runs] if several else None))
+            repeats=series if several else None))
         print(f"\n{label}")
         for r in point_rows:
             err = "n/a" if r["error"] is None else f"{100 * r['error']:+.1f}%"

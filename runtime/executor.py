@@ -440,7 +440,7 @@ class RealExecutor:
                     self.host_spans.append(("Host", f"fetch ahead L{l}", t_f, time.perf_counter(), {"step": plan.step}))
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
-            self._throttle(f"throttle L{l}", plan.step if trace else None)
+            self._throttle(l, plan.step if trace else None)
         recomputed = sel.recomputed
         t_end = time.perf_counter()
         tok = st.end()
@@ -464,7 +464,7 @@ class RealExecutor:
             self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
         return tok, h2d, d2h, recomputed
 
-    def _throttle(self, name: str, traced_step: int | None) -> None:
+    def _throttle(self, layer: int, traced_step: int | None) -> None:
         """With ``run_ahead_layers`` k: wait until the GPU has finished the layer issued k
         layers ago, so at most k layers are queued ahead of it. On a traced step the wait
         is a host span: where the GPU, not the host, sets the pace."""
@@ -475,7 +475,7 @@ class RealExecutor:
             t0 = time.perf_counter()
             e.synchronize()
             if traced_step is not None:
-                self.host_spans.append(("Host", name, t0, time.perf_counter(), {"step": traced_step}))
+                self.host_spans.append(("Host", f"throttle L{layer}", t0, time.perf_counter(), {"step": traced_step}))
         e.record(self.d.compute)
         self.issued_layers += 1
 
@@ -508,7 +508,7 @@ class RealExecutor:
             d2h += pc.spill(l, cpu_prev, cpu_now)
             if trace:
                 self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
-            self._throttle(f"throttle L{l}", plan.step if trace else None)
+            self._throttle(l, plan.step if trace else None)
         if trace:
             for l, a, b in pc.marks:
                 self.spans.append(("H2D", f"L{l}", a, b, {"step": plan.step}))

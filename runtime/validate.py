@@ -14,7 +14,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from alisa.sim.hardware import GB
 
@@ -123,34 +123,34 @@ def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str,
     return png_bytes(fig)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and worst |error| per metric over the scenarios that have it."""
+def _median_worst(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None],
+                  name: str) -> dict[str, Any]:
+    """Per metric, over the scenarios where ``value`` gives a number: how many, its median
+    and worst (as ``median_<name>``, ``worst_<name>``), and the worst scenario."""
     by: dict[str, list[tuple[float, str]]] = {}
     for r in rows:
-        if r["error"] is not None and math.isfinite(r["error"]):
-            by.setdefault(r["metric"], []).append((abs(r["error"]), r["scenario"]))
+        v = value(r)
+        if v is not None and math.isfinite(v):
+            by.setdefault(r["metric"], []).append((v, r["scenario"]))
     out = {}
     for k, v in by.items():
         worst = max(v)
-        out[k] = {"n": len(v), "median_abs_error": statistics.median(e for e, _ in v),
-                  "worst_abs_error": worst[0], "worst_scenario": worst[1]}
+        out[k] = {"n": len(v), f"median_{name}": statistics.median(e for e, _ in v), f"worst_{name}": worst[0],
+                  "worst_scenario": worst[1]}
     return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and worst |error| per metric over the scenarios that have it."""
+    return _median_worst(rows, lambda r: None if r["error"] is None else abs(r["error"]), "abs_error")
 
 
 def summarize_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The measured side's own spread per metric, where points were measured more than
     once: (max - min) / median of the runs, its median and worst over the points. An
     error smaller than this spread cannot be told from run-to-run variation."""
-    by: dict[str, list[tuple[float, str]]] = {}
-    for r in rows:
-        if r.get("repeats", 1) > 1 and r["real"]:
-            by.setdefault(r["metric"], []).append(((r["real_max"] - r["real_min"]) / abs(r["real"]), r["scenario"]))
-    out = {}
-    for k, v in by.items():
-        worst = max(v)
-        out[k] = {"n": len(v), "median_spread": statistics.median(e for e, _ in v), "worst_spread": worst[0],
-                  "worst_scenario": worst[1]}
-    return out
+    return _median_worst(rows, lambda r: (r["real_max"] - r["real_min"]) / abs(r["real"])
+                         if r.get("repeats", 1) > 1 and r["real"] else None, "spread")
 
 
 def fmt_value(name: str, v: float) -> str:
