@@ -41,6 +41,7 @@ from typing import Any
 
 DEPTHS = (8, 32)
 BATCHES = (8, 32)
+HOST_PROCESSES = 3        # the probe set runs in this many fresh processes (median per field)
 PROMPT = 512
 WIDTH = 4096
 
@@ -145,14 +146,15 @@ def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float
 class StepCycle:
     """One decode step as the probe saw it, host clock: the step's cycle [start, end) (to
     the next step's start), its fetch calls' spans (waits for and runs of the fetch jobs),
-    its fetching layers' gathers (seconds, parts, bytes), and its selection graph's launch
-    spans."""
+    its fetching layers' gathers (seconds, parts, bytes), its selection graph's launch
+    spans, and its stores of write-through rows into the host copy (spans and bytes)."""
 
     start: float
     end: float
     fetch: list[tuple[float, float]] = field(default_factory=list)
     gathers: list[tuple[float, int, int]] = field(default_factory=list)
     launch: list[tuple[float, float]] = field(default_factory=list)
+    flush: list[tuple[float, float, int]] = field(default_factory=list)   # start, end, bytes
 
     @property
     def gather_s(self) -> float:
@@ -187,7 +189,9 @@ def _cycle_of(cycles: list[StepCycle], starts: list[float], t: float) -> StepCyc
 def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """One real run's medians per decode step. The host's own time (``own_seconds``: the
     cycle less its waits and the selection graph's launch), of which in the fetch
-    (``fetch_own_seconds``: the gathers, index lists, copy issue, stream waits), and the
+    (``fetch_own_seconds``: the gathers, index lists, copy issue, stream waits) and in
+    storing write-through rows into the host copy (``flush_own_seconds``, of
+    ``flush_bytes``), and the
     fetch's own time per fetching layer beyond its gathers (``fetch_layer_own_seconds``);
     the copy issue by the layer's parts (``copy_issue_{1,2}part_seconds``). For the record,
     the clock around the step (``seconds``), its time in the fetch (``wait_seconds``), the
@@ -229,6 +233,21 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
         ex.fetcher.wait, ex.fetcher.run_to = wait, run_to
     selector = ex.slots.selector if ex.slots is not None else None
     launches = record_calls(selector, ("run",))["run"] if selector is not None else []
+    # the write-through's store into the host copy (a closure the step hands the host),
+    # timed apart: the simulator costs it by bytes (``flush_us``, ``flush_gbps``)
+    flushes: list[tuple[float, float, int]] = []
+    if ex.slots is not None and ex.slots.write_through:
+        step_out = ex.slots.write_through_step
+
+        def write_through_step(*a, **kw):  # type: ignore[no-untyped-def]
+            nbytes, store = step_out(*a, **kw)
+
+            def timed_store() -> None:
+                t0 = time.perf_counter()
+                store()
+                flushes.append((t0, time.perf_counter(), nbytes))
+            return nbytes, timed_store
+        ex.slots.write_through_step = write_through_step
     with timed_syncs() as syncs:
         ex.run()
     # a spilling run's selection graph: from issue to host part, which the simulator
@@ -243,7 +262,8 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     syncs.sort()
     cycles = _cycles(calls["_decode"], calls["_prefill"])
     starts = [c.start for c in cycles]
-    for spans, put in ((fetch_calls, lambda c, s: c.fetch.append(s)), (launches, lambda c, s: c.launch.append(s))):
+    for spans, put in ((fetch_calls, lambda c, s: c.fetch.append(s)), (launches, lambda c, s: c.launch.append(s)),
+                       (flushes, lambda c, s: c.flush.append(s))):
         for span in spans:
             c = _cycle_of(cycles, starts, span[0])
             if c is not None:
@@ -272,6 +292,10 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     for parts, xs in copies.items():
         if xs:
             out[f"copy_issue_{parts}part_seconds"] = median(xs)
+    if any(c.flush for c in steady):
+        out["flush_own_seconds"] = median([sum(b - a - waits_in(a, b, syncs, floor) for a, b, _ in c.flush)
+                                           for c in steady])
+        out["flush_bytes"] = median([sum(n for _, _, n in c.flush) for c in steady])
     if gathers:
         # means, not medians: the in-run gather fit is linear in parts and bytes
         n = len(gathers)
@@ -292,9 +316,9 @@ PROBES: dict[str, dict[str, Any]] = {
 }
 
 
-def measure_host_issue(hardware: dict[str, Any], gen: int = 32) -> list[dict]:
-    """Raw rows: host seconds per decode step (median) and of the prefill, per probe, depth
-    and batch size."""
+def probe_rows(hardware: dict[str, Any], gen: int = 32) -> list[dict]:
+    """Raw rows of one set of probes, in this process: host seconds per decode step
+    (median) and of the prefill, per probe, depth and batch size."""
     rows: list[dict] = []
     for probe, policy in PROBES.items():
         for B in BATCHES:
@@ -302,6 +326,66 @@ def measure_host_issue(hardware: dict[str, Any], gen: int = 32) -> list[dict]:
                 r = _host_per_step(_scenario(L, policy, hardware, gen, B))
                 rows.append({"op": f"host_issue:{probe}", "size": float(L), "layers": L, "batch": B, **r})
     return rows
+
+
+def _probe_rows_in_child(hardware: dict[str, Any], gen: int) -> list[dict]:
+    """``probe_rows`` in a fresh Python process."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="alisa-host-probe-") as tmp:
+        hw, out = Path(tmp) / "hardware.json", Path(tmp) / "rows.json"
+        hw.write_text(json.dumps(hardware, default=str))
+        done = subprocess.run([sys.executable, "-m", "alisa.calibration.host_issue", str(hw), str(out), str(gen)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"a host probe process failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        return json.loads(out.read_text())
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per probe, depth and batch from several processes' rows: each numeric field
+    the median over the processes that have it; ``processes`` says how many, and
+    ``own_seconds_by_process`` keeps their spread."""
+    keyed: dict[tuple[str, int, int], list[dict]] = {}
+    for rows in runs:
+        for r in rows:
+            keyed.setdefault((r["op"], int(r["batch"]), int(r["layers"])), []).append(r)
+    out: list[dict] = []
+    for rs in keyed.values():
+        row: dict[str, Any] = {}
+        for k in dict.fromkeys(k for r in rs for k in r):
+            vals = [r[k] for r in rs if k in r]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+            row[k] = statistics.median(vals) if numeric and k not in ("layers", "batch", "size") else vals[0]
+        row["processes"] = len(rs)
+        if all("own_seconds" in r for r in rs):
+            row["own_seconds_by_process"] = [r["own_seconds"] for r in rs]
+        out.append(row)
+    return out
+
+
+def measure_host_issue(hardware: dict[str, Any], gen: int = 32, processes: int = HOST_PROCESSES) -> list[dict]:
+    """Raw rows of the host probes: the whole set run in ``processes`` fresh Python
+    processes one after another, each field the median over them (one: in this process).
+    A process keeps its host speed: the same probe ran up to 40% apart in two processes
+    on one machine minutes apart, and the real runs spread as much (docs/validation.md),
+    so one process's probes fit that process's host, not the machine's."""
+    if processes <= 1:
+        return probe_rows(hardware, gen)
+    return median_rows([_probe_rows_in_child(hardware, gen) for _ in range(processes)])
+
+
+if __name__ == "__main__":      # one process's probes: hardware JSON in, rows JSON out
+    import json
+    import sys
+    from pathlib import Path
+
+    _hw, _out, _gen = sys.argv[1:4]
+    Path(_out).write_text(json.dumps(probe_rows(json.loads(Path(_hw).read_text()), int(_gen))))
 
 
 def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, float]:
@@ -329,10 +413,11 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
 
 def _own_outside_fetch(row: dict) -> float:
     """A probe step's host seconds outside the fetch, which the simulator times as gathers
-    plus ``fetch_layer_us``. Rows from calibrations before the own-time accounting hold
+    plus ``fetch_layer_us``, and outside the write-through's store, which it times by bytes
+    (``flush_us``, ``flush_gbps``; rows from before it was timed apart keep it). Rows from calibrations before the own-time accounting hold
     the clock around the step, less the fetch calls and the selection graph's seconds."""
     if "own_seconds" in row:
-        return row["own_seconds"] - row["fetch_own_seconds"]
+        return row["own_seconds"] - row["fetch_own_seconds"] - row.get("flush_own_seconds", 0.0)
     return row["seconds"] - row.get("wait_seconds", 0.0) - row.get("selection_seconds", 0.0)
 
 
@@ -374,7 +459,29 @@ def host_section(rows: list[dict]) -> dict[str, Any] | None:
     for k in at[b0]:
         slope = (at[b1][k] - at[b0][k]) / (b1 - b0)
         out[k] = [round(at[b0][k] - b0 * slope, 2), round(slope, 3)]
-    return out | in_run_gather(rows)
+    return out | in_run_gather(rows) | store_cost(rows)
+
+
+def _fixed_and_rate(pts: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """Non-negative least squares of seconds = count x fixed + bytes / rate over (count,
+    bytes, seconds) points: (fixed microseconds, GB/s), or None where no rate fits."""
+    if len(pts) < 2:
+        return None
+    import numpy as np
+    from scipy.optimize import nnls
+
+    a = np.array([[n, b / 1e9] for n, b, _ in pts])
+    (fixed_s, s_per_gb), _ = nnls(a, np.array([t for _, _, t in pts]))
+    return (float(fixed_s) * 1e6, 1.0 / float(s_per_gb)) if s_per_gb > 0 else None
+
+
+def store_cost(rows: list[dict]) -> dict[str, float]:
+    """The write-through's store into the host copy, fitted over the spilling probes as
+    seconds = ``flush_us`` + bytes / ``flush_gbps`` per step. Empty where no probe timed
+    it (older calibrations: their per-layer fields hold it)."""
+    fit = _fixed_and_rate([(1.0, r["flush_bytes"], r["flush_own_seconds"]) for r in rows
+                           if r["op"].startswith("host_issue:") and r.get("flush_bytes")])
+    return {} if fit is None else {"flush_us": round(fit[0], 2), "flush_gbps": round(fit[1], 3)}
 
 
 def in_run_gather(rows: list[dict]) -> dict[str, float]:
@@ -384,15 +491,6 @@ def in_run_gather(rows: list[dict]) -> dict[str, float]:
     calibrations). The gather microbenchmark (``cpu_gather``) read 33-52 GB/s in three
     calibrations within 20 minutes while the real runs gathered at 22-38: in the executor the
     gathers share the host with the issue of GPU work and the write-through."""
-    pts = [(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
-           if r["op"].startswith("host_issue:") and r.get("gather_bytes")]
-    if len(pts) < 2:
-        return {}
-    import numpy as np
-    from scipy.optimize import nnls
-
-    a = np.array([[p, b / 1e9] for p, b, _ in pts])
-    (fixed_s, s_per_gb), _ = nnls(a, np.array([t for _, _, t in pts]))
-    if s_per_gb <= 0:
-        return {}
-    return {"gather_part_us": round(fixed_s * 1e6, 2), "gather_gbps": round(1.0 / s_per_gb, 3)}
+    fit = _fixed_and_rate([(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
+                           if r["op"].startswith("host_issue:") and r.get("gather_bytes")])
+    return {} if fit is None else {"gather_part_us": round(fit[0], 2), "gather_gbps": round(fit[1], 3)}

@@ -1,5 +1,5 @@
-"""GPU time of a decode layer beyond its GEMMs and attention, measured by replaying the
-real backend's decode graphs.
+"""GPU time of a decode layer (and a prefill layer, and a Phase III recompute layer)
+beyond its GEMMs and attention, measured by running the real backend's own code.
 
 A decode layer of one token per sequence runs some 30 small kernels besides its GEMMs
 (norms, RoPE, activations, residual adds, the new token's cache write, the attention
@@ -122,6 +122,99 @@ def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str,
     return out
 
 
+# the prefill: the matrix's prompt, at two batch sizes (tokens = batch x prompt); the
+# spill layout with the matrix's cache (a step at that context must fit it)
+PREFILL_PROMPT = 512
+PREFILL_REPEATS = 5
+PREFILL_CACHES: dict[str, dict[str, Any]] = {**CACHES, "spill": {**CACHES["spill"], "gpu_kv_budget_tokens": 320}}
+
+
+def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of GPU time per prefill layer as the real backend runs it (its per-layer
+    spans: QKV, causal attention, the cache's prompt placement and, spilling, its copies
+    down, the rest of the layer), median over ``repeats`` prefills after one untimed."""
+    import statistics
+
+    import torch
+
+    from alisa.runtime.device import Timeline
+    from alisa.runtime.executor import RealExecutor, RealOptions
+    from alisa.runtime.run import release_gpu
+
+    ex = RealExecutor(sc, RealOptions(device=device))      # device "cpu": the tests
+    plan = next(iter(ex.policy.plans()))
+    assert plan.phase == "prefill"
+    ids = ex.prompt()
+    per_layer: list[float] = []
+    with torch.no_grad():
+        ex._warm_up()
+        for r in range(repeats + 1):
+            ex.tl = Timeline(ex.d)
+            ex._reset_run_state()
+            ex._prefill(plan, ids)
+            ex.d.sync()
+            spans = [(a, b) for lane, name, a, b, _ in ex.spans if name.startswith("prefill L")]
+            if r:
+                per_layer.append(sum(ex.tl.seconds(b) - ex.tl.seconds(a) for a, b in spans) / len(spans))
+            if ex.slots is not None:
+                ex.slots.reset()
+            else:
+                ex.prefix.reset()
+    del ex
+    release_gpu()
+    return statistics.median(per_layer)
+
+
+def measure_prefill_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
+    """Raw rows: GPU seconds per prefill layer, per family, cache layout and batch, at the
+    matrix's prompt length."""
+    from alisa.sim.catalog import model_config
+    from alisa.sim.scenario import build_scenario
+
+    rows: list[dict] = []
+    for family, name in _family_models(models).items():
+        model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
+        for cache, policy in PREFILL_CACHES.items():
+            for B in BATCHES:
+                sc = build_scenario({"name": "prefill-layer-probe", "model": model, "hardware": hardware,
+                                     "workload": {"batch_size": B, "prompt_len": PREFILL_PROMPT, "gen_len": 8},
+                                     "policy": policy, "seed": 0}, "<calibration prefill-layer probe>")
+                rows.append({"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT),
+                             "batch": B, "prompt": PREFILL_PROMPT, "model": name,
+                             "seconds": _time_prefill(sc, PREFILL_REPEATS)})
+    return rows
+
+
+def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
+    """The profile's ``prefill_layer_gpu_us``: per family/cache, [fixed, per prompt token]
+    microseconds of a prefill layer's GPU time beyond its GEMMs and the causal attention
+    (tokens = batch x prompt). The analytic one pass over the activations misses most of
+    it: in the ninth matrix LLaMA-7B's real prefill layers ran 1.5x the GEMMs and attention
+    (RoPE, RMSNorm in fp32, the gated FFN's products), OPT-6.7B's 1.1x."""
+    from alisa.sim.catalog import get_model
+    from alisa.sim.costs import CostModel
+    from alisa.sim.hardware import HardwareProfile
+    from alisa.sim.models import layer_gemm_shapes
+
+    cost = CostModel(HardwareProfile(**{**profile, "prefill_layer_gpu_us": {}}))
+    by: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["op"].startswith("prefill_layer:"):
+            m = get_model(r["model"])
+            tokens, B, P = int(r["size"]), int(r["batch"]), int(r["prompt"])
+            gemms = sum(cost.gemm_s(tokens, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
+            attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
+            by.setdefault(r["op"].split(":", 1)[1], {})[tokens] = (r["seconds"] - gemms - attn) * 1e6
+    out: dict[str, list[float]] = {}
+    for key, pts in by.items():
+        if len(pts) < 2:
+            continue
+        (t0, r0), (t1, r1) = min(pts.items()), max(pts.items())
+        slope = (r1 - r0) / (t1 - t0)
+        out[key] = [round(r0 - t0 * slope, 2), round(slope, 5)]
+    return out
+
+
 # Phase III recompute: (batch, rows per sequence) replayed per family; a cache of 320
 # tokens for a 1032-token run spills, and its largest global part (103) bounds the rows
 RECOMPUTE_POINTS = ((8, 16), (8, 96), (32, 16), (32, 96))
@@ -183,7 +276,6 @@ def recompute_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[s
     microseconds of a recompute layer's GPU time beyond its K/V GEMM (least squares over
     the points, rows = batch x width bucket)."""
     import numpy as np
-
     from alisa.sim.catalog import get_model
     from alisa.sim.costs import CostModel
     from alisa.sim.hardware import HardwareProfile

@@ -12,7 +12,7 @@ from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
-from .layer_gpu import decode_layer_section, recompute_layer_section
+from .layer_gpu import decode_layer_section, prefill_layer_section, recompute_layer_section
 from .selection_gpu import selection_section
 
 
@@ -162,6 +162,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     decode = decode_layer_section(rows, profile)
     if decode:
         profile["decode_layer_us"] = decode
+    prefill = prefill_layer_section(rows, profile)
+    if prefill:
+        profile["prefill_layer_gpu_us"] = prefill
     recompute = recompute_layer_section(rows, profile)
     if recompute:
         profile["recompute_layer_us"] = recompute

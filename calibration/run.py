@@ -67,8 +67,8 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     import triton
 
     from . import measure
-    from .host_issue import measure_host_issue
-    from .layer_gpu import measure_decode_layers, measure_recompute
+    from .host_issue import HOST_PROCESSES, measure_host_issue
+    from .layer_gpu import measure_decode_layers, measure_prefill_layers, measure_recompute
     from .profile import build_profile
     from .selection_gpu import measure_selection
 
@@ -106,13 +106,18 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     if progress:
         progress("host issue (real backend on tiny models)")
     s = time.time()
-    rows += measure_host_issue(build_profile(rows, name, device, meta))
+    rows += measure_host_issue(build_profile(rows, name, device, meta), processes=1 if quick else HOST_PROCESSES)
     stage_s["host issue"] = round(time.time() - s, 2)
     if progress:
         progress("decode layers (real backend graphs)")
     s = time.time()
     rows += measure_decode_layers(build_profile(rows, name, device, meta), models)
     stage_s["decode layers"] = round(time.time() - s, 2)
+    if progress:
+        progress("prefill layers (real backend)")
+    s = time.time()
+    rows += measure_prefill_layers(build_profile(rows, name, device, meta), models)
+    stage_s["prefill layers"] = round(time.time() - s, 2)
     if progress:
         progress("recompute layers (real backend graphs)")
     s = time.time()
@@ -138,6 +143,7 @@ def refit(profile_path: Path) -> tuple[dict[str, Any], list[dict]]:
     import json
 
     from alisa.sim.hardware import read_yaml
+
     from .profile import build_profile
 
     raw = profile_path.with_suffix(".measurements.json")

@@ -73,6 +73,10 @@ class HostIssue(BaseModel):
                                                              "staging, per part (KV rows, inputs x): fixed cost")
     gather_gbps: NonNegativeFloat = Field(0.0, description="... and its rate; 0: gathers are timed by the profile's "
                                                            "``cpu_gather`` microbenchmark")
+    flush_us: NonNegativeFloat = Field(0.0, description="a spilling step's store of its write-through rows (every "
+                                                        "layer's new K, V and x) into the host copy: fixed cost")
+    flush_gbps: NonNegativeFloat = Field(0.0, description="... and its rate; 0: not measured apart, so the probes' "
+                                                          "per-layer fields hold it and the store adds nothing")
     round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
                                                      "(ALISA with spilled KV): beyond the selection graph's GPU time "
                                                      "(``selection``), the wake-up, the copy, the gathers' start")
@@ -148,6 +152,12 @@ class HardwareProfile(BaseModel):
                     "residuals, cache writes, the kernels' fixed cost), as [fixed, per sequence] microseconds, "
                     "keyed 'family/cache' (cache: slots, swa, spill, prefix); measured by replaying the real backend's "
                     "decode graphs. Absent: one pass over the activations plus launch latencies")
+    prefill_layer_gpu_us: dict[str, Tuple[float, float]] = Field(
+        default_factory=dict,
+        description="GPU time of one prefill layer beyond its GEMMs and causal attention (RoPE, norms, "
+                    "activations, the cache's prompt placement and copies down), as [fixed, per prompt token] "
+                    "microseconds (tokens: sequences x prompt), keyed 'family/cache' as decode_layer_us; measured "
+                    "by running the real backend's prefill. Absent: one pass over the activations")
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 
     @field_validator("tables")

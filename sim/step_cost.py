@@ -60,14 +60,13 @@ class StepCoster:
         decode: one token for each of m sequences."""
         c, md = self.cost, self.model
         t = sum(c.gemm_s(m, n, k, md.dtype_bytes) for _, n, k in layer_gemm_shapes(md))
-        measured = None
-        if decode:
-            # a profile from before the spill layout was measured: the SWA layer's
-            layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
-            measured = next((self.cost.hw.decode_layer_us[f"{md.family}/{k}"] for k in layouts
-                             if f"{md.family}/{k}" in self.cost.hw.decode_layer_us), None)
+        # a profile from before the spill layout was measured: the SWA layer's
+        layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
+        table = self.cost.hw.decode_layer_us if decode else self.cost.hw.prefill_layer_gpu_us
+        measured = next((table[f"{md.family}/{k}"] for k in layouts if f"{md.family}/{k}" in table), None)
         if measured is not None:
-            # the decode layer's many small kernels, as the real backend's graphs run them
+            # the layer's kernels beyond its GEMMs (decode: many small ones; prefill: passes
+            # over the prompt's activations), as the real backend runs them
             return t + max(0.0, measured[0] + m * measured[1]) * 1e-6
         ew_bytes = m * (6 * md.hidden_size + 3 * md.ffn_dim) * md.dtype_bytes
         return t + c.elementwise_s(ew_bytes) + 2 * c.launch_s
@@ -177,12 +176,15 @@ class StepCoster:
         """Host time, at a decode step's end, to store its write-through rows (every layer's
         new K, V and x, the step's D2H bytes) into the host copy: the real backend's
         spilling layout does it on the issuing thread (inline fetch); the prefill's rows
-        go down straight into the host copy. Timed as a CPU gather of the same bytes (a
-        row scatter through host memory on the same threads); zero where the profile does
-        not model the real backend's host, or for other layouts."""
-        if prefill or self.cache != "spill" or not self.inline_fetch:
+        go down straight into the host copy. The host probes time these stores apart
+        (``host.flush_us``, ``host.flush_gbps``). Zero where they did not: those probes'
+        per-layer fields already hold the store (it runs inside the steps they time), so
+        adding it again would count it twice. Zero too where the profile does not model
+        the real backend's host, and for other layouts."""
+        h = self.cost.hw.host
+        if prefill or self.cache != "spill" or not self.inline_fetch or h.flush_gbps <= 0:
             return 0.0
-        return self.cost.cpu_gather_s(sum(t.d2h_bytes for t in times))
+        return h.flush_us * 1e-6 + sum(t.d2h_bytes for t in times) / (h.flush_gbps * 1e9)
 
     def step_host_s(self) -> float:
         """Per decode step host time outside the layers: the step's end (LM head, the

@@ -227,6 +227,23 @@ def test_host_probe_own_time_leaves_out_waits_beyond_the_synchronize_floor():
     assert own == pytest.approx(10.0 - 2.0 - 0.5) and fetch == pytest.approx(3.0 - 1.0)
 
 
+def test_host_probe_rows_from_several_processes_take_each_fields_median():
+    from alisa.calibration.host_issue import median_rows
+
+    def row(own: float, extra: dict | None = None) -> dict:
+        return {"op": "host_issue:spill", "size": 32.0, "layers": 32, "batch": 8, "own_seconds": own,
+                "fetch_own_seconds": own / 2, **(extra or {})}
+    runs = [[row(3.0, {"flush_bytes": 10})], [row(1.0)], [row(2.0, {"flush_bytes": 30})]]
+    (got,) = median_rows(runs)
+    assert got["own_seconds"] == 2.0 and got["fetch_own_seconds"] == 1.0
+    assert got["flush_bytes"] == 20                 # over the processes that have the field
+    assert (got["layers"], got["batch"], got["size"], got["op"]) == (32, 8, 32.0, "host_issue:spill")
+    assert got["processes"] == 3 and got["own_seconds_by_process"] == [3.0, 1.0, 2.0]
+    # different probes stay apart
+    other = dict(row(9.0), batch=32)
+    assert len(median_rows([[row(1.0), other], [row(2.0)]])) == 2
+
+
 def test_host_section_from_own_time_rows_ignores_the_gpu_paced_clock():
     from alisa.calibration.host_issue import BATCHES, DEPTHS, PROBES, host_section
     from alisa.sim.hardware import HostIssue
@@ -244,10 +261,15 @@ def test_host_section_from_own_time_rows_ignores_the_gpu_paced_clock():
                 spills = p in ("spill", "recompute")
                 gather_us = 70.0 + B                  # per fetching layer, timed as CPU gathers
                 fetch_us = L * (gather_us + u("fetch_layer_us", B)) if spills else 0.0
+                # the write-through store at the step's end: 40 us + 20 GB/s over L x B rows of
+                # 24 KiB (K, V and x at hidden 4096), inside the step's own time
+                flush_bytes = L * B * 24576 if spills else 0
+                flush_us = 40.0 + flush_bytes / 20e3 if spills else 0.0
                 own_us = (u("step_us", B) + (u("round_trip_us", B) if spills else 0.0)
-                          + L * sum(u(k, B) for k in ["layer_us", *extra[p]]) + fetch_us)
+                          + L * sum(u(k, B) for k in ["layer_us", *extra[p]]) + fetch_us + flush_us)
                 rows.append({"op": f"host_issue:{p}", "layers": L, "batch": B, "size": float(L),
                              "own_seconds": own_us * 1e-6, "fetch_own_seconds": fetch_us * 1e-6,
+                             **({"flush_own_seconds": flush_us * 1e-6, "flush_bytes": flush_bytes} if spills else {}),
                              "fetch_layer_own_seconds": u("fetch_layer_us", B) * 1e-6 if spills else 0.0,
                              # the clock around the step: the narrow model's GPU pace, 100 us a layer
                              "seconds": (500.0 + 100.0 * L) * 1e-6, "wait_seconds": 1e-3,
@@ -259,6 +281,7 @@ def test_host_section_from_own_time_rows_ignores_the_gpu_paced_clock():
     for k, (c0, c1) in line.items():
         for B in (1, 8, 20, 64):
             assert got.at(k, B) == pytest.approx(c0 + B * c1, rel=1e-3, abs=0.05), k
+    assert got.flush_us == pytest.approx(40.0, abs=0.05) and got.flush_gbps == pytest.approx(20.0, rel=1e-3)
 
 
 def test_in_run_gather_fit_recovers_part_cost_and_rate():
@@ -307,6 +330,40 @@ def test_decode_layer_section_and_its_use_in_the_step_cost():
     hw2 = HardwareProfile(**{**p, "decode_layer_us": {**sec, "llama/spill": (70.0, 2.0)}})
     spill2 = StepCoster(m, 16, CostModel(hw2), swa=True, cache="spill")
     assert spill2.dense_layer_compute_s(16, decode=True) == pytest.approx(gemms16 + (70 + 32) * 1e-6, rel=1e-4)
+
+
+def test_prefill_layer_section_and_its_use_in_the_step_cost():
+    from alisa.calibration.layer_gpu import prefill_layer_section
+    from alisa.sim.catalog import get_model
+    from alisa.sim.models import layer_gemm_shapes
+    from alisa.sim.plan import LayerPlan
+    from alisa.sim.step_cost import StepCoster
+
+    p = build_profile(_synthetic_rows(), "synth", _device(), {"date": "2026-01-01", "quick": True})
+    cost = CostModel(HardwareProfile(**p))
+    m, P = get_model("llama-7b"), 512
+    # beyond GEMMs and attention: 200 us + 0.25 us per prompt token, by hand at 4096 and
+    # 16384 tokens: 1224 and 4296 us
+    rows = []
+    for B, us in ((8, 1224.0), (32, 4296.0)):
+        gemms = sum(cost.gemm_s(B * P, n, k) for _, n, k in layer_gemm_shapes(m))
+        attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
+        rows.append({"op": "prefill_layer:llama/spill", "size": float(B * P), "batch": B, "prompt": P,
+                     "model": "llama-7b", "seconds": gemms + attn + us * 1e-6})
+    sec = prefill_layer_section(rows, p)
+    assert sec["llama/spill"] == pytest.approx([200.0, 0.25], abs=1e-3)
+    hw = HardwareProfile(**{**p, "prefill_layer_gpu_us": sec})
+    B = 16
+    gemms = sum(CostModel(hw).gemm_s(B * P, n, k) for _, n, k in layer_gemm_shapes(m))
+    attn = CostModel(hw).attention_prefill_s(B, m.num_heads, m.head_dim, P)
+    lp = LayerPlan(new_tokens=P, attended_tokens=P, prefill=True)
+    spill = StepCoster(m, B, CostModel(hw), swa=True, cache="spill")
+    assert spill.layer_times(lp).compute_s == pytest.approx(gemms + attn + (200 + 0.25 * B * P) * 1e-6, rel=1e-6)
+    # decode layers, and a layout it was not measured for, keep their own terms
+    plain = StepCoster(m, B, CostModel(HardwareProfile(**p)), swa=True, cache="spill")
+    assert spill.dense_layer_compute_s(B, decode=True) == plain.dense_layer_compute_s(B, decode=True)
+    slots = StepCoster(m, B, CostModel(hw), cache="slots")
+    assert slots.layer_times(lp).compute_s == plain.layer_times(lp).compute_s
 
 
 def test_selection_section_recovers_a_known_cost_and_the_step_cost_uses_it():
@@ -374,7 +431,7 @@ def test_a_phase3_layer_gathers_each_part_apart_and_the_host_flushes_the_write_t
     base = load_profile("h100-80gb-measured")
     hw = base.model_copy(update={"host": base.host.model_copy(update={"fetch_layer_us": (30.0, 0.0),
                                                                       "fetch_part_us": (10.0, 0.5),
-                                                                      "gather_gbps": 0.0})})
+                                                                      "gather_gbps": 0.0, "flush_gbps": 0.0})})
     cost = CostModel(hw)
     coster = StepCoster(m, 8, cost, swa=True, cache="spill")
     kv, x = 8 * 20 * 16384, 8 * 12 * 8192          # LLaMA-7B: 16 KiB of KV, 8 KiB of x per token and layer
@@ -391,14 +448,19 @@ def test_a_phase3_layer_gathers_each_part_apart_and_the_host_flushes_the_write_t
     both_own = StepCoster(m, 8, CostModel(own), swa=True, cache="spill").layer_times(
         LayerPlan(attended_tokens=300, h2d_kv_tokens=20, recompute_tokens=12, d2h_kv_tokens=1, d2h_hidden_tokens=1))
     assert both_own.gather_s == pytest.approx(2 * 5e-6 + (kv + x) / 25e9 + 44e-6, rel=1e-9)
-    # the flush: the step's D2H bytes (K, V and x of the new token, every sequence), a decode
-    # step of the spill layout only, on a measured host only
+    # the flush: the step's D2H bytes (K, V and x of the new token, every sequence), at the
+    # probes' measured store cost (40 us + 20 GB/s); a decode step of the spill layout only,
+    # on a measured host only
     times = [both] * 32
     d2h = 32 * 8 * (16384 + 8192)
     assert sum(t.d2h_bytes for t in times) == d2h
-    assert coster.flush_s(times) == pytest.approx(cost.cpu_gather_s(d2h), rel=1e-9)
-    assert coster.flush_s(times, prefill=True) == 0.0
-    assert StepCoster(m, 8, cost, swa=True, cache="swa").flush_s(times) == 0.0
+    stores = hw.model_copy(update={"host": hw.host.model_copy(update={"flush_us": 40.0, "flush_gbps": 20.0})})
+    flushing = StepCoster(m, 8, CostModel(stores), swa=True, cache="spill")
+    assert flushing.flush_s(times) == pytest.approx(40e-6 + d2h / 20e9, rel=1e-9)
+    assert flushing.flush_s(times, prefill=True) == 0.0
+    assert StepCoster(m, 8, CostModel(stores), swa=True, cache="swa").flush_s(times) == 0.0
+    # probes that did not time the store apart hold it in their per-layer fields: not again
+    assert coster.flush_s(times) == 0.0
     ideal = hw.model_copy(update={"host": HostIssue()})
     assert StepCoster(m, 8, CostModel(ideal), swa=True, cache="spill").flush_s(times) == 0.0
 
