@@ -25,7 +25,12 @@ is already done (``sync_floor_s``, measured before the run) is a wait, and comes
 loop's bookkeeping and the step's end (LM head, write-through, the host copy's store)
 count: the real runs these fields model are host-bound, and there all of it lies on the
 critical path. The selection graph's launch comes off too: the profile's ``selection``
-times it from issue to host part (``selection_gpu``).
+times it from issue to host part (``selection_gpu``), and so does the spilling step's store
+of its write-through rows into the host copy, which is timed apart and fitted by bytes
+(``store_cost``).
+
+A process keeps its host speed, and processes differ (the same probe up to 2x apart), so
+the probe set runs in ``HOST_PROCESSES`` fresh processes and each raw field is the median.
 """
 
 from __future__ import annotations
@@ -379,14 +384,6 @@ def measure_host_issue(hardware: dict[str, Any], gen: int = 32, processes: int =
     return median_rows([_probe_rows_in_child(hardware, gen) for _ in range(processes)])
 
 
-if __name__ == "__main__":      # one process's probes: hardware JSON in, rows JSON out
-    import json
-    import sys
-    from pathlib import Path
-
-    _hw, _out, _gen = sys.argv[1:4]
-    Path(_out).write_text(json.dumps(probe_rows(json.loads(Path(_hw).read_text()), int(_gen))))
-
 
 def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, float]:
     """The host fields (microseconds) at one batch size, from its probes' rows by (probe,
@@ -414,8 +411,9 @@ def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, fl
 def _own_outside_fetch(row: dict) -> float:
     """A probe step's host seconds outside the fetch, which the simulator times as gathers
     plus ``fetch_layer_us``, and outside the write-through's store, which it times by bytes
-    (``flush_us``, ``flush_gbps``; rows from before it was timed apart keep it). Rows from calibrations before the own-time accounting hold
-    the clock around the step, less the fetch calls and the selection graph's seconds."""
+    (``flush_us``, ``flush_gbps``; rows from before it was timed apart keep it). Rows
+    from calibrations before the own-time accounting hold the clock around the step, less
+    the fetch calls and the selection graph's seconds."""
     if "own_seconds" in row:
         return row["own_seconds"] - row["fetch_own_seconds"] - row.get("flush_own_seconds", 0.0)
     return row["seconds"] - row.get("wait_seconds", 0.0) - row.get("selection_seconds", 0.0)
@@ -494,3 +492,12 @@ def in_run_gather(rows: list[dict]) -> dict[str, float]:
     fit = _fixed_and_rate([(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
                            if r["op"].startswith("host_issue:") and r.get("gather_bytes")])
     return {} if fit is None else {"gather_part_us": round(fit[0], 2), "gather_gbps": round(fit[1], 3)}
+
+
+if __name__ == "__main__":      # one process's probes: hardware JSON in, rows JSON out
+    import json
+    import sys
+    from pathlib import Path
+
+    _hw, _out, _gen = sys.argv[1:4]
+    Path(_out).write_text(json.dumps(probe_rows(json.loads(Path(_hw).read_text()), int(_gen))))
