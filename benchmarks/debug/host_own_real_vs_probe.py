@@ -8,14 +8,15 @@ the GPU while the real runs' host set the step. This measures the host's own tim
 decode step with the calibration's own accounting (``_host_per_step``: waits for the GPU
 taken off) in alternating child processes: the validation matrix's ALISA scenario with the
 narrow probe model (hidden 4096, FFN and vocabulary 1024) and with the real OPT-6.7B, at the
-same batch, prompt 512 and 64 steps (Phase II). Processes: narrow, real, narrow, real,
-narrow, real per batch size. If the real model's processes spend more host time than the
+same batch, prompt 512 and 64 steps, without recompute (Phase II fetches on both sides).
+Processes: narrow, real, alternating, ``HOR_PAIRS`` (default 3) pairs per batch size. If the real model's processes spend more host time than the
 narrow ones for the same rows, the probes are biased; if the two interleave, it is the
 processes' own spread. Results: OUT/host_own_real_vs_probe.json.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ def scenario(variant: str, batch: int):  # type: ignore[no-untyped-def]
     from alisa.calibration.host_issue import WIDTH
     from alisa.sim.scenario import load_scenario
 
-    sets = ["sweep=null", f"workload.batch_size={batch}", "workload.gen_len=64"]
+    # no recompute: both models keep the same plan (Phase II fetches) at every batch size;
+    # with the matrix's automatic ratio OPT-6.7B b32 recomputes from the first step
+    sets = ["sweep=null", f"workload.batch_size={batch}", "workload.gen_len=64", "policy.recompute=false"]
     if variant == "real":
         return load_scenario("scenarios/validation/alisa.yaml", ["model=opt-6.7b", *sets])
     narrow = dict(name="probe-32l", family="llama", num_layers=32, hidden_size=WIDTH, num_heads=WIDTH // 128,
@@ -55,7 +58,7 @@ def main() -> int:
     print(f"{'batch':>5s} {'variant':8s} {'own ms':>8s} {'fetch ms':>9s} {'outside':>8s} {'flush ms':>9s} "
           f"{'gather us':>10s} {'MB/layer':>9s} {'fetch/layer':>11s} {'clock ms':>9s}", flush=True)
     for b in batches:
-        for variant in ("narrow", "real") * 3:
+        for variant in ("narrow", "real") * int(os.environ.get("HOR_PAIRS", "3")):
             p = subprocess.run([sys.executable, __file__, "--child", variant, str(b)], check=False,
                                capture_output=True, text=True)
             if p.returncode != 0:
