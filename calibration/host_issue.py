@@ -40,7 +40,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,10 +119,10 @@ def timed_syncs() -> Iterator[list[tuple[float, float]]]:
             cls.synchronize = fn  # type: ignore[method-assign]
 
 
-def _wrap_calls(obj: Any, names: tuple[str, ...], note: Callable[[list, float, float], None]) -> dict[str, list]:
-    """Wrap obj's methods so each call's start and end host times go to ``note`` with the
-    method's list, which is returned."""
-    out: dict[str, list] = {n: [] for n in names}
+def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """Wrap obj's methods so each call's (start, end) host times are appended to the
+    returned lists."""
+    out: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     for name in names:
         fn = getattr(obj, name)
 
@@ -131,20 +131,9 @@ def _wrap_calls(obj: Any, names: tuple[str, ...], note: Callable[[list, float, f
             try:
                 return _fn(*a, **kw)
             finally:
-                note(_out, t0, time.perf_counter())
+                _out.append((t0, time.perf_counter()))
         setattr(obj, name, wrap)
     return out
-
-
-def time_methods(obj: Any, names: tuple[str, ...]) -> dict[str, list[float]]:
-    """Wrap obj's methods so each call's host seconds are appended to the returned lists."""
-    return _wrap_calls(obj, names, lambda out, t0, t1: out.append(t1 - t0))
-
-
-def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
-    """Wrap obj's methods so each call's (start, end) host times are appended to the
-    returned lists."""
-    return _wrap_calls(obj, names, lambda out, t0, t1: out.append((t0, t1)))
 
 
 @dataclass
@@ -166,14 +155,17 @@ class StepCycle:
         return sum(g for g, _, _ in self.gathers)
 
 
+def own_in(spans: list[tuple[float, float]], syncs: list[tuple[float, float]], floor_s: float) -> float:
+    """The host's own seconds over (start, end) spans: each span less its waits."""
+    return sum(b - a - waits_in(a, b, syncs, floor_s) for a, b in spans)
+
+
 def own_seconds(c: StepCycle, syncs: list[tuple[float, float]], floor_s: float) -> tuple[float, float]:
     """The host's own seconds in a step's cycle, and in its fetch calls (both without
     waits). The selection graph's launch is left out of the first: the profile's
     ``selection`` times it from issue to host part, launch included."""
-    fetch = sum(b - a - waits_in(a, b, syncs, floor_s) for a, b in c.fetch)
-    launch = sum(b - a - waits_in(a, b, syncs, floor_s) for a, b in c.launch)
-    cycle = c.end - c.start - waits_in(c.start, c.end, syncs, floor_s)
-    return cycle - launch, fetch
+    cycle = own_in([(c.start, c.end)], syncs, floor_s)
+    return cycle - own_in(c.launch, syncs, floor_s), own_in(c.fetch, syncs, floor_s)
 
 
 def _cycles(decode: list[tuple[float, float]], prefill: list[tuple[float, float]]) -> list[StepCycle]:
@@ -196,8 +188,8 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     cycle less its waits and the selection graph's launch), of which in the fetch
     (``fetch_own_seconds``: the gathers, index lists, copy issue, stream waits) and in
     storing write-through rows into the host copy (``flush_own_seconds``, of
-    ``flush_bytes``), and the
-    fetch's own time per fetching layer beyond its gathers (``fetch_layer_own_seconds``);
+    ``flush_bytes``), and the fetch's own time per fetching layer beyond its gathers
+    (``fetch_layer_own_seconds``);
     the copy issue by the layer's parts (``copy_issue_{1,2}part_seconds``). For the record,
     the clock around the step (``seconds``), its time in the fetch (``wait_seconds``), the
     selection graph's seconds from issue to host part, replayed after the run
@@ -292,14 +284,13 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
            "fetch_layer_own_seconds": median(per_layer), "sync_floor_seconds": floor,
            "seconds": median(decode[2:]),       # the first two are the executor's rehearsal
            "wait_seconds": median([sum(b - a for a, b in c.fetch) for c in steady]),
-           "prefill_seconds": min(b - a - waits_in(a, b, syncs, floor) for a, b in calls["_prefill"]),
+           "prefill_seconds": min(own_in([span], syncs, floor) for span in calls["_prefill"]),
            "selection_seconds": selection_s}
     for parts, xs in copies.items():
         if xs:
             out[f"copy_issue_{parts}part_seconds"] = median(xs)
     if any(c.flush for c in steady):
-        out["flush_own_seconds"] = median([sum(b - a - waits_in(a, b, syncs, floor) for a, b, _ in c.flush)
-                                           for c in steady])
+        out["flush_own_seconds"] = median([own_in([(a, b) for a, b, _ in c.flush], syncs, floor) for c in steady])
         out["flush_bytes"] = median([sum(n for _, _, n in c.flush) for c in steady])
     if gathers:
         # means, not medians: the in-run gather fit is linear in parts and bytes

@@ -18,6 +18,7 @@ part and the merge).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 BATCHES = (8, 32)
@@ -75,22 +76,35 @@ def _time_layers(sc, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return a.elapsed_time(b) / 1e3 / (repeats * L)
 
 
-def measure_decode_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
-    """Raw rows: GPU seconds per decode layer, per family, cache layout and batch."""
+def _layer_probes(hardware: dict[str, Any], models: tuple[str, ...], caches: dict[str, dict[str, Any]],
+                  prompt: int, probe: str) -> Iterator[tuple[str, str, str, int, Any]]:
+    """(family, model name, cache layout, batch, scenario) for each probe of a two-layer
+    copy of each family's first model, per cache layout and batch size."""
     from alisa.sim.catalog import model_config
     from alisa.sim.scenario import build_scenario
 
-    rows: list[dict] = []
     for family, name in _family_models(models).items():
         model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
-        for cache, policy in CACHES.items():
+        for cache, policy in caches.items():
             for B in BATCHES:
-                sc = build_scenario({"name": "decode-layer-probe", "model": model, "hardware": hardware,
-                                     "workload": {"batch_size": B, "prompt_len": 64, "gen_len": 8},
-                                     "policy": policy, "seed": 0}, "<calibration decode-layer probe>")
-                rows.append({"op": f"decode_layer:{family}/{cache}", "size": float(B), "model": name,
-                             "seconds": _time_layers(sc, REPEATS)})
-    return rows
+                yield family, name, cache, B, build_scenario(
+                    {"name": probe, "model": model, "hardware": hardware,
+                     "workload": {"batch_size": B, "prompt_len": prompt, "gen_len": 8}, "policy": policy,
+                     "seed": 0}, f"<calibration {probe}>")
+
+
+def _line_through(pts: dict[int, float], digits: int) -> list[float]:
+    """[fixed, slope] of the line through the points at the smallest and largest x."""
+    (x0, y0), (x1, y1) = min(pts.items()), max(pts.items())
+    slope = (y1 - y0) / (x1 - x0)
+    return [round(y0 - x0 * slope, 2), round(slope, digits)]
+
+
+def measure_decode_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
+    """Raw rows: GPU seconds per decode layer, per family, cache layout and batch."""
+    return [{"op": f"decode_layer:{family}/{cache}", "size": float(B), "model": name,
+             "seconds": _time_layers(sc, REPEATS)}
+            for family, name, cache, B, sc in _layer_probes(hardware, models, CACHES, 64, "decode-layer-probe")]
 
 
 def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
@@ -116,9 +130,7 @@ def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str,
             gemms = sum(cost.gemm_s(B, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
             attn_floor = cost.attention_decode_s(B * kv_bytes_per_token_per_layer(m))
             resid[B] = (t - gemms - attn_floor) * 1e6
-        (b0, r0), (b1, r1) = sorted(resid.items())[0], sorted(resid.items())[-1]
-        slope = (r1 - r0) / (b1 - b0)
-        out[key] = [round(r0 - b0 * slope, 2), round(slope, 3)]
+        out[key] = _line_through(resid, 3)
     return out
 
 
@@ -168,21 +180,10 @@ def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type
 def measure_prefill_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
     """Raw rows: GPU seconds per prefill layer, per family, cache layout and batch, at the
     matrix's prompt length."""
-    from alisa.sim.catalog import model_config
-    from alisa.sim.scenario import build_scenario
-
-    rows: list[dict] = []
-    for family, name in _family_models(models).items():
-        model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
-        for cache, policy in PREFILL_CACHES.items():
-            for B in BATCHES:
-                sc = build_scenario({"name": "prefill-layer-probe", "model": model, "hardware": hardware,
-                                     "workload": {"batch_size": B, "prompt_len": PREFILL_PROMPT, "gen_len": 8},
-                                     "policy": policy, "seed": 0}, "<calibration prefill-layer probe>")
-                rows.append({"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT),
-                             "batch": B, "prompt": PREFILL_PROMPT, "model": name,
-                             "seconds": _time_prefill(sc, PREFILL_REPEATS)})
-    return rows
+    return [{"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT), "batch": B,
+             "prompt": PREFILL_PROMPT, "model": name, "seconds": _time_prefill(sc, PREFILL_REPEATS)}
+            for family, name, cache, B, sc in _layer_probes(hardware, models, PREFILL_CACHES, PREFILL_PROMPT,
+                                                            "prefill-layer-probe")]
 
 
 def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
@@ -205,14 +206,7 @@ def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str
             gemms = sum(cost.gemm_s(tokens, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
             attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
             by.setdefault(r["op"].split(":", 1)[1], {})[tokens] = (r["seconds"] - gemms - attn) * 1e6
-    out: dict[str, list[float]] = {}
-    for key, pts in by.items():
-        if len(pts) < 2:
-            continue
-        (t0, r0), (t1, r1) = min(pts.items()), max(pts.items())
-        slope = (r1 - r0) / (t1 - t0)
-        out[key] = [round(r0 - t0 * slope, 2), round(slope, 5)]
-    return out
+    return {key: _line_through(pts, 5) for key, pts in by.items() if len(pts) >= 2}
 
 
 # Phase III recompute: (batch, rows per sequence) replayed per family; a cache of 320
@@ -276,6 +270,7 @@ def recompute_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[s
     microseconds of a recompute layer's GPU time beyond its K/V GEMM (least squares over
     the points, rows = batch x width bucket)."""
     import numpy as np
+
     from alisa.sim.catalog import get_model
     from alisa.sim.costs import CostModel
     from alisa.sim.hardware import HardwareProfile
