@@ -104,6 +104,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if missing:
             raise InputError(f"no measured run for {', '.join(missing)}", file=str(rf), field="--real-from")
     rows: list[dict[str, Any]] = []
+    cond_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
     opts = RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager)
     from alisa.runtime.run import run_real
@@ -133,6 +134,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
                                                       "real": real.get("real", {}),
                                                       "real_runs": [str(rd) for rd in real_dirs]}, indent=2))
+        if args.host_conditioned:
+            cond_rows += _host_conditioned(label, sc, d, real_dirs, [r for r, _ in runs])
         series = [s for _, s in runs]
         several = len(runs) > 1
         write_bytes(d / "step_time_compare.png", step_time_figure(
@@ -151,15 +154,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"wrote measured runs under {out}" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0 if not failures else 1
     summary, spread = summarize(rows), summarize_spread(rows)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["scenario", "metric", "sim", "real", "error", "real_min", "real_max",
-                                        "repeats"])
-    w.writeheader()
-    w.writerows(rows)
-    write_text(out / "validation.csv", buf.getvalue())
+    fields = ["scenario", "metric", "sim", "real", "error", "real_min", "real_max", "repeats"]
+    write_text(out / "validation.csv", _csv(rows, fields))
+    extra: dict[str, Any] = {}
+    if args.host_conditioned:
+        write_text(out / "validation-host-conditioned.csv", _csv(cond_rows, [*fields, "host_factor"]))
+        extra["host_conditioned"] = {"summary": summarize(cond_rows),
+                                     "host_factor": {r["scenario"]: r["host_factor"] for r in cond_rows}}
     write_text(out / "summary.json", json.dumps({"summary": summary, "measured_spread": spread, "failures": failures,
                                                  "scenarios": [lab for lab, _ in points],
-                                                 "measured_runs": [str(rf) for rf in real_froms]}, indent=2))
+                                                 "measured_runs": [str(rf) for rf in real_froms], **extra}, indent=2))
     print("\nmedian / worst |error| over scenarios" + (f" (measured: median of {len(real_froms)} runs)"
                                                        if len(real_froms) > 1 else ""))
     for k, v in summary.items():
@@ -170,8 +174,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for k, v in spread.items():
             print(f"  {k:26s} {100 * v['median_spread']:6.1f}% / {100 * v['worst_spread']:6.1f}% "
                   f"({v['worst_scenario']}, n={v['n']})")
+    if args.host_conditioned:
+        print("\nhost-conditioned: the same plans, the host's costs scaled by each point's measured host speed")
+        for k, v in extra["host_conditioned"]["summary"].items():
+            print(f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
+                  f"({v['worst_scenario']}, n={v['n']})")
     print(f"\nwrote {out}/validation.csv, summary.json and per-scenario folders")
     return 0 if not failures else 1
+
+
+def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],
+                      reals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point re-timed with its measured host speed (``--host-conditioned``): rows as
+    the plain comparison's, with ``host_factor``; none where no traced step has a host
+    to compare (the factor is then undefined)."""
+    from alisa.runtime.host_speed import host_factor
+    from alisa.runtime.validate import compare_repeats, read_run
+    from alisa.sim.runner import run_scenario
+
+    hf = host_factor([rd / "trace.json" for rd in real_dirs], d / "sim" / "trace.json")
+    if hf is None:
+        return []
+    timing = sc.hardware.model_copy(update={"host": sc.hardware.host.scaled(hf["factor"])})
+    run_scenario(sc, d / "sim-host-conditioned", plots=False, timing=timing)
+    sim, _ = read_run(d / "sim-host-conditioned")
+    return [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error,
+             "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats, "host_factor": hf["factor"]}
+            for m in compare_repeats(sim, reals)]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -241,6 +278,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_profile(profile, rows, path)
         print(f"refitted {path} from {path.with_suffix('.measurements.json')}")
         return 0
+    if args.host_processes is not None and args.host_processes < 1:
+        raise InputError(f"must be at least 1, got {args.host_processes}", field="--host-processes")
     require_gpu()  # before anything else: a clear message and exit 2 where there is none
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     name = args.name
@@ -251,7 +290,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(label)
             if bar.n < stages and label != "launch latency":
                 bar.update(1)
-        profile, rows = calibrate(args.quick, name, models, progress=step)
+        profile, rows = calibrate(args.quick, name, models, progress=step, host_processes=args.host_processes)
         bar.update(stages - bar.n)
     write_profile(profile, rows, out)
     fits = profile["meta"]["fits"]
@@ -375,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     _real_flags(v)
     v.add_argument("--real-only", action="store_true", help="only the measured runs (e.g. on a GPU machine)")
+    v.add_argument("--host-conditioned", action="store_true",
+                   help="also re-time the same plans with the profile's host costs scaled by each point's "
+                        "measured host speed (its traced steps' own host time over the simulated): the "
+                        "error left is the model's, not the process's host draw (runtime/host_speed.py)")
     v.add_argument("--real-from", metavar="DIR", nargs="+",
                    help="compare with measured runs written by --real-only; several DIRs: repeats of every point, "
                         "compared by their median, with their spread reported")
@@ -393,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="profile path (default hardware_profiles/<name>.yaml)")
     c.add_argument("--models", help="catalog models whose GEMM shapes to time (comma-separated)")
     c.add_argument("--refit", metavar="PROFILE", help="rebuild a measured profile from its saved raw measurements")
+    c.add_argument("--host-processes", type=int, default=None, metavar="N",
+                   help="fresh processes the host probes run in, each field the median over them "
+                        "(default 3; 1 with --quick): a process keeps its host speed, so more "
+                        "processes sample the machine better on a shared host")
     c.set_defaults(func=cmd_calibrate)
 
     a = sub.add_parser("accuracy", help="SWA vs dense/local/streaming/H2O on a real model")

@@ -21,7 +21,7 @@ for stage in "$@"; do
     kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
     calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
     # calibrate, then use the new profile for what follows (the ALISA plan's recompute ratio depends on it)
-    calibrate-use) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40
+    calibrate-use) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -40
                    cp "$OUT/h100-80gb-measured.yaml" "$OUT/h100-80gb-measured.measurements.json" hardware_profiles/ ;;
     calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
@@ -33,6 +33,7 @@ for stage in "$@"; do
     stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
     smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
     probesmoke) python3 benchmarks/debug/new_probes_smoke.py 2>&1 | tee "$OUT/probesmoke.log" | tail -40 ;;
+    cpuplace) python3 benchmarks/debug/cpu_placement.py "$OUT" 2>&1 | tee "$OUT/cpuplace.log" | tail -60 ;;
     hostownreal) python3 benchmarks/debug/host_own_real_vs_probe.py "$OUT" ${HOSTOWNREAL:-} 2>&1 | tee "$OUT/hostownreal.log" | tail -30 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     # val-alisa-r2: a repeat of a policy's runs, in its own process, packed as validation-alisa-r2.tgz

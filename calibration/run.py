@@ -62,7 +62,8 @@ def gemm_shapes(models: tuple[str, ...]) -> list[tuple[int, int]]:
 
 
 def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
-              progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], list[dict]]:
+              progress: Callable[[str], None] | None = None,
+              host_processes: int | None = None) -> tuple[dict[str, Any], list[dict]]:
     torch = require_gpu()
     import triton
 
@@ -106,7 +107,9 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     if progress:
         progress("host issue (real backend on tiny models)")
     s = time.time()
-    rows += measure_host_issue(build_profile(rows, name, device, meta), processes=1 if quick else HOST_PROCESSES)
+    processes = host_processes or (1 if quick else HOST_PROCESSES)
+    meta["host_processes"] = processes
+    rows += measure_host_issue(build_profile(rows, name, device, meta), processes=processes)
     stage_s["host issue"] = round(time.time() - s, 2)
     if progress:
         progress("decode layers (real backend graphs)")

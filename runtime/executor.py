@@ -37,6 +37,7 @@ from alisa.sim.hardware import GB
 from alisa.sim.plan import OutOfMemory, StepPlan
 from alisa.sim.policies import make_policy
 from alisa.sim.policies.alisa import AlisaPolicy, swa_budget
+from alisa.sim.engine import RUN_AHEAD_LAYERS
 from alisa.sim.policies.base import Policy
 from alisa.sim.policies.dense_gpu import DenseGpuPolicy
 from alisa.sim.policies.flexgen import FlexGenPolicy
@@ -69,7 +70,7 @@ class RealOptions:
     # the host issues at most this many layers past the GPU (None: no cap). A deep queue of
     # graph launches made the GPU slower on the H100 (dense OPT-6.7B b32: 12.2 ms per step
     # uncapped, 9.95 at 2 layers; benchmarks/debug/layer_events.py)
-    run_ahead_layers: int | None = 2
+    run_ahead_layers: int | None = RUN_AHEAD_LAYERS   # the simulator's engine models the same
 
 
 @dataclass

@@ -34,10 +34,11 @@ import simpy
 
 from .plan import OutOfMemory, StepPlan
 from .policies.base import Policy
-from .step_cost import LayerTimes
+from .step_cost import LayerTimes, StepCoster
 
 LANES = ("GPU compute", "H2D", "D2H", "CPU", "Host")
 STAGING_DEPTH = 2      # fetch staging buffers per side (pinned host, GPU landing)
+RUN_AHEAD_LAYERS = 2   # the issuing thread stays at most this many layers ahead of the GPU
 
 
 @dataclass
@@ -78,9 +79,11 @@ class EngineResult:
 
 
 class Engine:
-    def __init__(self, policy: Policy, max_layer_events: int = 250_000) -> None:
+    def __init__(self, policy: Policy, max_layer_events: int = 250_000, coster: StepCoster | None = None) -> None:
         self.policy = policy
-        self.coster = policy.coster
+        # what times the plans: the policy's own coster, or another profile's for the same
+        # plans (``simulate(..., timing=)``)
+        self.coster = coster or policy.coster
         self.env = simpy.Environment()
         lay = policy.layout
         self.gpu_mem = simpy.Container(self.env, capacity=lay.gpu_capacity_bytes, init=0)
@@ -139,7 +142,9 @@ class Engine:
         that the GPU runs next (a spilling run's selection graph and its copy down)."""
         if plan.phase == "prefill":
             return max(self._host_free, self.env.now)
-        ready = self._host_free + self.coster.step_host_s()
+        step_s = self.coster.step_host_s()
+        ready = self._host_free + step_s
+        self._trace("Host", "step", self._host_free, step_s, {"step": plan.step})
         if not plan.host_round_trip:
             return ready
         # the selection graph runs once the GPU is free and the host has issued it (after
@@ -147,7 +152,9 @@ class Engine:
         # tail); the host then waits for its host part and sets up the gathers
         sel, start = self.coster.selection_s(True), max(self.env.now, ready)
         self._trace("GPU compute", "select", start, sel, {"step": plan.step})
-        return start + sel + self.coster.round_trip_host_s()
+        rt = self.coster.round_trip_host_s()
+        self._trace("Host", "round trip", start + sel, rt, {"step": plan.step})
+        return start + sel + rt
 
     def _host_done(self, issued_s: float, flush_s: float, step: int) -> None:
         """The host has issued a step's last layer at ``issued_s``; it then flushes the
@@ -277,6 +284,10 @@ class Engine:
                 while nxt <= min(l + STAGING_DEPTH, L - 1):
                     yield from gather(nxt)
                     nxt += 1
+                if l >= RUN_AHEAD_LAYERS:
+                    # the executor's throttle: the GPU has finished layer l - k before the
+                    # thread goes on (to issue, and to gather further ahead)
+                    yield computed[l - RUN_AHEAD_LAYERS]
             # set before the step ends (the GPU's last layer and head end after this)
             self._host_done(env.now, flush, plan.step)
 

@@ -90,6 +90,20 @@ class HostIssue(BaseModel):
     def is_zero(self) -> bool:
         return not any(self.at(f, 1) for f in type(self).model_fields)
 
+    def scaled(self, factor: float) -> HostIssue:
+        """The same host ``factor`` times slower: every time ``factor`` times, every rate
+        divided by it (``alisa validate --host-conditioned``: a measured run's host speed)."""
+        if not factor > 0:
+            raise ValueError(f"a host speed factor must be positive, got {factor}")
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if name.endswith("_gbps"):
+                out[name] = v / factor
+            else:
+                out[name] = (v[0] * factor, v[1] * factor) if isinstance(v, tuple) else v * factor
+        return HostIssue(**out)
+
 
 class SelectionCost(BaseModel):
     """GPU time of the real backend's selection for a spilling ALISA step (one graph over

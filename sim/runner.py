@@ -6,14 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Engine, EngineResult
+from .hardware import HardwareProfile
 from .policies import make_policy
 from .results import build_result, write_outputs
 from .scenario import Scenario
 
 
-def simulate(sc: Scenario) -> tuple[dict[str, Any], EngineResult]:
+def simulate(sc: Scenario, timing: HardwareProfile | None = None) -> tuple[dict[str, Any], EngineResult]:
+    """The scenario's plans, timed by its own hardware profile or by ``timing`` (the same
+    plans, other costs: ``alisa validate --host-conditioned``)."""
     policy = make_policy(sc)
-    er = Engine(policy, max_layer_events=sc.output.trace_max_layer_events).run()
+    coster = policy.coster.with_hardware(timing) if timing is not None else None
+    er = Engine(policy, max_layer_events=sc.output.trace_max_layer_events, coster=coster).run()
     return build_result(sc, er), er
 
 
@@ -25,8 +29,9 @@ def render_plots(sc: Scenario, er: EngineResult) -> dict[str, bytes]:
             "step_time.png": step_time_plot(er, title)}
 
 
-def run_scenario(sc: Scenario, out: Path | None, plots: bool = True) -> dict[str, Any]:
-    result, er = simulate(sc)
+def run_scenario(sc: Scenario, out: Path | None, plots: bool = True,
+                 timing: HardwareProfile | None = None) -> dict[str, Any]:
+    result, er = simulate(sc, timing)
     if out is not None:
         write_outputs(out, result, er, render_plots(sc, er) if plots else {})
     return result

@@ -10,9 +10,10 @@ measured the real backend's host costs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .costs import CostModel, SelectionShape
+from .hardware import HardwareProfile
 from .models import (ModelSpec, hidden_bytes_per_token_per_layer, kv_bytes_per_token_per_layer,
                      kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape, recompute_width_bucket,
                      stored_kv_bytes_per_token_per_layer)
@@ -47,6 +48,10 @@ class StepCoster:
         self.kv_bytes = stored_kv_bytes_per_token_per_layer(self.model, self.int8_kv)
         self.kv_fp16_bytes = kv_bytes_per_token_per_layer(self.model)
         self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
+
+    def with_hardware(self, hw: HardwareProfile) -> StepCoster:
+        """This coster (model, batch, layout, selection) timing with another profile."""
+        return replace(self, cost=CostModel(hw))
 
     def use_cache_layout(self, cache: str) -> None:
         """The real backend's cache layout, once the policy knows it (times made so far are

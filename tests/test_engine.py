@@ -251,6 +251,24 @@ def test_engine_fetch_staging_is_double_buffered():
     assert er.steps[0].end_s == pytest.approx(10.5)
 
 
+
+class _InlineCoster(_FixedCoster):
+    inline_fetch = True       # the issuing thread gathers (the real backend's inline fetch)
+
+
+def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu():
+    # four layers of gather 0.1, h2d 0.1, compute 3, host issue 0.1, one thread: gather L0
+    # [0, 0.1], issue L0 [0.1, 0.2], gather L1 [0.2, 0.3] and L2 [0.3, 0.4], issue L1
+    # [0.4, 0.5], gather L3 [0.5, 0.6] (its pinned buffer's copy, L1's, ended at 0.4), issue
+    # L2 [0.6, 0.7]; then the throttle: the GPU must finish L0 ([0.2, 3.2]) before the thread
+    # goes on, so L3 is issued at 3.2, not 0.7. The GPU sets the step's end either way.
+    t = LayerTimes(0.1, 0.1, 3.0, 0, 0, 0, 0.1)
+    step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 4, 0, 0)
+    er = Engine(_OnePlanPolicy([step], _InlineCoster({1: t}, head_s=0.5))).run()
+    issue = {e[1]: e[2] for e in er.events if e[0] == "Host" and e[1].startswith("issue")}
+    assert [issue[f"issue L{l}"] for l in range(4)] == pytest.approx([0.1, 0.4, 0.6, 3.2])
+    assert er.steps[0].end_s == pytest.approx(12.7)
+
 # -- cost model against hand-computed values -------------------------------------------
 
 def _hw(**kw) -> HardwareProfile:

@@ -44,7 +44,11 @@ def child(variant: str, batch: int) -> dict[str, float]:
     from alisa.calibration.host_issue import _host_per_step
 
     r = _host_per_step(scenario(variant, batch))
-    return {k: r[k] for k in FIELDS if k in r}
+    try:   # the vCPU the main thread ended on (/proc field 39), for placement studies
+        cpu = int(Path("/proc/thread-self/stat").read_text().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        cpu = -1
+    return {k: r[k] for k in FIELDS if k in r} | {"main_cpu": cpu}
 
 
 def main() -> int:
