@@ -200,7 +200,7 @@ def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],
     from alisa.runtime.validate import compare_repeats, read_run
     from alisa.sim.runner import run_scenario
 
-    hf = host_factor([rd / "trace.json" for rd in real_dirs], d / "sim" / "trace.json")
+    hf = host_factor(real_dirs, d / "sim" / "trace.json")
     if hf is None:
         return []
     timing = sc.hardware.model_copy(update={"host": sc.hardware.host.scaled(hf["factor"])})

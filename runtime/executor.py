@@ -416,7 +416,12 @@ class RealExecutor:
             if l:
                 st.pre(l)
             if fetching:
+                # traced: the compute stream's wait for the layer's copy, apart from its own work
+                w0 = self.tl.mark(d.compute) if trace else None
                 f = self.fetcher.wait(l)    # inline: runs layer 0's job; later layers' ran below
+                if trace:
+                    self.spans.append(("GPU compute", f"wait copy L{l}", w0, self.tl.mark(d.compute),
+                                       {"step": plan.step}))
                 if self.recompute is not None:
                     self.recompute.run(l, f.widths[1])
                 h2d += f.h2d_bytes

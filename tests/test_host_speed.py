@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alisa.runtime.host_speed import host_factor, real_host_own_s, sim_host_own_s
+from alisa.runtime.host_speed import host_factor, real_host_own_s, sim_host_own_s, tracing_cost_s
 from alisa.sim.hardware import HostIssue
 from alisa.sim.runner import simulate
 
@@ -48,14 +48,38 @@ def test_sim_own_time_sums_the_host_and_gather_spans(tmp_path: Path) -> None:
     assert sim_host_own_s(sim) == {0: pytest.approx(360e-6)}
 
 
+def _run(folder: Path, scale: float, step_s: dict[int, float]) -> Path:
+    folder.mkdir()
+    _real(folder / "trace.json", scale)
+    (folder / "steps.csv").write_text("step,phase,time_s\n" + "".join(f"{k},II,{v}\n" for k, v in step_s.items()))
+    return folder
+
+
 def test_host_factor_is_the_median_over_runs_of_measured_over_simulated(tmp_path: Path) -> None:
     sim = _trace(tmp_path / "s.json", [("Host", "issue L0", 0, 360, 0)])
-    runs = [_real(tmp_path / f"r{i}.json", s) for i, s in enumerate((1.0, 0.5, 1.5))]
+    # step 0 (traced) ran as long as its untraced neighbours: tracing cost it nothing
+    runs = [_run(tmp_path / f"r{i}", s, {0: 0.01, 1: 0.01, 2: 0.01}) for i, s in enumerate((1.0, 0.5, 1.5))]
     hf = host_factor(runs, sim)
     assert hf is not None
     assert hf["per_run"] == pytest.approx([2.0, 1.0, 3.0])
     assert hf["factor"] == pytest.approx(2.0)
     assert host_factor(runs, _trace(tmp_path / "empty.json", [])) is None
+    # traced, step 0 ran 360 µs longer than its neighbours: that much less own time
+    slow = _run(tmp_path / "slow", 1.0, {0: 0.01036, 1: 0.01, 2: 0.01})
+    assert host_factor([slow], sim)["factor"] == pytest.approx(1.0)
+
+
+def test_tracing_cost_against_untraced_neighbours() -> None:
+    step_s = {0: 1.2, 1: 1.5, 2: 1.0, 3: 1.0, 4: 1.1, 5: 2.0, 6: 0.8}
+    # untraced steps within 3: step 0 -> 2, 3 (median 1.0, cost 0.2); step 1 -> 2, 3, 4
+    # (1.0, cost 0.5); step 5 -> 2, 3, 4 (1.0, cost 1.0); step 6 -> 3, 4 (1.05; it ran
+    # faster: cost 0)
+    cost = tracing_cost_s(step_s, {0, 1, 5, 6})
+    assert cost == pytest.approx({0: 0.2, 1: 0.5, 5: 1.0, 6: 0.0})
+    # within 2: step 2 -> 4 (cost 1.0), step 3 -> 4, 5 (1.25, cost 0.75); steps 0 and 1
+    # have no untraced step that near and take the others' median, 0.875
+    cost = tracing_cost_s({0: 2.0, 1: 2.0, 2: 2.0, 3: 2.0, 4: 1.0, 5: 1.5}, {0, 1, 2, 3}, window=2)
+    assert cost == pytest.approx({0: 0.875, 1: 0.875, 2: 1.0, 3: 0.75})
 
 
 def test_scaled_host_is_slower_by_the_factor() -> None:
