@@ -128,8 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         runs = [read_run(rd) for rd in real_dirs]
         real = runs[0][0]
         metrics = compare_repeats(sim, [r for r, _ in runs])
-        point_rows = [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error,
-                       "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats} for m in metrics]
+        point_rows = _metric_rows(label, metrics)
         rows += point_rows
         write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
                                                       "real": real.get("real", {}),
@@ -206,9 +205,13 @@ def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],
     timing = sc.hardware.model_copy(update={"host": sc.hardware.host.scaled(hf["factor"])})
     run_scenario(sc, d / "sim-host-conditioned", plots=False, timing=timing)
     sim, _ = read_run(d / "sim-host-conditioned")
+    return _metric_rows(label, compare_repeats(sim, reals), host_factor=hf["factor"])
+
+
+def _metric_rows(label: str, metrics: list[Any], **extra: Any) -> list[dict[str, Any]]:
+    """A point's metrics as the rows of validation.csv (and summary.json)."""
     return [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error,
-             "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats, "host_factor": hf["factor"]}
-            for m in compare_repeats(sim, reals)]
+             "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats, **extra} for m in metrics]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

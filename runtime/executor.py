@@ -31,13 +31,12 @@ from typing import Any, Literal
 
 import torch
 
-from alisa.sim.engine import EngineResult, StepRecord
+from alisa.sim.engine import RUN_AHEAD_LAYERS, EngineResult, StepRecord
 from alisa.sim.errors import InputError
 from alisa.sim.hardware import GB
 from alisa.sim.plan import OutOfMemory, StepPlan
 from alisa.sim.policies import make_policy
 from alisa.sim.policies.alisa import AlisaPolicy, swa_budget
-from alisa.sim.engine import RUN_AHEAD_LAYERS
 from alisa.sim.policies.base import Policy
 from alisa.sim.policies.dense_gpu import DenseGpuPolicy
 from alisa.sim.policies.flexgen import FlexGenPolicy
