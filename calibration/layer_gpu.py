@@ -18,7 +18,7 @@ part and the merge).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 BATCHES = (8, 32)
@@ -43,8 +43,10 @@ def _family_models(models: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _time_layers(sc, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds of GPU time per decode layer: the step's graphs replayed back to back."""
+def _time_layers(sc, repeats: int, beside: Callable[[float], None] | None = None) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of GPU time per decode layer: the step's graphs replayed back to back.
+    With ``beside``: a second pass, with ``beside(seconds)`` first queueing that much
+    other work on another stream (the device gather), and returns that pass's time."""
     import torch
 
     from alisa.runtime.executor import RealExecutor
@@ -58,22 +60,31 @@ def _time_layers(sc, repeats: int) -> float:  # type: ignore[no-untyped-def]
             for l in range(L):
                 st.pre(l)
                 st.post(l)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        # at most two layers queued ahead of the GPU, as the executor issues them
-        # (``RealOptions.run_ahead_layers``): a deeper queue runs slower
-        ring = [torch.cuda.Event(), torch.cuda.Event()]
-        a.record()
-        for i in range(repeats * L):
-            st.pre(i % L)
-            st.post(i % L)
-            if i >= 2:
-                ring[i % 2].synchronize()
-            ring[i % 2].record()
-        b.record()
-        b.synchronize()
+
+        def timed() -> float:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            # at most two layers queued ahead of the GPU, as the executor issues them
+            # (``RealOptions.run_ahead_layers``): a deeper queue runs slower
+            ring = [torch.cuda.Event(), torch.cuda.Event()]
+            a.record()
+            for i in range(repeats * L):
+                st.pre(i % L)
+                st.post(i % L)
+                if i >= 2:
+                    ring[i % 2].synchronize()
+                ring[i % 2].record()
+            b.record()
+            b.synchronize()
+            return a.elapsed_time(b) / 1e3 / (repeats * L)
+        t = timed()
+        if beside is not None:
+            torch.cuda.synchronize()
+            beside(1.5 * t * repeats * L)
+            t = timed()
+            torch.cuda.synchronize()
     del ex, st
     release_gpu()
-    return a.elapsed_time(b) / 1e3 / (repeats * L)
+    return t
 
 
 def _layer_probes(hardware: dict[str, Any], models: tuple[str, ...], caches: dict[str, dict[str, Any]],

@@ -14,6 +14,7 @@ from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
 from .layer_gpu import decode_layer_section, prefill_layer_section, recompute_layer_section
 from .selection_gpu import selection_section
+from .zero_copy import zero_copy_section
 
 
 # DMA copies from and to pinned memory, whose rate only grows with size (``table_points``);
@@ -151,6 +152,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     selection = selection_section(rows)
     if selection is not None:
         profile["selection"] = selection
+    zero_copy = zero_copy_section(rows)
+    if zero_copy is not None:
+        profile["zero_copy"] = zero_copy
     # GEMM tables, with the error of the analytic roofline at the measured peaks
     analytic = CostModel(HardwareProfile(**{**profile, "tables": {}}))
     for key in sorted(k for k in ops if k.startswith("gemm:")):

@@ -72,6 +72,7 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     from .layer_gpu import measure_decode_layers, measure_prefill_layers, measure_recompute
     from .profile import build_profile
     from .selection_gpu import measure_selection
+    from .zero_copy import measure_zero_copy
 
     grid = measure.quick_grid() if quick else measure.full_grid(os.cpu_count() or 1)
     models = models or (QUICK_MODELS if quick else DEFAULT_MODELS)
@@ -126,6 +127,11 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
     s = time.time()
     rows += measure_recompute(build_profile(rows, name, device, meta), models)
     stage_s["recompute layers"] = round(time.time() - s, 2)
+    if progress:
+        progress("device gather (zero-copy kernel; decode layers beside it)")
+    s = time.time()
+    rows += measure_zero_copy(build_profile(rows, name, device, meta), models)
+    stage_s["device gather"] = round(time.time() - s, 2)
     meta["wall_s"] = round(time.time() - t0, 1)
     return build_profile(rows, name, device, meta), rows
 

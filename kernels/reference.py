@@ -96,3 +96,12 @@ def scatter_rows_ref(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor
     for b in range(dst_idx.shape[0]):
         for i in range(width):
             dst[int(dst_idx[b, i])] = src[b * width + i]
+
+
+def gather_rows_ref(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: int,
+                    dst_idx: torch.Tensor | None = None) -> None:
+    """dst[b * width + i] (or dst[dst_idx[b, i]]) = src[src_idx[b, i]] for i < width, row by row."""
+    for b in range(src_idx.shape[0]):
+        for i in range(width):
+            d = b * width + i if dst_idx is None else int(dst_idx[b, i])
+            dst[d] = src[int(src_idx[b, i])]

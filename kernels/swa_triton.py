@@ -389,3 +389,51 @@ def scatter_rows(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, wi
     B, M = dst_idx.shape
     if B and M:
         _scatter_rows[(B, M)](src, dst, dst_idx, width, R, dst_idx.stride(0), R, BLOCK=min(block, triton.next_power_of_2(R)))
+
+
+# ---------------------------------------------------------------------------
+# 5. gathering rows straight from pinned host memory (zero-copy, over PCIe)
+# ---------------------------------------------------------------------------
+
+@triton.jit
+def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
+                      PROGRAMS: tl.constexpr, BLOCK: tl.constexpr, DST_DENSE: tl.constexpr):
+    # a few programs loop over the rows, so the gather leaves most SMs to the compute
+    # stream's kernels while its loads wait on PCIe
+    pid = tl.program_id(0)
+    width = tl.load(WIDTH).to(tl.int64)
+    total = n_seq * width
+    for r in range(pid, total, PROGRAMS):
+        b = r // width
+        i = r - b * width
+        src = SRC + tl.load(SRC_IDX + b * sib + i).to(tl.int64) * R
+        if DST_DENSE:
+            dst = DST + r * R
+        else:
+            dst = DST + tl.load(DST_IDX + b * dib + i).to(tl.int64) * R
+        for r0 in range(0, R, BLOCK):
+            offs = r0 + tl.arange(0, BLOCK)
+            m = offs < R
+            tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+
+def gather_host_rows(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: torch.Tensor,
+                     dst_idx: torch.Tensor | None = None, programs: int = 16, block: int = 4096,
+                     num_warps: int = 8) -> None:
+    """For every sequence b and i < width: dst row (b * width + i, or dst_idx[b, i]) =
+    src[src_idx[b, i]], rows of the last dims. On a GPU, src may be pinned host memory:
+    the kernel reads it directly over PCIe (unified addressing), so a token-level fetch
+    needs no CPU gather and no staging copy. ``width`` is a one-element integer device
+    tensor (the count is read on the device, so the launch can be captured and replayed);
+    ``programs`` bounds how many SMs the gather holds while compute runs beside it."""
+    R = src[0].numel()
+    assert dst[0].numel() == R and dst.is_contiguous() and src.is_contiguous() and src_idx.stride(-1) == 1
+    B = src_idx.shape[0]
+    dense = dst_idx is None
+    if not dense:
+        assert dst_idx.stride(-1) == 1 and dst_idx.shape[0] == B
+    di = src_idx if dense else dst_idx
+    if B and src_idx.shape[-1]:
+        _gather_host_rows[(programs,)](src, dst, src_idx, di, width, B, src_idx.stride(0), di.stride(0), R,
+                                       PROGRAMS=programs, BLOCK=min(block, triton.next_power_of_2(R)),
+                                       DST_DENSE=dense, num_warps=num_warps)

@@ -45,7 +45,8 @@ from alisa.sim.scenario import Scenario
 from .decode_step import DecodeStep
 from .decoder import dense_causal
 from .device import Device, Timeline, require_cuda
-from .fetch import HostFetcher
+from .device_fetch import DeviceFetcher
+from .fetch import HostFetcher, fetch_threads_default
 from .prefix_cache import PrefixCache
 from .recompute import Recompute
 from .slot_cache import SlotCache
@@ -163,6 +164,7 @@ class RealExecutor:
         self.prefix: PrefixCache | None = None
         self.slots: SlotCache | None = None
         self.fetcher: HostFetcher | None = None
+        self.dfetch: DeviceFetcher | None = None
         self.recompute: Recompute | None = None
         if isinstance(p, FlexGenPolicy):
             cpu = [p._cpu_tokens(n) for n in range(self.P, self.N + 1)]
@@ -192,7 +194,12 @@ class RealExecutor:
                 head_dim=m.head_dim, hidden=m.hidden_size, int8=self.sc.policy.int8_kv, write_through=False,
                 keep_inputs=False, swa=False, history=1, ring_tokens=1, max_fetch=0, act_dtype=self.act_dtype,
                 attend_max=self.N)
-        self.fetcher = HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode) if self.slots.write_through else None
+        # a spilling ALISA run's fetch: the host gathers (``fetch.py``) or the GPU does (``device_fetch.py``)
+        device_gather = isinstance(p, AlisaPolicy) and p.cfg.gather == "device"
+        self.dfetch = (DeviceFetcher(self.slots, self.opts.graphs)
+                       if self.slots.write_through and device_gather else None)
+        self.fetcher = (HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode)
+                        if self.slots.write_through and not device_gather else None)
         sel = self.slots.selector
         self.recompute = (Recompute(self.slots, self.dec.kv_from_input, sel.rec_width, sel.dst_x, sel.pos_x)
                           if self.slots.keep_inputs and sel is not None else None)
@@ -222,6 +229,11 @@ class RealExecutor:
         threads = torch.get_num_threads()
         if self.fetcher is not None and self.fetcher.thread is None:
             torch.set_num_threads(self.fetcher.threads)   # the main thread gathers (inline fetch)
+        elif self.dfetch is not None:
+            # the host still stores the write-through rows; with all 16 of the lent VM's
+            # vCPUs in the copy a b32 step's store took 10-20 ms, not ~1 (the threads
+            # wait for the slowest vCPU): the host gather's thread count
+            torch.set_num_threads(self.opts.fetch_threads or fetch_threads_default())
         try:
             with torch.no_grad():
                 plans, oom = self._schedule()
@@ -247,6 +259,8 @@ class RealExecutor:
         self.step_fn.capture()
         if self.opts.graphs and self.slots is not None and self.slots.selector is not None:
             self.slots.selector.capture()
+        if self.dfetch is not None:
+            self.dfetch.capture()
         if self.opts.graphs and self.recompute is not None and plans:
             K = self.slots.selector.K
             rows = max((K if self.opts.selection == "free" and p.recompute_ratio > 0 else lp.recompute_tokens
@@ -371,22 +385,13 @@ class RealExecutor:
     def _decode(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         if self.prefix is not None:
             return self._decode_prefix(plan, last)
+        if self.dfetch is not None:
+            return self._decode_device_gather(plan, last)
         d, c = self.d, self.slots
         assert c is not None
-        n = plan.context_len
-        pos = n - 1
-        a, w = (n, n) if not self.swa else swa_budget(n, self.s, self.lf)
-        a = min(a, plan.attended_tokens) if plan.attended_tokens else a
-        misses = [lp.h2d_kv_tokens + lp.recompute_tokens for lp in plan.layers]
-        recs = [lp.recompute_tokens for lp in plan.layers]
-        trace = plan.step in self.traced
         t_sel = time.perf_counter()
-        g_sel = self.tl.mark(d.compute) if trace else None
-        sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1,
-                       t=self.P + plan.step)
-        if trace:
-            # the selection's GPU time (with its host part's copy), from when the GPU reaches it
-            self.spans.append(("GPU compute", "select", g_sel, self.tl.mark(d.compute), {"step": plan.step}))
+        sel, n, w, misses, recs, trace = self._select(plan)
+        pos = n - 1
         st = self.step_fn
         # issued while the GPU may still run the previous step; only the selection's host
         # part is waited for (``resolve``), so layer 0's first graph is already queued
@@ -468,6 +473,102 @@ class RealExecutor:
         if trace:
             self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
         return tok, h2d, d2h, recomputed
+
+    def _select(self, plan: StepPlan) -> tuple[Any, int, int, list[int], list[int], bool]:
+        """The step's SWA budget and its plan's misses per layer, then its selection and
+        placement (traced: the selection's GPU span). Returns (selection, context n,
+        window w, misses, recomputes, traced)."""
+        d, c = self.d, self.slots
+        n = plan.context_len
+        a, w = (n, n) if not self.swa else swa_budget(n, self.s, self.lf)
+        a = min(a, plan.attended_tokens) if plan.attended_tokens else a
+        misses = [lp.h2d_kv_tokens + lp.recompute_tokens for lp in plan.layers]
+        recs = [lp.recompute_tokens for lp in plan.layers]
+        trace = plan.step in self.traced
+        g_sel = self.tl.mark(d.compute) if trace else None
+        sel = c.select(n, a, w, misses, recs, plan.recompute_ratio, self.opts.selection, stamp=plan.step + 1,
+                       t=self.P + plan.step)
+        if trace:
+            # the selection's GPU time (with its host part's copy), from when the GPU reaches it
+            self.spans.append(("GPU compute", "select", g_sel, self.tl.mark(d.compute), {"step": plan.step}))
+        return sel, n, w, misses, recs, trace
+
+    def _decode_device_gather(self, plan: StepPlan, last: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+        """A spilling ALISA step whose fetched rows the GPU gathers from the host copy
+        (``DeviceFetcher``): the host issues the selection, then each layer and, two layers
+        ahead, its gather, without waiting for the selection (``plan`` mode: the plan gives
+        the recompute widths; ``free`` mode reads them from the selection first)."""
+        d, c, fx = self.d, self.slots, self.dfetch
+        assert c is not None and fx is not None
+        t_sel = time.perf_counter()
+        sel, n, w, misses, recs, trace = self._select(plan)
+        pos = n - 1
+        mark = self.tl.mark if trace else None
+        free = self.opts.selection == "free"
+        if free:
+            c.resolve(sel)                  # the recompute's widths come from the selection
+            rec_rows = sel.widths[:, 1].tolist()
+            fetching = int(sel.widths.sum()) > 0
+        else:
+            rec_rows = recs
+            fetching = any(misses)
+        st = self.step_fn
+        if d.cuda:
+            d.compute.wait_stream(d.d2h)    # last step's write-through has read the static rows
+        if fetching:
+            fx.start_step(after=self.last_d2h)
+            self.last_d2h = None
+            copies = {l: fx.issue(l, mark) for l in range(min(2, self.m.num_layers))}
+        st.begin(last, pos)
+        if trace:
+            self.host_spans.append(("Host", "select", t_sel, time.perf_counter(), {"step": plan.step}))
+        for l in range(self.m.num_layers):
+            t_l = time.perf_counter()
+            s = self.tl.mark(d.compute) if trace else None
+            st.pre(l)
+            if fetching:
+                w0 = self.tl.mark(d.compute) if trace else None
+                fx.wait(l)
+                if trace:
+                    self.spans.append(("GPU compute", f"wait copy L{l}", w0, self.tl.mark(d.compute),
+                                       {"step": plan.step}))
+                if self.recompute is not None:
+                    self.recompute.run(l, rec_rows[l])
+            st.post(l)                      # lands the fetched rows, then attends
+            if fetching:
+                fx.consumed(l)
+                copies[l + 2] = fx.issue(l + 2, mark)
+            if trace:
+                self.host_spans.append(("Host", f"issue L{l}", t_l, time.perf_counter(), {"step": plan.step}))
+                self.spans.append(("GPU compute", f"L{l}", s, self.tl.mark(d.compute), {"step": plan.step}))
+            self._throttle(l, plan.step if trace else None)
+        t_end = time.perf_counter()
+        tok = st.end()
+        d2h, flush = c.write_through_step(pos, plan.step % 2, self.tl.mark)
+        # store the previous step's rows now, in the shadow of this step's GPU work, and
+        # this step's at the next (the newest tokens sit in SWA's window, on the GPU)
+        self._flush_pending()
+        if w >= 3:
+            self.pending_flush = flush
+        else:
+            flush()
+        c.host_tokens_written = n
+        # what moved: the selection's counts (its host part arrived long before this point)
+        c.resolve(sel)
+        self.free_misses.append(sel.free_misses)
+        self.planned_misses.append(sum(misses) / len(misses))
+        h2d = 0
+        if fetching:
+            widths = sel.widths.tolist()
+            for l, (wk, wx) in enumerate(widths):
+                nbytes = fx.layer_bytes(wk, wx)
+                h2d += nbytes
+                if trace and copies.get(l) is not None:
+                    a0, b0 = copies[l]
+                    self.spans.append(("H2D", f"L{l}", a0, b0, {"step": plan.step, "bytes": nbytes}))
+        if trace:
+            self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
+        return tok, h2d, d2h, sel.recomputed
 
     def _throttle(self, layer: int, traced_step: int | None) -> None:
         """With ``run_ahead_layers`` k: wait until the GPU has finished the layer issued k

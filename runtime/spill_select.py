@@ -58,6 +58,9 @@ class SpillSelector:
         self.dst_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.pos_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.rec_width = torch.zeros(L, dtype=torch.int64, device=dev)   # recomputed rows per sequence, per layer
+        # host rows (token * B + b) of the misses fetched as KV and as x, for the device gather
+        self.kv_rows_dev = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
+        self.x_rows_dev = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     # -- the host side ---------------------------------------------------------------------
@@ -172,6 +175,8 @@ class SpillSelector:
         self.dst_x.copy_(torch.where(ok_x, miss_slot, C) + base)
         self.pos_x.copy_(miss_tok.clamp(max=N - 1))
         x_rows = torch.where(ok_x, miss_tok * B + c.b_ar[None, :, None], 0)
+        self.kv_rows_dev.copy_(kv_rows)
+        self.x_rows_dev.copy_(x_rows)
         widths = torch.stack((nk.amax(-1), rec.amax(-1)), -1)
         self.rec_width.copy_(widths[:, 1])
         self.out.copy_(torch.cat((widths.flatten(), rec.flatten(), kv_rows.flatten(), x_rows.flatten(),

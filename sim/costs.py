@@ -159,6 +159,18 @@ class CostModel:
         t = self._table("h2d_fetch")
         return t(nbytes) if t is not None else self.h2d_s(nbytes, pinned=True)
 
+    def zero_copy_gather_s(self, nbytes: float, row_bytes: float | None = None) -> float:
+        """A GPU kernel reading ``nbytes`` of scattered token rows of ``row_bytes`` each
+        straight from pinned host memory (the device gather); the pinned H2D copy's time
+        where not measured."""
+        if nbytes <= 0:
+            return 0.0
+        z = self.hw.zero_copy
+        rate = z.rate_gbps(row_bytes)
+        if rate <= 0:
+            return self.h2d_s(nbytes, pinned=True)
+        return z.fixed_us * 1e-6 + nbytes / (rate * GB)
+
     def cpu_gather_s(self, nbytes: float) -> float:
         """Gather scattered KV rows into a pinned staging buffer on the CPU."""
         if nbytes <= 0:

@@ -173,10 +173,17 @@ class Engine:
         h0 = self._host_start(plan)
         flush = self.coster.flush_s(times, plan.phase == "prefill")   # the host stores the write-through rows
         moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
+        # a spilling step whose host does not wait for it (the device gather) still runs
+        # the selection first on the GPU; its fetches need the selection's row ids
+        sel_s = (self.coster.selection_s(True) if getattr(self.coster, "device_gather", False)
+                 and plan.phase != "prefill" and not plan.host_round_trip else 0.0)
+        sel_end = max(start, h0) + sel_s if sel_s else start    # issued as the host starts the step
+        if sel_s:
+            self._trace("GPU compute", "select", sel_end - sel_s, sel_s, {"step": plan.step})
         if not moves:
             # one GPU interval: layer l starts once the GPU is free and the host has begun
             # issuing it, and cannot end before the host has issued all of it
-            g, h = start, h0
+            g, h = sel_end, h0
             spans = []
             for t in times:
                 s = max(g, h)
@@ -230,6 +237,8 @@ class Engine:
         staged = [not lp.contiguous_fetch for lp in plan.layers]   # token gathers go through staging
 
         def h2d_proc():
+            if sel_end > env.now:
+                yield env.timeout(sel_end - env.now)
             for l, t in enumerate(times):
                 yield gathered[l]
                 if sync[l] and l > 0:
@@ -299,6 +308,8 @@ class Engine:
             env.process(host_proc())
         if any(t.d2h_s for t in times):
             self._d2h_tail = env.process(d2h_proc(self._d2h_tail))
+        if sel_end > env.now:
+            yield env.timeout(sel_end - env.now)
         for l, t in enumerate(times):
             yield loaded[l]
             yield issuing[l]

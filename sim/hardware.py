@@ -122,6 +122,40 @@ class SelectionCost(BaseModel):
     fit_rel_error: float | None = Field(None, description="mean |relative error| of the fit over the measured shapes")
 
 
+class ZeroCopyGather(BaseModel):
+    """The device gather (``policy.gather: device``): a GPU kernel on the copy stream reads
+    a layer's fetched token rows straight from pinned host memory over PCIe (unified
+    addressing), so no CPU gathers them and no staging copy runs. ``alisa calibrate``
+    times the real backend's kernel by bytes, how much it slows the decode GEMMs running
+    beside it, and the host's time to issue it. Unmeasured (zero, datasheet profiles): the
+    pinned H2D rate, no slowdown, no host cost (an assumption, not a measurement)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fixed_us: NonNegativeFloat = Field(0.0, description="per layer's gather: launch and first-row latency")
+    gbps: NonNegativeFloat = Field(0.0, description="rows read from pinned host memory per second (decimal GB), "
+                                                    "for rows of other sizes than ``row_gbps`` has; 0: the pinned "
+                                                    "H2D copy's rate")
+    row_gbps: dict[int, PositiveFloat] = Field(default_factory=dict,
+                                               description="the rate by row size in bytes (a program copies a row "
+                                                           "per iteration: small rows keep fewer bytes in flight); "
+                                                           "a size between two measured ones takes the smaller's")
+    compute_slowdown: NonNegativeFloat = Field(0.0, description="extra share of GPU compute time while a gather "
+                                                                "runs beside it (the SMs and memory it holds)")
+    issue_us: NonNegativeFloat = Field(0.0, description="host time to issue one layer's gather (graph replay, "
+                                                        "stream events)")
+    fit_rel_error: float | None = Field(None, description="mean |relative error| of the bytes fit")
+
+    def rate_gbps(self, row_bytes: float | None) -> float:
+        """The rate for rows of ``row_bytes``: the largest measured size not above it
+        (the smallest measured, below them all), else ``gbps``."""
+        if not self.row_gbps or row_bytes is None:
+            return self.gbps
+        sizes = sorted(self.row_gbps)
+        fit = [s for s in sizes if s <= row_bytes]
+        return self.row_gbps[fit[-1] if fit else sizes[0]]
+
+
 class HardwareProfile(BaseModel):
     """One GPU plus its host. Peak figures; efficiencies turn them into achieved rates."""
 
@@ -152,6 +186,8 @@ class HardwareProfile(BaseModel):
     gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
     tables: dict[str, OpTable] = Field(default_factory=dict)
     host: HostIssue = Field(default_factory=HostIssue, description="host issue costs of the real backend")
+    zero_copy: ZeroCopyGather = Field(default_factory=ZeroCopyGather,
+                                      description="the device gather of fetched rows over PCIe (policy.gather)")
     selection: SelectionCost = Field(default_factory=SelectionCost,
                                      description="GPU time of the real backend's spilling selection, per step")
     recompute_layer_us: dict[str, Tuple[float, float]] = Field(

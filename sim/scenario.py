@@ -56,6 +56,11 @@ class AlisaPolicyConfig(_PolicyBase):
     importance_history: PositiveInt | None = Field(
         None, description="steps of attention summed into a token's importance; default: the window "
                           "length at the longest context (our choice)")
+    gather: Literal["host", "device"] = Field(
+        "host", description="who gathers a step's fetched token rows: host = the CPU into pinned staging, then "
+                            "one H2D copy per layer (ALISA's design); device = a GPU kernel reads them straight "
+                            "from pinned host memory over PCIe (zero-copy), so the host neither gathers nor "
+                            "waits for the selection")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "AlisaPolicyConfig":

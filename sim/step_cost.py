@@ -5,7 +5,9 @@ A layer's work splits over four resources that run concurrently: the CPU (gather
 host-resident rows into pinned staging), the H2D copy engine, the GPU, and the D2H
 copy engine. ``LayerTimes`` gives each one's busy time for a LayerPlan, and the time
 the host takes to issue the layer's GPU work (``host_s``; zero unless the profile has
-measured the real backend's host costs).
+measured the real backend's host costs). With the device gather (``device_gather``) the
+CPU gathers nothing: the H2D time is a GPU kernel's read of the rows from pinned host
+memory (``CostModel.zero_copy_gather_s``), and the compute beside it runs slower.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class StepCoster:
     swa: bool = False              # decode layers update SWA's importance scores
     cache: str = "slots"           # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
     selection: SelectionShape | None = None   # a spilling run's selection graph (its GPU time starts each step)
+    device_gather: bool = False    # a GPU kernel reads fetched rows from pinned host memory (policy.gather: device)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +123,8 @@ class StepCoster:
         parts = [p for p in (b * lp.h2d_kv_tokens * self.kv_bytes, b * lp.recompute_tokens * self.hidden_bytes) if p]
         fetch_bytes = sum(parts)
         gather = 0.0
-        if not lp.contiguous_fetch and parts:
+        device_gather = self.device_gather and not lp.contiguous_fetch and bool(parts)
+        if not lp.contiguous_fetch and parts and not device_gather:
             h = self.cost.hw.host
             gather = sum(self.gather_part_s(p) for p in parts) + 1e-6 * (
                 h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b))
@@ -132,8 +136,16 @@ class StepCoster:
         pinned = not lp.pageable_fetch
         # token rows gathered into pinned staging travel beside the next layer's gather
         gathered = not lp.contiguous_fetch and pinned
-        h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
-            + c.h2d_s(w_bytes, pinned=pinned)
+        if device_gather:
+            # one kernel per part on the copy stream; the compute beside it runs slower
+            # while it holds its SMs, for as long as the two overlap (at most the layer)
+            rows = [(b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
+                    (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)]
+            h2d = sum(c.zero_copy_gather_s(n, rb) for n, rb in rows if n) + c.h2d_s(w_bytes, pinned=pinned)
+            compute += c.hw.zero_copy.compute_slowdown * min(compute, h2d)
+        else:
+            h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
+                + c.h2d_s(w_bytes, pinned=pinned)
         if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
             compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)
@@ -175,6 +187,8 @@ class StepCoster:
         else:
             us += h.at("spill_layer_us", b) if lp.d2h_kv_tokens else 0.0
             us += h.at("recompute_us", b) if lp.recompute_tokens else 0.0
+            if self.device_gather and (lp.h2d_kv_tokens or lp.recompute_tokens):
+                us += self.cost.hw.zero_copy.issue_us
         return us * 1e-6
 
     def flush_s(self, times: list[LayerTimes], prefill: bool = False) -> float:

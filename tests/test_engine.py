@@ -335,3 +335,57 @@ def test_bad_trace_is_input_error(tmp_path):
     with pytest.raises(InputError) as ei:
         simulate(scenario(policy__selection_trace=str(bad)))
     assert "not a selection trace" in ei.value.reason
+
+
+# -- the device gather (policy.gather: device) -------------------------------------------
+
+def test_device_gather_layer_times_by_hand():
+    """No CPU gather; one kernel per part at the measured zero-copy rate; the compute beside
+    it slower by the measured share for as long as they overlap; its issue on the host."""
+    from alisa.sim.models import hidden_bytes_per_token_per_layer, stored_kv_bytes_per_token_per_layer
+    from alisa.sim.step_cost import StepCoster
+    from alisa.sim.catalog import get_model
+
+    m = get_model("llama-7b")
+    zc = dict(fixed_us=10.0, gbps=40.0, compute_slowdown=0.25, issue_us=15.0)
+    hw = _hw(zero_copy=zc, host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0})
+    host = StepCoster(m, 8, CostModel(hw), swa=True, cache="spill")
+    dev = StepCoster(m, 8, CostModel(hw), swa=True, cache="spill", device_gather=True)
+    lp = LayerPlan(attended_tokens=300, h2d_kv_tokens=20, recompute_tokens=10, d2h_kv_tokens=1, d2h_hidden_tokens=1)
+    th, td = host.layer_times(lp), dev.layer_times(lp)
+    kv = 8 * 20 * stored_kv_bytes_per_token_per_layer(m, False)
+    x = 8 * 10 * hidden_bytes_per_token_per_layer(m)
+    h2d = (10e-6 + kv / 40e9) + (10e-6 + x / 40e9)
+    assert td.gather_s == 0.0 and th.gather_s > 0
+    assert td.h2d_s == pytest.approx(h2d)
+    assert td.compute_s == pytest.approx(th.compute_s + 0.25 * min(th.compute_s, h2d))
+    assert td.host_s == pytest.approx(th.host_s + 15e-6)
+    assert td.h2d_bytes == th.h2d_bytes == kv + x
+    # unmeasured: the pinned copy's rate, no slowdown
+    plain = StepCoster(m, 8, CostModel(_hw()), swa=True, cache="spill", device_gather=True)
+    tp = plain.layer_times(lp)
+    assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv) + CostModel(_hw()).h2d_s(x))
+
+
+def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():
+    """The host never waits for the selection; the GPU still runs it at each decode step's
+    start, and the same plans move the same bytes as with the host gather."""
+    from alisa.sim.policies import make_policy
+
+    runs, trips = {}, {}
+    for gather in ("host", "device"):
+        sc = scenario(hardware="h100-80gb-measured", workload__batch_size=8, workload__prompt_len=512,
+                      workload__gen_len=16, model="llama-7b",
+                      policy={"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320,
+                              "recompute_ratio": 0.0, "selection_churn": 0.6, "gather": gather})
+        runs[gather] = simulate(sc)[1]
+        trips[gather] = {p.host_round_trip for p in make_policy(sc).plans() if p.phase != "prefill"}
+    host, dev = runs["host"], runs["device"]
+    assert trips == {"host": {True}, "device": {False}}
+    assert [r.h2d_bytes for r in host.steps] == [r.h2d_bytes for r in dev.steps]
+    assert not any(e[0] == "CPU" for e in dev.events)        # nothing gathered on the CPU
+    selects = [e for e in dev.events if e[0] == "GPU compute" and e[1] == "select"]
+    assert len(selects) == len(dev.steps) - 1                 # every decode step, not the prefill
+    for e in selects:                                         # before the step's first layer
+        first = min(f[2] for f in dev.events if f[0] == "GPU compute" and f[1] == "L0" and f[4] == e[4])
+        assert e[2] + e[3] <= first + 1e-12

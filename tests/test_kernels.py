@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from alisa.kernels.reference import (dequantize_kv_ref, importance_update_ref, quantize_kv_ref,  # noqa: E402
-                                     scatter_rows_ref, sparse_decode_attention_ref)
+                                     scatter_rows_ref, sparse_decode_attention_ref, gather_rows_ref)
 from alisa.kernels.swa_triton import (attention_weights, importance_update, quantize_kv,  # noqa: E402
-                                      scatter_rows, sparse_decode_attention)
+                                      scatter_rows, sparse_decode_attention, gather_host_rows)
 
 SEED = random.SystemRandom().randrange(2**31)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same tests run compiled
@@ -46,6 +46,29 @@ def _case(gen: torch.Generator, B: int, Hkv: int, G: int, N: int, D: int, I: int
         lengths = torch.randint(0, I + 1, (B, Hkv), generator=gen, dtype=torch.int32)
         lengths[0, 0] = I
     return q, k, v, idx.to(torch.int32), lengths
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["to-staging", "to-slots"])
+@pytest.mark.parametrize("dtype,row", [(torch.float16, (2, 3, 40)), (torch.int8, (2, 3, 40)), (torch.float32, (6,))])
+def test_gather_host_rows_matches_reference_for_each_width(dtype, row, dense):
+    """The device gather: rows of a host tensor (pinned on a GPU machine, read over PCIe)
+    by index, to dense staging rows or to slots; one launch shape for every count read
+    on the device, zero included; a few programs loop over all the rows."""
+    gen = torch.Generator().manual_seed(SEED)
+    B, K, N, S = 3, 7, 40, 50
+    src = (torch.randn(N * B, *row, generator=gen) * 50).to(dtype)
+    if DEV == "cuda":
+        src = src.pin_memory()
+    idx = torch.randint(0, N * B, (B, K), generator=gen)
+    for width in (0, 1, 4, K):
+        dst = (torch.randn(S if not dense else B * K, *row, generator=gen) * 50).to(dtype)
+        slots = None if dense else torch.randperm(S, generator=gen)[:B * K].view(B, K)   # distinct, as the cache's
+        ref = dst.clone()
+        gather_rows_ref(ref, src, idx, width, slots)
+        d = dst.to(DEV)
+        gather_host_rows(d, src, idx.to(DEV), torch.tensor([width], dtype=torch.int32, device=DEV),
+                         None if slots is None else slots.to(DEV), programs=2, block=16)
+        assert torch.equal(d.cpu(), ref), f"seed {SEED} width {width}"
 
 
 @pytest.mark.parametrize("G", [1, 4, 8])
@@ -109,7 +132,7 @@ def test_scatter_rows_matches_reference_for_each_width(dtype, row):
     src = (torch.randn(B * M, *row, generator=gen) * 50).to(dtype)
     for width in (0, 1, 4, M):
         dst = (torch.randn(S, *row, generator=gen) * 50).to(dtype)
-        idx = torch.stack([torch.randperm(S, generator=gen)[:M] for _ in range(B)])
+        idx = torch.randperm(S, generator=gen)[:B * M].view(B, M)   # distinct slots, as the cache's are
         ref = dst.clone()
         scatter_rows_ref(ref, src, idx, width)
         d = dst.to(DEV)

@@ -18,7 +18,7 @@ from alisa.kernels.selection import PolicySpec
 from alisa.runtime.executor import RealExecutor, RealOptions
 from alisa.runtime.validate import Metric, compare, summarize
 from alisa.sim.errors import InputError
-from alisa.sim.models import ModelSpec, stored_kv_bytes_per_token_per_layer
+from alisa.sim.models import ModelSpec, hidden_bytes_per_token_per_layer, stored_kv_bytes_per_token_per_layer
 from alisa.sim.runner import simulate
 
 from .conftest import scenario
@@ -63,10 +63,13 @@ def test_dense_gpu_gives_the_reference_greedy_tokens(model):
     {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28},                 # prompt spills: fetches (Phase II)
     {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 1.0},   # every miss recomputed (III)
     {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},   # both
-], ids=["phase-I", "fetch", "recompute", "mixed"])
+    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "gather": "device"},   # the GPU gathers (II)
+    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5, "gather": "device"},
+], ids=["phase-I", "fetch", "recompute", "mixed", "device-fetch", "device-mixed"])
 def test_alisa_serves_the_swa_reference_tokens(policy):
     """free selection: pure SWA, wherever its tokens live; same tokens as the torch reference."""
     ex = RealExecutor(tiny({"name": "alisa", **policy}, prompt=32, gen=20), opts(selection="free"))
+    assert (ex.dfetch is not None) == (policy.get("gather") == "device")
     ref = reference_generate(ex.dec, ex.prompt(), 20, swa_spec(ex))
     run = ex.run()
     assert torch.equal(run.tokens, ref.cpu())
@@ -77,20 +80,28 @@ def test_alisa_serves_the_swa_reference_tokens(policy):
             assert sum(r.recomputed_tokens for r in run.er.steps) > 0
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["fp16", "int8"])
-def test_plan_selection_moves_exactly_the_planned_bytes(int8):
+@pytest.mark.parametrize("int8,gather,recompute", [(False, "host", False), (True, "host", False),
+                                                   (False, "device", False), (True, "device", True)],
+                         ids=["fp16", "int8", "device-fp16", "device-int8-recompute"])
+def test_plan_selection_moves_exactly_the_planned_bytes(int8, gather, recompute):
     """plan selection fetches the plan's misses: H2D and D2H bytes equal the simulator's."""
-    sc = tiny({"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 20, "recompute": False,
-               "selection_churn": 0.5, "int8_kv": int8}, gen=16)
-    run = RealExecutor(sc, opts(selection="plan")).run()
+    sc = tiny({"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 20, "recompute": recompute,
+               "selection_churn": 0.5, "int8_kv": int8, "gather": gather,
+               **({"recompute_ratio": 0.5} if recompute else {})}, gen=16)
+    o = opts(selection="plan")
+    o.act_dtype = "float16"        # the model's dtype: the stored and fetched inputs x have the simulator's size
+    run = RealExecutor(sc, o).run()
     sim, er = simulate(sc)
     assert [r.phase for r in run.er.steps] == [r.phase for r in er.steps]
     assert sum(r.h2d_bytes for r in er.steps) > 0
     for real_r, sim_r in zip(run.er.steps, er.steps):
         assert real_r.h2d_bytes == sim_r.h2d_bytes, real_r.step
         assert real_r.d2h_bytes == sim_r.d2h_bytes, real_r.step
-    kv = stored_kv_bytes_per_token_per_layer(sc.model, int8)
+    kv = stored_kv_bytes_per_token_per_layer(sc.model, int8) + (hidden_bytes_per_token_per_layer(sc.model)
+                                                                if recompute else 0)
     assert er.steps[0].d2h_bytes == sc.workload.prompt_len * sc.workload.batch_size * sc.model.num_layers * kv
+    if recompute:
+        assert sum(r.recomputed_tokens for r in run.er.steps) > 0
 
 
 def test_flexgen_offload_gives_the_dense_tokens():

@@ -23,8 +23,9 @@ def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     swa = scenario.policy.name == "alisa" and scenario.policy.kv_sparsity > 0
     # the real backend's cache layout for this policy (what its decode layers run)
     cache = "prefix" if scenario.policy.name == "flexgen" else "swa" if swa else "slots"
+    device_gather = scenario.policy.name == "alisa" and scenario.policy.gather == "device"
     coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa,
-                        cache=cache)
+                        cache=cache, device_gather=device_gather)
     policy = REGISTRY[scenario.policy.name](scenario, coster)
     if isinstance(policy, AlisaPolicy) and policy.spills:
         coster.use_cache_layout("spill")   # its layers also write through and land fetched rows

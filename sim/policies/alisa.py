@@ -10,7 +10,8 @@ earlier ones. The GPU holds C tokens per sequence and layer (its KV budget):
   (write-through: one token per sequence and layer per step, D2H, plus its layer input x
   with recompute on), so an eviction never waits on a write-back. Global selections not in the GPU cache
   cross PCIe as KV: gathered on the CPU into pinned staging, then one H2D copy per layer,
-  the next layer's fetch overlapping this layer's compute.
+  the next layer's fetch overlapping this layer's compute (``gather: host``); or read
+  straight from pinned host memory by a GPU kernel beside the compute (``gather: device``).
 * Phase III a share r of those host-resident selections is fetched as the layer input x
   (hidden_size elements instead of 2 kv_dim) and its K, V recomputed on the GPU. r is
   chosen each step to minimise the cost model's pipelined step time. If host memory runs
@@ -82,6 +83,9 @@ class AlisaPolicy(Policy):
         # layer input x, with recompute) is copied to the host as it is made, so eviction
         # never waits on a write-back and any token can be fetched or recomputed later
         self.spills = self.n_max > self.C
+        # the host gathers the fetched rows, so it needs each step's selection first (a
+        # round trip); the device gather reads the selection on the GPU
+        self.host_gathers = self.cfg.gather == "host"
         self.r_min = 0.0              # share of host-only tokens whose KV was dropped
         self.recompute_steps = 0
         self.r_history: list[float] = []
@@ -245,7 +249,7 @@ class AlisaPolicy(Policy):
             layers = tuple(LayerPlan(attended_tokens=a, d2h_kv_tokens=wt, d2h_hidden_tokens=wx,
                                      weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
             return StepPlan(step, "I", n, self.batch, layers, n, cpu_kv, cpu_x, gpu_extra_bytes=self._extra_bytes(),
-                            host_round_trip=self.spills)
+                            host_round_trip=self.spills and self.host_gathers)
         churn = self.churn.at(step)
         misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
         r = self._choose_ratio(misses, a, wt, wx)
@@ -257,7 +261,7 @@ class AlisaPolicy(Policy):
         self.recompute_steps += recomputed
         self.r_history.append(r)
         return StepPlan(step, "III" if recomputed else "II", n, self.batch, layers, self.C, cpu_kv,
-                        cpu_x, r, gpu_extra_bytes=self._extra_bytes(), host_round_trip=True)
+                        cpu_x, r, gpu_extra_bytes=self._extra_bytes(), host_round_trip=self.host_gathers)
 
     def _choose_ratio(self, misses: list[int], a: int, d2h_kv: int, d2h_x: int) -> float:
         """The recompute share minimising the pipelined step time (one representative layer)."""
