@@ -461,14 +461,7 @@ class RealExecutor:
                 if self.fetcher.error is not None:
                     raise self.fetcher.error
             else:
-                # inline: store the previous step's rows now, in the shadow of this step's
-                # GPU work, and this step's at the next. The newest tokens sit in SWA's
-                # window (resident), so no gather needs them before then.
-                self._flush_pending()
-                if w >= 3:
-                    self.pending_flush = flush
-                else:
-                    flush()
+                self._store_later(flush, w)
         c.host_tokens_written = n if c.write_through else 0
         if trace:
             self.host_spans.append(("Host", "end", t_end, time.perf_counter(), {"step": plan.step}))
@@ -545,13 +538,7 @@ class RealExecutor:
         t_end = time.perf_counter()
         tok = st.end()
         d2h, flush = c.write_through_step(pos, plan.step % 2, self.tl.mark)
-        # store the previous step's rows now, in the shadow of this step's GPU work, and
-        # this step's at the next (the newest tokens sit in SWA's window, on the GPU)
-        self._flush_pending()
-        if w >= 3:
-            self.pending_flush = flush
-        else:
-            flush()
+        self._store_later(flush, w)
         c.host_tokens_written = n
         # what moved: the selection's counts (its host part arrived long before this point)
         c.resolve(sel)
@@ -584,6 +571,17 @@ class RealExecutor:
                 self.host_spans.append(("Host", f"throttle L{layer}", t0, time.perf_counter(), {"step": traced_step}))
         e.record(self.d.compute)
         self.issued_layers += 1
+
+    def _store_later(self, flush: Any, window: int) -> None:
+        """On the issuing thread: store the previous step's write-through rows now, in the
+        shadow of this step's GPU work, and this step's (``flush``) at the next. The newest
+        tokens sit in SWA's window (resident), so no gather needs them before then; a
+        window under 3 tokens cannot wait."""
+        self._flush_pending()
+        if window >= 3:
+            self.pending_flush = flush
+        else:
+            flush()
 
     def _flush_pending(self) -> None:
         if self.pending_flush is not None:

@@ -118,15 +118,17 @@ class StepCoster:
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
-        # the fetch's parts: KV rows, and layer inputs x for the recompute; the executor
-        # gathers and copies each apart (one index_select and one copy per part)
-        parts = [p for p in (b * lp.h2d_kv_tokens * self.kv_bytes, b * lp.recompute_tokens * self.hidden_bytes) if p]
-        fetch_bytes = sum(parts)
+        # the fetch's parts as (bytes, row bytes): KV rows, and layer inputs x for the
+        # recompute; the executor gathers and copies each apart (one gather and copy, or
+        # one device-gather kernel, per part)
+        parts = [(n, rb) for n, rb in ((b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
+                                       (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)) if n]
+        fetch_bytes = sum(n for n, _ in parts)
         gather = 0.0
         device_gather = self.device_gather and not lp.contiguous_fetch and bool(parts)
         if not lp.contiguous_fetch and parts and not device_gather:
             h = self.cost.hw.host
-            gather = sum(self.gather_part_s(p) for p in parts) + 1e-6 * (
+            gather = sum(self.gather_part_s(n) for n, _ in parts) + 1e-6 * (
                 h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b))
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
@@ -139,9 +141,7 @@ class StepCoster:
         if device_gather:
             # one kernel per part on the copy stream; the compute beside it runs slower
             # while it holds its SMs, for as long as the two overlap (at most the layer)
-            rows = [(b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
-                    (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)]
-            h2d = sum(c.zero_copy_gather_s(n, rb) for n, rb in rows if n) + c.h2d_s(w_bytes, pinned=pinned)
+            h2d = sum(c.zero_copy_gather_s(n, rb) for n, rb in parts) + c.h2d_s(w_bytes, pinned=pinned)
             compute += c.hw.zero_copy.compute_slowdown * min(compute, h2d)
         else:
             h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
