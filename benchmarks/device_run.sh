@@ -36,6 +36,9 @@ for stage in "$@"; do
     cpuplace) python3 benchmarks/debug/cpu_placement.py "$OUT" 2>&1 | tee "$OUT/cpuplace.log" | tail -60 ;;
     hostownreal) python3 benchmarks/debug/host_own_real_vs_probe.py "$OUT" ${HOSTOWNREAL:-} 2>&1 | tee "$OUT/hostownreal.log" | tail -30 ;;
     uvagather) python3 benchmarks/debug/uva_gather.py "$OUT" 2>&1 | tee "$OUT/uvagather.log" | tail -60 ;;
+    # the device gather's slow Phase III segments: the kernels alone (micro), the executor at fixed ratios (run)
+    mixedgather) python3 benchmarks/debug/mixed_gather.py "$OUT" micro 2>&1 | tee "$OUT/mixedgather.log" | tail -80 ;;
+    mixedrun) python3 benchmarks/debug/mixed_gather.py "$OUT" run 2>&1 | tee "$OUT/mixedrun.log" | tail -20 ;;
     gatherbeside) python3 benchmarks/debug/gather_beside_gemm.py "$OUT" 2>&1 | tee "$OUT/gatherbeside.log" | tail -30 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     # val-alisa-r2: a repeat of a policy's runs, in its own process, packed as validation-alisa-r2.tgz

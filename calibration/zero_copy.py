@@ -2,9 +2,10 @@
 kernel and launch shape (``alisa.runtime.device_fetch``):
 
 * ``zero_copy_gather``: GPU seconds to read token rows from pinned host memory by index
-  over PCIe, by bytes, per row size: KV rows (16 KiB) and layer inputs (8 KiB) of the
-  matrix's width. A program copies one row per iteration, so smaller rows keep fewer bytes
-  in flight and read slower (on the H100: ~46 against ~30 GB/s);
+  over PCIe, by bytes, per row size: KV rows (16 KiB), layer inputs (8 KiB) of the
+  matrix's width, and INT8 KV's scale rows (128 B, a third kernel). A program copies one
+  row per iteration, so smaller rows keep fewer bytes in flight and read slower (on the
+  H100: ~46 against ~30 GB/s);
 * ``zero_copy_slowdown``: the real backend's decode-layer graphs (``layer_gpu``'s spill
   probe, per family and batch) alone and beside gathers on another stream: the layers'
   extra share of time while the two overlap;
@@ -20,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-ROW_BYTES = (16384, 8192)
+ROW_BYTES = (16384, 8192, 128)
 ROWS = (64, 256, 1024, 2400, 4800, 9600)
 HOST_ROWS = 1536 * 32
 SLOWDOWN_REPEATS = 20

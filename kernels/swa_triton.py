@@ -417,6 +417,74 @@ def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
             tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
 
 
+@triton.jit
+def _copy_row(src, dst, R, BLOCK: tl.constexpr):
+    for r0 in range(0, R, BLOCK):
+        offs = r0 + tl.arange(0, BLOCK)
+        m = offs < R
+        tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+
+@triton.jit
+def _gather_host_layer(KV_SRC, KV_DST, SC_SRC, SC_DST, KV_IDX, KV_W, X_SRC, X_DST, X_IDX, X_W,
+                       n_seq, kib, xib, R_KV, R_SC, R_X, PROGRAMS: tl.constexpr, BLOCK_KV: tl.constexpr,
+                       BLOCK_SC: tl.constexpr, BLOCK_X: tl.constexpr, HAS_SC: tl.constexpr,
+                       HAS_X: tl.constexpr):
+    # one launch for a layer's parts: the KV rows (with their INT8 scale rows, same ids),
+    # then the inputs x; a program that runs out of KV rows goes on to x rows at once
+    pid = tl.program_id(0)
+    wk = tl.load(KV_W).to(tl.int64)
+    for r in range(pid, n_seq * wk, PROGRAMS):
+        b = r // wk
+        row = tl.load(KV_IDX + b * kib + (r - b * wk)).to(tl.int64)
+        if HAS_SC:     # a scale row (BLOCK_SC covers it) is read beside its KV row, not after it
+            so = tl.arange(0, BLOCK_SC)
+            sv = tl.load(SC_SRC + row * R_SC + so, mask=so < R_SC)
+        _copy_row(KV_SRC + row * R_KV, KV_DST + r * R_KV, R_KV, BLOCK_KV)
+        if HAS_SC:
+            tl.store(SC_DST + r * R_SC + so, sv, mask=so < R_SC)
+    if HAS_X:
+        wx = tl.load(X_W).to(tl.int64)
+        for r in range(pid, n_seq * wx, PROGRAMS):
+            b = r // wx
+            row = tl.load(X_IDX + b * xib + (r - b * wx)).to(tl.int64)
+            _copy_row(X_SRC + row * R_X, X_DST + r * R_X, R_X, BLOCK_X)
+
+
+def gather_host_layer(kv: tuple[torch.Tensor, torch.Tensor], kv_idx: torch.Tensor, kv_width: torch.Tensor,
+                      sc: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      x: tuple[torch.Tensor, torch.Tensor] | None = None, x_idx: torch.Tensor | None = None,
+                      x_width: torch.Tensor | None = None, programs: int = 8, block: int = 8192,
+                      num_warps: int = 8) -> None:
+    """``gather_host_rows`` for all of a layer's parts in one launch: kv = (dst, src) rows
+    by kv_idx [B, >= width] up to kv_width, sc = (dst, src) the INT8 scale rows of the same
+    ids, x = (dst, src) the layer inputs by x_idx up to x_width; destinations dense
+    (b * width + i). One kernel instead of one per part: each launch on the copy stream
+    waits for free SMs beside the compute stream's kernels, and pays its fixed cost."""
+    kv_dst, kv_src = kv
+    B = kv_idx.shape[0]
+    parts = [(kv_dst, kv_src)] + ([sc] if sc is not None else []) + ([x] if x is not None else [])
+    for d, s in parts:
+        assert d[0].numel() == s[0].numel() and d.is_contiguous() and s.is_contiguous()
+    assert kv_idx.stride(-1) == 1 and (x is None or (x_idx is not None and x_width is not None
+                                                      and x_idx.stride(-1) == 1 and x_idx.shape[0] == B))
+    if not B:
+        return
+    sc_dst, sc_src = sc if sc is not None else (kv_dst, kv_src)
+    x_dst, x_src = x if x is not None else (kv_dst, kv_src)
+    xi = x_idx if x is not None else kv_idx
+    xw = x_width if x is not None else kv_width
+    r_kv, r_sc, r_x = kv_src[0].numel(), sc_src[0].numel(), x_src[0].numel()
+
+    def blk(r: int) -> int:
+        return min(block, triton.next_power_of_2(r))
+
+    _gather_host_layer[(programs,)](kv_src, kv_dst, sc_src, sc_dst, kv_idx, kv_width, x_src, x_dst, xi, xw,
+                                    B, kv_idx.stride(0), xi.stride(0), r_kv, r_sc, r_x, PROGRAMS=programs,
+                                    BLOCK_KV=blk(r_kv), BLOCK_SC=triton.next_power_of_2(r_sc), BLOCK_X=blk(r_x),
+                                    HAS_SC=sc is not None, HAS_X=x is not None, num_warps=num_warps)
+
+
 def gather_host_rows(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: torch.Tensor,
                      dst_idx: torch.Tensor | None = None, programs: int = 16, block: int = 4096,
                      num_warps: int = 8) -> None:

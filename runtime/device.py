@@ -60,12 +60,13 @@ class Device:
     dev: torch.device
     allocated: dict[str, int] = field(default_factory=dict)   # pool name -> bytes
     pinned_bytes: int = 0
+    h2d_priority: int = 0      # CUDA stream priority of the copy stream: lower is higher, -1 the highest on an H100
 
     def __post_init__(self) -> None:
         self.cuda = self.dev.type == "cuda"
         if self.cuda:
             self.compute = torch.cuda.current_stream(self.dev)
-            self.h2d = torch.cuda.Stream(self.dev)
+            self.h2d = torch.cuda.Stream(self.dev, priority=self.h2d_priority)
             self.d2h = torch.cuda.Stream(self.dev)
         else:
             self.compute = self.h2d = self.d2h = None

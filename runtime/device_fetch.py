@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from alisa.kernels.swa_triton import gather_host_rows
+from alisa.kernels.swa_triton import gather_host_layer, gather_host_rows
 
 from .device import capture_graphs
 
@@ -38,8 +38,11 @@ WARPS = 8
 
 
 class DeviceFetcher:
-    def __init__(self, cache: "SlotCache", graphs: bool) -> None:
+    def __init__(self, cache: "SlotCache", graphs: bool, fused: bool = False, programs: int = PROGRAMS) -> None:
+        """fused: one kernel a layer for all its parts (``gather_host_layer``) instead of
+        one per part (KV, INT8 scales, x); programs: the gather's programs (SMs held)."""
         c = cache
+        self.fused, self.programs = fused, programs
         assert c.write_through and c.selector is not None
         self.c, self.d, self.sel = c, c.d, c.selector
         self.graphs = graphs and c.d.cuda
@@ -63,7 +66,14 @@ class DeviceFetcher:
         """Layer l's rows from the host copy into the landing buffer of its parity; the
         counts are the selection's (``wk_buf``, ``rec_width``), read on the device."""
         c, s, p = self.c, self.sel, l % 2
-        kw = {"programs": PROGRAMS, "block": BLOCK, "num_warps": WARPS}
+        kw = {"programs": self.programs, "block": BLOCK, "num_warps": WARPS}
+        if self.fused:
+            gather_host_layer((self._land_kv[p], self._src_kv[l]), s.kv_rows_dev[l], c.wk_buf[l],
+                              sc=(self._land_sc[p], self._src_sc[l]) if c.int8 else None,
+                              x=(c.land_x[p], self._src_x[l]) if c.keep_inputs else None,
+                              x_idx=s.x_rows_dev[l] if c.keep_inputs else None,
+                              x_width=s.rec_width[l:l + 1] if c.keep_inputs else None, **kw)
+            return
         gather_host_rows(self._land_kv[p], self._src_kv[l], s.kv_rows_dev[l], c.wk_buf[l], **kw)
         if c.int8:
             gather_host_rows(self._land_sc[p], self._src_sc[l], s.kv_rows_dev[l], c.wk_buf[l], **kw)

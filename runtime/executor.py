@@ -45,7 +45,7 @@ from alisa.sim.scenario import Scenario
 from .decode_step import DecodeStep
 from .decoder import dense_causal
 from .device import Device, Timeline, require_cuda
-from .device_fetch import DeviceFetcher
+from .device_fetch import PROGRAMS, DeviceFetcher
 from .fetch import HostFetcher, fetch_threads_default
 from .prefix_cache import PrefixCache
 from .recompute import Recompute
@@ -71,6 +71,12 @@ class RealOptions:
     # graph launches made the GPU slower on the H100 (dense OPT-6.7B b32: 12.2 ms per step
     # uncapped, 9.95 at 2 layers; benchmarks/debug/layer_events.py)
     run_ahead_layers: int | None = RUN_AHEAD_LAYERS   # the simulator's engine models the same
+    # the device gather's launch, for experiments (benchmarks/debug/mixed_gather.py); the
+    # profile's zero_copy section is calibrated at the defaults: one kernel per part, on
+    # DeviceFetcher's PROGRAMS, on a copy stream of normal priority
+    gather_fused: bool = False                      # one kernel per layer for KV, scales and x
+    gather_programs: int | None = None              # None: device_fetch.PROGRAMS
+    copy_stream_priority: int = 0                   # -1: the copy stream's kernels are placed first
 
 
 @dataclass
@@ -118,7 +124,7 @@ class RealExecutor:
         dev = torch.device("cpu") if self.opts.device == "cpu" else require_cuda()
         self.policy = make_policy(sc)
         check_supported(sc, self.policy)
-        self.d = Device(dev)
+        self.d = Device(dev, h2d_priority=self.opts.copy_stream_priority)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         auto = torch.float16 if dev.type == "cuda" else torch.float32
@@ -196,7 +202,8 @@ class RealExecutor:
                 attend_max=self.N)
         # a spilling ALISA run's fetch: the host gathers (``fetch.py``) or the GPU does (``device_fetch.py``)
         device_gather = isinstance(p, AlisaPolicy) and p.cfg.gather == "device"
-        self.dfetch = (DeviceFetcher(self.slots, self.opts.graphs)
+        self.dfetch = (DeviceFetcher(self.slots, self.opts.graphs, fused=self.opts.gather_fused,
+                                     programs=self.opts.gather_programs or PROGRAMS)
                        if self.slots.write_through and device_gather else None)
         self.fetcher = (HostFetcher(d, m.num_layers, self.opts.fetch_threads, self.opts.fetch_mode)
                         if self.slots.write_through and not device_gather else None)

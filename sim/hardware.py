@@ -147,13 +147,17 @@ class ZeroCopyGather(BaseModel):
     fit_rel_error: float | None = Field(None, description="mean |relative error| of the bytes fit")
 
     def rate_gbps(self, row_bytes: float | None) -> float:
-        """The rate for rows of ``row_bytes``: the largest measured size not above it
-        (the smallest measured, below them all), else ``gbps``."""
+        """The rate for rows of ``row_bytes``: the largest measured size not above it,
+        else ``gbps``. Below every measured size, the smallest's rate scaled down by the
+        row's share of it: a program copies a row per round trip, so a smaller row reads
+        the same rows per second and fewer bytes."""
         if not self.row_gbps or row_bytes is None:
             return self.gbps
         sizes = sorted(self.row_gbps)
         fit = [s for s in sizes if s <= row_bytes]
-        return self.row_gbps[fit[-1] if fit else sizes[0]]
+        if fit:
+            return self.row_gbps[fit[-1]]
+        return self.row_gbps[sizes[0]] * row_bytes / sizes[0]
 
 
 class HardwareProfile(BaseModel):

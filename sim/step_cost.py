@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 
 from .costs import CostModel, SelectionShape
 from .hardware import HardwareProfile
-from .models import (ModelSpec, hidden_bytes_per_token_per_layer, kv_bytes_per_token_per_layer,
-                     kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape, recompute_width_bucket,
+from .models import (ModelSpec, hidden_bytes_per_token_per_layer, int8_scale_bytes_per_token_per_layer,
+                     kv_bytes_per_token_per_layer, kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape, recompute_width_bucket,
                      stored_kv_bytes_per_token_per_layer)
 from .plan import LayerPlan
 
@@ -51,6 +51,10 @@ class StepCoster:
         self.kv_bytes = stored_kv_bytes_per_token_per_layer(self.model, self.int8_kv)
         self.kv_fp16_bytes = kv_bytes_per_token_per_layer(self.model)
         self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
+        # the rows a fetched token's KV moves as: INT8 values and their fp16 scales lie
+        # in two host arrays, fetched apart (two gathers, or two device-gather kernels)
+        scale = int8_scale_bytes_per_token_per_layer(self.model)
+        self.kv_row_bytes = (self.kv_bytes - scale, scale) if self.int8_kv else (self.kv_bytes,)
 
     def with_hardware(self, hw: HardwareProfile) -> StepCoster:
         """This coster (model, batch, layout, selection) timing with another profile."""
@@ -118,11 +122,11 @@ class StepCoster:
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
-        # the fetch's parts as (bytes, row bytes): KV rows, and layer inputs x for the
-        # recompute; the executor gathers and copies each apart (one gather and copy, or
-        # one device-gather kernel, per part)
-        parts = [(n, rb) for n, rb in ((b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
-                                       (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)) if n]
+        # the fetch's parts as (bytes, row bytes): KV rows (INT8: values, then scales), and
+        # layer inputs x for the recompute; the executor gathers and copies each apart
+        # (one gather and copy, or one device-gather kernel, per part)
+        rows = [(lp.h2d_kv_tokens, rb) for rb in self.kv_row_bytes] + [(lp.recompute_tokens, self.hidden_bytes)]
+        parts = [(b * t * rb, rb) for t, rb in rows if t]
         fetch_bytes = sum(n for n, _ in parts)
         gather = 0.0
         device_gather = self.device_gather and not lp.contiguous_fetch and bool(parts)

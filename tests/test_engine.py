@@ -365,6 +365,13 @@ def test_device_gather_layer_times_by_hand():
     plain = StepCoster(m, 8, CostModel(_hw()), swa=True, cache="spill", device_gather=True)
     tp = plain.layer_times(lp)
     assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv) + CostModel(_hw()).h2d_s(x))
+    # INT8 KV: the values (8 KiB rows for LLaMA-7B) and their scales (128 B rows) are two
+    # kernels, each at its row size's rate
+    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 128: 1.5}})
+    t8 = StepCoster(m, 8, CostModel(hw8), swa=True, cache="spill", device_gather=True, int8_kv=True).layer_times(lp)
+    assert t8.h2d_s == pytest.approx((10e-6 + 8 * 20 * 8192 / 30e9) + (10e-6 + 8 * 20 * 128 / 1.5e9)
+                                     + (10e-6 + x / 30e9))
+    assert t8.h2d_bytes == 8 * 20 * (8192 + 128) + x
 
 
 def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():

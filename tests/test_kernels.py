@@ -16,7 +16,8 @@ pytest.importorskip("triton")
 from alisa.kernels.reference import (dequantize_kv_ref, importance_update_ref, quantize_kv_ref,  # noqa: E402
                                      scatter_rows_ref, sparse_decode_attention_ref, gather_rows_ref)
 from alisa.kernels.swa_triton import (attention_weights, importance_update, quantize_kv,  # noqa: E402
-                                      scatter_rows, sparse_decode_attention, gather_host_rows)
+                                      scatter_rows, sparse_decode_attention, gather_host_rows,
+                                      gather_host_layer)
 
 SEED = random.SystemRandom().randrange(2**31)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same tests run compiled
@@ -69,6 +70,40 @@ def test_gather_host_rows_matches_reference_for_each_width(dtype, row, dense):
         gather_host_rows(d, src, idx.to(DEV), torch.tensor([width], dtype=torch.int32, device=DEV),
                          None if slots is None else slots.to(DEV), programs=2, block=16)
         assert torch.equal(d.cpu(), ref), f"seed {SEED} width {width}"
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp16-kv", "int8-kv"])
+@pytest.mark.parametrize("with_x", [True, False], ids=["kv+x", "kv-only"])
+def test_gather_host_layer_matches_reference_per_part(int8, with_x):
+    """The one-launch device gather of a layer: KV rows (and their INT8 scale rows, by the
+    same ids) and inputs x, each to dense staging up to its own count, zero included; as
+    the per-part gather and the row-by-row reference."""
+    gen = torch.Generator().manual_seed(SEED)
+    B, K, N = 3, 6, 30
+    kv_dt = torch.int8 if int8 else torch.float16
+    kv_src = (torch.randn(N * B, 2, 2, 24, generator=gen) * 50).to(kv_dt)
+    sc_src = torch.randn(N * B, 2, 2, generator=gen).half()
+    x_src = torch.randn(N * B, 40, generator=gen).half()
+    if DEV == "cuda":
+        kv_src, sc_src, x_src = kv_src.pin_memory(), sc_src.pin_memory(), x_src.pin_memory()
+    kv_idx = torch.randint(0, N * B, (B, K), generator=gen)
+    x_idx = torch.randint(0, N * B, (B, K), generator=gen)
+    for wk, wx in ((0, 0), (0, 4), (2, 0), (1, K), (K, 3), (K, K)):
+        ref = {n: torch.full((B * K, *s.shape[1:]), 7).to(s.dtype) for n, s in
+               (("kv", kv_src), ("sc", sc_src), ("x", x_src))}
+        got = {n: t.clone().to(DEV) for n, t in ref.items()}
+        gather_rows_ref(ref["kv"], kv_src, kv_idx, wk)
+        if int8:
+            gather_rows_ref(ref["sc"], sc_src, kv_idx, wk)
+        if with_x:
+            gather_rows_ref(ref["x"], x_src, x_idx, wx)
+        i32 = lambda v: torch.tensor([v], dtype=torch.int32, device=DEV)  # noqa: E731
+        gather_host_layer((got["kv"], kv_src), kv_idx.to(DEV), i32(wk),
+                          sc=(got["sc"], sc_src) if int8 else None,
+                          x=(got["x"], x_src) if with_x else None, x_idx=x_idx.to(DEV) if with_x else None,
+                          x_width=i32(wx) if with_x else None, programs=2, block=16)
+        for n in ref:
+            assert torch.equal(got[n].cpu(), ref[n]), f"seed {SEED} part {n} widths {(wk, wx)}"
 
 
 @pytest.mark.parametrize("G", [1, 4, 8])
