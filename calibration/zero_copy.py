@@ -2,10 +2,11 @@
 kernel and launch shape (``alisa.runtime.device_fetch``):
 
 * ``zero_copy_gather``: GPU seconds to read token rows from pinned host memory by index
-  over PCIe, by bytes, per row size: KV rows (16 KiB), layer inputs (8 KiB) of the
-  matrix's width, and INT8 KV's scale rows (128 B, a third kernel). A program copies one
-  row per iteration, so smaller rows keep fewer bytes in flight and read slower (on the
-  H100: ~46 against ~30 GB/s);
+  over PCIe, by bytes, per row size: KV rows (16 KiB) and layer inputs (8 KiB) of the
+  matrix's width. A program copies one row per iteration, so smaller rows keep fewer bytes
+  in flight and read slower (on the H100: ~46 against ~30 GB/s). The executor's one kernel
+  a layer reads its parts one after the other: the simulator adds their times, with the
+  fixed cost once;
 * ``zero_copy_slowdown``: the real backend's decode-layer graphs (``layer_gpu``'s spill
   probe, per family and batch) alone and beside gathers on another stream: the layers'
   extra share of time while the two overlap;
@@ -21,7 +22,7 @@ import statistics
 import time
 from typing import Any
 
-ROW_BYTES = (16384, 8192, 128)
+ROW_BYTES = (16384, 8192)
 ROWS = (64, 256, 1024, 2400, 4800, 9600)
 HOST_ROWS = 1536 * 32
 SLOWDOWN_REPEATS = 20
@@ -37,8 +38,11 @@ def _gpu_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats: int = 15) -> list[dict]:
     import torch
 
-    from alisa.kernels.swa_triton import gather_host_rows
+    from alisa.kernels.swa_triton import gather_host_layer
     from alisa.runtime.device_fetch import BLOCK, PROGRAMS, WARPS
+
+    def gather_host_rows(dst, src, idx, width, **kw):  # type: ignore[no-untyped-def]
+        gather_host_layer((dst, src), idx, width, **kw)    # the executor's kernel, one part
 
     from .layer_gpu import CACHES, _layer_probes, _time_layers
 

@@ -10,7 +10,11 @@ unified addressing into the GPU landing buffer of the layer's parity, taking the
 and counts from the selection's device buffers, so the host only issues it: one graph
 replay and two stream events a layer, and no wait for the selection. The kernel runs on
 a few programs (``PROGRAMS``) so the compute stream's kernels keep most SMs; calibration
-times it and how much it slows the GEMMs beside it (``zero_copy`` in the profile).
+times it and how much it slows the GEMMs beside it (``zero_copy`` in the profile). One
+kernel (``gather_host_layer``) reads all of a layer's parts (KV rows, INT8 scales, inputs
+x): with one kernel per part, Phase III steps whose plan fetched a few KV rows beside many
+x rows ran ~1.9x slower in the executor (gathers at 12-15 GB/s), though the same kernels
+alone ran at full rate (``benchmarks/debug/mixed_gather.py``; docs/validation.md).
 
 Ordering: the H2D stream waits for the step's selection (the row ids), and before layer
 l refills the landing buffer of its parity, for the compute stream to have consumed layer
@@ -38,7 +42,7 @@ WARPS = 8
 
 
 class DeviceFetcher:
-    def __init__(self, cache: "SlotCache", graphs: bool, fused: bool = False, programs: int = PROGRAMS) -> None:
+    def __init__(self, cache: "SlotCache", graphs: bool, fused: bool = True, programs: int = PROGRAMS) -> None:
         """fused: one kernel a layer for all its parts (``gather_host_layer``) instead of
         one per part (KV, INT8 scales, x); programs: the gather's programs (SMs held)."""
         c = cache

@@ -71,10 +71,11 @@ class RealOptions:
     # graph launches made the GPU slower on the H100 (dense OPT-6.7B b32: 12.2 ms per step
     # uncapped, 9.95 at 2 layers; benchmarks/debug/layer_events.py)
     run_ahead_layers: int | None = RUN_AHEAD_LAYERS   # the simulator's engine models the same
-    # the device gather's launch, for experiments (benchmarks/debug/mixed_gather.py); the
-    # profile's zero_copy section is calibrated at the defaults: one kernel per part, on
-    # DeviceFetcher's PROGRAMS, on a copy stream of normal priority
-    gather_fused: bool = False                      # one kernel per layer for KV, scales and x
+    # the device gather's launch (benchmarks/debug/mixed_gather.py); the profile's zero_copy
+    # section is calibrated at the defaults: one kernel per layer, DeviceFetcher's PROGRAMS,
+    # a copy stream of normal priority. One kernel per part (gather_fused=False) ran
+    # Phase III steps that fetch a few KV rows beside many inputs x ~1.9x slower on the H100
+    gather_fused: bool = True                       # one kernel per layer for KV, scales and x
     gather_programs: int | None = None              # None: device_fetch.PROGRAMS
     copy_stream_priority: int = 0                   # -1: the copy stream's kernels are placed first
 

@@ -165,11 +165,20 @@ class CostModel:
         where not measured."""
         if nbytes <= 0:
             return 0.0
+        return self.zero_copy_layer_s([(nbytes, row_bytes)])
+
+    def zero_copy_layer_s(self, parts: list[tuple[float, float | None]]) -> float:
+        """One device-gather kernel reading a layer's parts, (bytes, row bytes) each: its
+        programs go from one part's rows to the next's, so the fixed cost is paid once and
+        each part reads at its rows' rate."""
+        parts = [(n, rb) for n, rb in parts if n > 0]
+        if not parts:
+            return 0.0
         z = self.hw.zero_copy
-        rate = z.rate_gbps(row_bytes)
-        if rate <= 0:
-            return self.h2d_s(nbytes, pinned=True)
-        return z.fixed_us * 1e-6 + nbytes / (rate * GB)
+        rates = [z.rate_gbps(rb) for _, rb in parts]
+        if min(rates) <= 0:
+            return self.h2d_s(sum(n for n, _ in parts), pinned=True)
+        return z.fixed_us * 1e-6 + sum(n / (r * GB) for (n, _), r in zip(parts, rates))
 
     def cpu_gather_s(self, nbytes: float) -> float:
         """Gather scattered KV rows into a pinned staging buffer on the CPU."""

@@ -7,7 +7,7 @@ copy engine. ``LayerTimes`` gives each one's busy time for a LayerPlan, and the 
 the host takes to issue the layer's GPU work (``host_s``; zero unless the profile has
 measured the real backend's host costs). With the device gather (``device_gather``) the
 CPU gathers nothing: the H2D time is a GPU kernel's read of the rows from pinned host
-memory (``CostModel.zero_copy_gather_s``), and the compute beside it runs slower.
+memory (``CostModel.zero_copy_layer_s``), and the compute beside it runs slower.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class StepCoster:
         self.kv_bytes = stored_kv_bytes_per_token_per_layer(self.model, self.int8_kv)
         self.kv_fp16_bytes = kv_bytes_per_token_per_layer(self.model)
         self.hidden_bytes = hidden_bytes_per_token_per_layer(self.model)
-        # the rows a fetched token's KV moves as: INT8 values and their fp16 scales lie
-        # in two host arrays, fetched apart (two gathers, or two device-gather kernels)
+        # the rows a fetched token's KV moves as on the host gather: INT8 values and their
+        # fp16 scales lie in two host arrays, gathered and copied apart
         scale = int8_scale_bytes_per_token_per_layer(self.model)
         self.kv_row_bytes = (self.kv_bytes - scale, scale) if self.int8_kv else (self.kv_bytes,)
 
@@ -122,9 +122,8 @@ class StepCoster:
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
-        # the fetch's parts as (bytes, row bytes): KV rows (INT8: values, then scales), and
-        # layer inputs x for the recompute; the executor gathers and copies each apart
-        # (one gather and copy, or one device-gather kernel, per part)
+        # the host gather's parts as (bytes, row bytes): KV rows (INT8: values, then scales),
+        # and layer inputs x for the recompute; the executor gathers and copies each apart
         rows = [(lp.h2d_kv_tokens, rb) for rb in self.kv_row_bytes] + [(lp.recompute_tokens, self.hidden_bytes)]
         parts = [(b * t * rb, rb) for t, rb in rows if t]
         fetch_bytes = sum(n for n, _ in parts)
@@ -143,9 +142,12 @@ class StepCoster:
         # token rows gathered into pinned staging travel beside the next layer's gather
         gathered = not lp.contiguous_fetch and pinned
         if device_gather:
-            # one kernel per part on the copy stream; the compute beside it runs slower
-            # while it holds its SMs, for as long as the two overlap (at most the layer)
-            h2d = sum(c.zero_copy_gather_s(n, rb) for n, rb in parts) + c.h2d_s(w_bytes, pinned=pinned)
+            # one kernel a layer on the copy stream (an INT8 scale row read beside its KV
+            # row, so KV rows move as one part); the compute beside it runs slower while
+            # it holds its SMs, for as long as the two overlap (at most the layer)
+            dev_parts = [(b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
+                         (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)]
+            h2d = c.zero_copy_layer_s(dev_parts) + c.h2d_s(w_bytes, pinned=pinned)
             compute += c.hw.zero_copy.compute_slowdown * min(compute, h2d)
         else:
             h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \

@@ -493,9 +493,9 @@ def test_recompute_layer_section_and_its_use_in_the_step_cost():
 def test_zero_copy_section_recovers_a_known_gather_and_the_cost_model_uses_it():
     from alisa.calibration.zero_copy import ROW_BYTES, ROWS, zero_copy_section
 
-    # 12 us + bytes at 45 GB/s (16 KiB rows), 30 GB/s (8 KiB rows) or 1.5 GB/s (128 B
-    # rows); layers 20% and 30% slower beside a gather (median 25%); issue 18 us
-    rate = {16384: 45e9, 8192: 30e9, 128: 1.5e9}
+    # 12 us + bytes at 45 GB/s (16 KiB rows) or 30 GB/s (8 KiB rows); layers 20% and 30%
+    # slower beside a gather (median 25%); issue 18 us
+    rate = {16384: 45e9, 8192: 30e9}
     rows = [{"op": "zero_copy_gather", "size": float(n * rb), "seconds": 12e-6 + n * rb / rate[rb], "row_bytes": rb,
              "rows": n} for rb in ROW_BYTES for n in ROWS]
     rows += [{"op": "zero_copy_slowdown", "size": 8.0, "seconds": 1e-3, "seconds_beside": 1.2e-3},
@@ -503,16 +503,18 @@ def test_zero_copy_section_recovers_a_known_gather_and_the_cost_model_uses_it():
              {"op": "zero_copy_issue", "size": 1.0, "seconds": 18e-6}]
     sec = zero_copy_section(rows)
     assert sec["fixed_us"] == pytest.approx(12.0, rel=1e-3) and sec["gbps"] == pytest.approx(45.0, rel=1e-3)
-    assert sec["row_gbps"] == pytest.approx({16384: 45.0, 8192: 30.0, 128: 1.5}, rel=1e-3)
+    assert sec["row_gbps"] == pytest.approx({16384: 45.0, 8192: 30.0}, rel=1e-3)
     assert sec["compute_slowdown"] == pytest.approx(0.25) and sec["issue_us"] == pytest.approx(18.0)
     p = build_profile(_synthetic_rows() + rows, "synth", _device(), {"date": "2026-01-01", "quick": True})
     cost = CostModel(HardwareProfile(**p))
     assert cost.zero_copy_gather_s(9e6) == pytest.approx(12e-6 + 9e6 / 45e9, rel=1e-3)
     # by row size: 8 KiB rows at their own rate; 12 KiB rows take the smaller size's;
-    # 32 B rows, below every size, a quarter of 128 B rows' (as many rows a second)
+    # 2 KiB rows, below every size, a quarter of 8 KiB rows' (as many rows a second)
     assert cost.zero_copy_gather_s(9e6, 8192) == pytest.approx(12e-6 + 9e6 / 30e9, rel=1e-3)
     assert cost.zero_copy_gather_s(9e6, 12288) == pytest.approx(12e-6 + 9e6 / 30e9, rel=1e-3)
     assert cost.zero_copy_gather_s(9e6, 16384) == pytest.approx(12e-6 + 9e6 / 45e9, rel=1e-3)
-    assert cost.zero_copy_gather_s(9e6, 128) == pytest.approx(12e-6 + 9e6 / 1.5e9, rel=1e-3)
-    assert cost.zero_copy_gather_s(9e6, 32) == pytest.approx(12e-6 + 9e6 / 0.375e9, rel=1e-3)
+    assert cost.zero_copy_gather_s(9e6, 2048) == pytest.approx(12e-6 + 9e6 / 7.5e9, rel=1e-3)
+    # a layer's parts in one kernel: the fixed cost once, each part at its rows' rate
+    assert cost.zero_copy_layer_s([(9e6, 16384), (3e6, 8192), (0.0, 128)]) == pytest.approx(
+        12e-6 + 9e6 / 45e9 + 3e6 / 30e9, rel=1e-3)
     assert zero_copy_section(rows[:1]) is None

@@ -340,7 +340,7 @@ def test_bad_trace_is_input_error(tmp_path):
 # -- the device gather (policy.gather: device) -------------------------------------------
 
 def test_device_gather_layer_times_by_hand():
-    """No CPU gather; one kernel per part at the measured zero-copy rate; the compute beside
+    """No CPU gather; one kernel a layer at the measured zero-copy rate; the compute beside
     it slower by the measured share for as long as they overlap; its issue on the host."""
     from alisa.sim.models import hidden_bytes_per_token_per_layer, stored_kv_bytes_per_token_per_layer
     from alisa.sim.step_cost import StepCoster
@@ -355,7 +355,7 @@ def test_device_gather_layer_times_by_hand():
     th, td = host.layer_times(lp), dev.layer_times(lp)
     kv = 8 * 20 * stored_kv_bytes_per_token_per_layer(m, False)
     x = 8 * 10 * hidden_bytes_per_token_per_layer(m)
-    h2d = (10e-6 + kv / 40e9) + (10e-6 + x / 40e9)
+    h2d = 10e-6 + kv / 40e9 + x / 40e9          # one kernel for the layer's parts
     assert td.gather_s == 0.0 and th.gather_s > 0
     assert td.h2d_s == pytest.approx(h2d)
     assert td.compute_s == pytest.approx(th.compute_s + 0.25 * min(th.compute_s, h2d))
@@ -364,14 +364,20 @@ def test_device_gather_layer_times_by_hand():
     # unmeasured: the pinned copy's rate, no slowdown
     plain = StepCoster(m, 8, CostModel(_hw()), swa=True, cache="spill", device_gather=True)
     tp = plain.layer_times(lp)
-    assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv) + CostModel(_hw()).h2d_s(x))
-    # INT8 KV: the values (8 KiB rows for LLaMA-7B) and their scales (128 B rows) are two
-    # kernels, each at its row size's rate
-    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 128: 1.5}})
-    t8 = StepCoster(m, 8, CostModel(hw8), swa=True, cache="spill", device_gather=True, int8_kv=True).layer_times(lp)
-    assert t8.h2d_s == pytest.approx((10e-6 + 8 * 20 * 8192 / 30e9) + (10e-6 + 8 * 20 * 128 / 1.5e9)
-                                     + (10e-6 + x / 30e9))
+    assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv + x))
+    # INT8 KV: a scale row is read beside its KV row, so the KV rows (8 KiB values and 128 B
+    # of scales for LLaMA-7B) read at the 8 KiB rate; the host gather takes them as two parts
+    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 16384: 45.0}},
+              host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0, "fetch_part_us": 4.0})
+    c8 = {"swa": True, "cache": "spill", "int8_kv": True}
+    t8 = StepCoster(m, 8, CostModel(hw8), device_gather=True, **c8).layer_times(lp)
+    assert t8.h2d_s == pytest.approx(10e-6 + 8 * 20 * (8192 + 128) / 30e9 + x / 30e9)
     assert t8.h2d_bytes == 8 * 20 * (8192 + 128) + x
+    h8 = StepCoster(m, 8, CostModel(hw8), **c8)
+    t8h = h8.layer_times(lp)
+    parts = (8 * 20 * 8192, 8 * 20 * 128, x)
+    assert t8h.gather_s == pytest.approx(sum(h8.gather_part_s(n) for n in parts)
+                                         + 1e-6 * (hw8.host.at("fetch_layer_us", 8) + 2 * 4.0))
 
 
 def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():
