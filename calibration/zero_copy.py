@@ -9,7 +9,8 @@ kernel and launch shape (``alisa.runtime.device_fetch``):
   fixed cost once;
 * ``zero_copy_slowdown``: the real backend's decode-layer graphs (``layer_gpu``'s spill
   probe, per family and batch) alone and beside gathers on another stream: the layers'
-  extra share of time while the two overlap;
+  extra share of time while the two overlap, and the gathers' (the first of them, which
+  end while the layers still run) against a gather alone;
 * ``zero_copy_issue``: host seconds to issue one layer's gather as the executor does (a
   graph replay on the copy stream between two stream events).
 
@@ -70,17 +71,29 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
     one_s = _gpu_s(lambda: gather_host_rows(dst, src, idx, width, **kw), 3)
     side = torch.cuda.Stream()
 
+    g0, g1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    timed_gathers = [1]
+
     def beside(seconds: float) -> None:
+        # ``seconds`` is 1.5x the layers' span: the first k gathers (0.6 of the span at
+        # the alone rate) end while the layers still run unless slowed over 1.67x
+        k = max(1, int(0.4 * seconds / one_s))
+        timed_gathers[0] = k
         with torch.cuda.stream(side):
-            for _ in range(int(seconds / one_s) + 2):
+            g0.record(side)
+            for i in range(int(seconds / one_s) + 2):
                 gather_host_rows(dst, src, idx, width, **kw)
+                if i == k - 1:
+                    g1.record(side)
 
     for family, name, _, B, sc in _layer_probes(hardware, models, {"spill": CACHES["spill"]}, 64,
                                                 "zero-copy-slowdown-probe"):
         alone = _time_layers(sc, SLOWDOWN_REPEATS)
         near = _time_layers(sc, SLOWDOWN_REPEATS, beside)
+        g1.synchronize()
         rows.append({"op": "zero_copy_slowdown", "size": float(B), "family": family, "model": name,
-                     "seconds": alone, "seconds_beside": near})
+                     "seconds": alone, "seconds_beside": near, "gather_seconds": one_s,
+                     "gather_seconds_beside": g0.elapsed_time(g1) / 1e3 / timed_gathers[0]})
     # the host's issue of one layer's gather: a graph replay between two stream events
     gr = torch.cuda.CUDAGraph()
     small_idx = idx[:, :8].contiguous()
@@ -115,7 +128,7 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
 def zero_copy_section(rows: list[dict]) -> dict[str, Any] | None:
     """The profile's ``zero_copy``: per row size, latency + bytes / rate over its gathers
     (the fixed cost: their median), the median extra share of the decode layers beside a
-    gather, the issue's host microseconds."""
+    gather and of a gather beside the layers, the issue's host microseconds."""
     import numpy as np
 
     from .fit import fit_latency_bandwidth
@@ -128,11 +141,15 @@ def zero_copy_section(rows: list[dict]) -> dict[str, Any] | None:
             for rb, rs in by.items() if len(rs) >= 2}
     if not fits:
         return None
-    slow = [max(0.0, r["seconds_beside"] / r["seconds"] - 1.0) for r in rows if r["op"] == "zero_copy_slowdown"]
+    probes = [r for r in rows if r["op"] == "zero_copy_slowdown"]
+    slow = [max(0.0, r["seconds_beside"] / r["seconds"] - 1.0) for r in probes]
+    g_slow = [max(0.0, r["gather_seconds_beside"] / r["gather_seconds"] - 1.0) for r in probes
+              if r.get("gather_seconds")]     # measured since 2026-11-23's thirteenth run
     issue = [r["seconds"] for r in rows if r["op"] == "zero_copy_issue"]
     return {"fixed_us": round(statistics.median(f.latency_s for f in fits.values()) * 1e6, 2),
             "gbps": round(fits[max(fits)].rate_per_s / 1e9, 2),
             "row_gbps": {rb: round(f.rate_per_s / 1e9, 2) for rb, f in sorted(fits.items())},
             "compute_slowdown": round(statistics.median(slow), 3) if slow else 0.0,
+            "gather_slowdown": round(statistics.median(g_slow), 3) if g_slow else 0.0,
             "issue_us": round(issue[0] * 1e6, 2) if issue else 0.0,
             "fit_rel_error": round(statistics.mean(f.mean_rel_error for f in fits.values()), 4)}

@@ -142,6 +142,9 @@ class ZeroCopyGather(BaseModel):
                                                            "a size between two measured ones takes the smaller's")
     compute_slowdown: NonNegativeFloat = Field(0.0, description="extra share of GPU compute time while a gather "
                                                                 "runs beside it (the SMs and memory it holds)")
+    gather_slowdown: NonNegativeFloat = Field(0.0, description="extra share of the gather's time while the decode "
+                                                               "layers run beside it (their kernels hold the SMs "
+                                                               "and memory its reads wait on)")
     issue_us: NonNegativeFloat = Field(0.0, description="host time to issue one layer's gather (graph replay, "
                                                         "stream events)")
     fit_rel_error: float | None = Field(None, description="mean |relative error| of the bytes fit")

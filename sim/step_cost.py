@@ -143,12 +143,15 @@ class StepCoster:
         gathered = not lp.contiguous_fetch and pinned
         if device_gather:
             # one kernel a layer on the copy stream (an INT8 scale row read beside its KV
-            # row, so KV rows move as one part); the compute beside it runs slower while
-            # it holds its SMs, for as long as the two overlap (at most the layer)
+            # row, so KV rows move as one part). While the two overlap (at most the shorter
+            # of them) each slows the other: the compute by the SMs the gather holds, the
+            # gather by the SMs and memory the compute holds
             dev_parts = [(b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
                          (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)]
             h2d = c.zero_copy_layer_s(dev_parts) + c.h2d_s(w_bytes, pinned=pinned)
-            compute += c.hw.zero_copy.compute_slowdown * min(compute, h2d)
+            overlap = min(compute, h2d)
+            compute += c.hw.zero_copy.compute_slowdown * overlap
+            h2d += c.hw.zero_copy.gather_slowdown * overlap
         else:
             h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
                 + c.h2d_s(w_bytes, pinned=pinned)

@@ -498,13 +498,18 @@ def test_zero_copy_section_recovers_a_known_gather_and_the_cost_model_uses_it():
     rate = {16384: 45e9, 8192: 30e9}
     rows = [{"op": "zero_copy_gather", "size": float(n * rb), "seconds": 12e-6 + n * rb / rate[rb], "row_bytes": rb,
              "rows": n} for rb in ROW_BYTES for n in ROWS]
-    rows += [{"op": "zero_copy_slowdown", "size": 8.0, "seconds": 1e-3, "seconds_beside": 1.2e-3},
-             {"op": "zero_copy_slowdown", "size": 32.0, "seconds": 2e-3, "seconds_beside": 2.6e-3},
+    # the gathers beside the layers: 10% and 40% slower (median 25% too: 0.25 both ways
+    # would hide a swap, so 0.1/0.4 against 0.2/0.3)
+    rows += [{"op": "zero_copy_slowdown", "size": 8.0, "seconds": 1e-3, "seconds_beside": 1.2e-3,
+              "gather_seconds": 3e-3, "gather_seconds_beside": 3.3e-3},
+             {"op": "zero_copy_slowdown", "size": 32.0, "seconds": 2e-3, "seconds_beside": 2.6e-3,
+              "gather_seconds": 3e-3, "gather_seconds_beside": 4.5e-3},
              {"op": "zero_copy_issue", "size": 1.0, "seconds": 18e-6}]
     sec = zero_copy_section(rows)
     assert sec["fixed_us"] == pytest.approx(12.0, rel=1e-3) and sec["gbps"] == pytest.approx(45.0, rel=1e-3)
     assert sec["row_gbps"] == pytest.approx({16384: 45.0, 8192: 30.0}, rel=1e-3)
     assert sec["compute_slowdown"] == pytest.approx(0.25) and sec["issue_us"] == pytest.approx(18.0)
+    assert sec["gather_slowdown"] == pytest.approx(0.3)
     p = build_profile(_synthetic_rows() + rows, "synth", _device(), {"date": "2026-01-01", "quick": True})
     cost = CostModel(HardwareProfile(**p))
     assert cost.zero_copy_gather_s(9e6) == pytest.approx(12e-6 + 9e6 / 45e9, rel=1e-3)

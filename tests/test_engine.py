@@ -347,7 +347,7 @@ def test_device_gather_layer_times_by_hand():
     from alisa.sim.catalog import get_model
 
     m = get_model("llama-7b")
-    zc = dict(fixed_us=10.0, gbps=40.0, compute_slowdown=0.25, issue_us=15.0)
+    zc = dict(fixed_us=10.0, gbps=40.0, compute_slowdown=0.25, gather_slowdown=0.5, issue_us=15.0)
     hw = _hw(zero_copy=zc, host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0})
     host = StepCoster(m, 8, CostModel(hw), swa=True, cache="spill")
     dev = StepCoster(m, 8, CostModel(hw), swa=True, cache="spill", device_gather=True)
@@ -357,8 +357,9 @@ def test_device_gather_layer_times_by_hand():
     x = 8 * 10 * hidden_bytes_per_token_per_layer(m)
     h2d = 10e-6 + kv / 40e9 + x / 40e9          # one kernel for the layer's parts
     assert td.gather_s == 0.0 and th.gather_s > 0
-    assert td.h2d_s == pytest.approx(h2d)
-    assert td.compute_s == pytest.approx(th.compute_s + 0.25 * min(th.compute_s, h2d))
+    overlap = min(th.compute_s, h2d)             # each slows the other while both run
+    assert td.h2d_s == pytest.approx(h2d + 0.5 * overlap)
+    assert td.compute_s == pytest.approx(th.compute_s + 0.25 * overlap)
     assert td.host_s == pytest.approx(th.host_s + 15e-6)
     assert td.h2d_bytes == th.h2d_bytes == kv + x
     # unmeasured: the pinned copy's rate, no slowdown
@@ -367,7 +368,7 @@ def test_device_gather_layer_times_by_hand():
     assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv + x))
     # INT8 KV: a scale row is read beside its KV row, so the KV rows (8 KiB values and 128 B
     # of scales for LLaMA-7B) read at the 8 KiB rate; the host gather takes them as two parts
-    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 16384: 45.0}},
+    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 16384: 45.0}, "gather_slowdown": 0.0},
               host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0, "fetch_part_us": 4.0})
     c8 = {"swa": True, "cache": "spill", "int8_kv": True}
     t8 = StepCoster(m, 8, CostModel(hw8), device_gather=True, **c8).layer_times(lp)

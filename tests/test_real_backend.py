@@ -81,21 +81,23 @@ def test_alisa_serves_the_swa_reference_tokens(policy):
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["fp16", "int8"])
-def test_fused_device_gather_on_a_priority_stream_gives_the_reference_tokens(int8):
-    """The experiment knobs of the device gather (one kernel per layer, other program
-    count, high-priority copy stream) fetch the same rows: the SWA reference's tokens."""
+def test_device_gather_launch_knobs_give_the_reference_tokens(int8):
+    """The device gather's launch knobs (one kernel per part, other program count,
+    high-priority copy stream) fetch the same rows: the SWA reference's tokens. (gen 20,
+    as the tests above: on the H100 this tiny run leaves the reference at step 14 of
+    sequence 1 for gen 16-18, host and device gathers alike; docs/validation.md.)"""
     pol = {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5,
            "gather": "device", "int8_kv": int8}
-    ex = RealExecutor(tiny(pol, prompt=32, gen=16),
-                      opts(selection="free", gather_fused=True, gather_programs=3, copy_stream_priority=-1))
-    assert ex.dfetch is not None and ex.dfetch.fused and ex.dfetch.programs == 3
+    ex = RealExecutor(tiny(pol, prompt=32, gen=20),
+                      opts(selection="free", gather_fused=False, gather_programs=3, copy_stream_priority=-1))
+    assert ex.dfetch is not None and not ex.dfetch.fused and ex.dfetch.programs == 3
     run = ex.run()
     assert sum(r.recomputed_tokens for r in run.er.steps) > 0
-    if int8:     # INT8 KV: the reference of stored rows is the per-part gather's run
-        per_part = RealExecutor(tiny(pol, prompt=32, gen=16), opts(selection="free")).run()
-        assert torch.equal(run.tokens, per_part.tokens)
+    if int8:     # INT8 KV: against the default (fused) gather's run
+        fused = RealExecutor(tiny(pol, prompt=32, gen=20), opts(selection="free")).run()
+        assert torch.equal(run.tokens, fused.tokens)
     else:
-        assert torch.equal(run.tokens, reference_generate(ex.dec, ex.prompt(), 16, swa_spec(ex)).cpu())
+        assert torch.equal(run.tokens, reference_generate(ex.dec, ex.prompt(), 20, swa_spec(ex)).cpu())
 
 
 @pytest.mark.parametrize("int8,gather,recompute", [(False, "host", False), (True, "host", False),
