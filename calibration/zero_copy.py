@@ -42,7 +42,7 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
     from alisa.kernels.swa_triton import gather_host_layer
     from alisa.runtime.device_fetch import BLOCK, PROGRAMS, WARPS
 
-    def gather_host_rows(dst, src, idx, width, **kw):  # type: ignore[no-untyped-def]
+    def gather(dst, src, idx, width, **kw):  # type: ignore[no-untyped-def]
         gather_host_layer((dst, src), idx, width, **kw)    # the executor's kernel, one part
 
     from .layer_gpu import CACHES, _layer_probes, _time_layers
@@ -61,14 +61,14 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
             idx = torch.randint(0, HOST_ROWS, (B, n // B), generator=g).to(dev)
             width = torch.tensor([n // B], dtype=torch.int32, device=dev)
             dst = torch.empty(n, rb // 2, dtype=torch.float16, device=dev)
-            t = _gpu_s(lambda: gather_host_rows(dst, src, idx, width, **kw), repeats)
+            t = _gpu_s(lambda: gather(dst, src, idx, width, **kw), repeats)
             rows.append({"op": "zero_copy_gather", "size": float(n * rb), "seconds": t, "row_bytes": rb, "rows": n})
     # the decode layers' graphs beside gathers that outlast them, on another stream
     src = srcs[ROW_BYTES[0]]
     idx = torch.randint(0, HOST_ROWS, (32, 300), generator=g).to(dev)
     width = torch.tensor([300], dtype=torch.int32, device=dev)
     dst = torch.empty(32 * 300, ROW_BYTES[0] // 2, dtype=torch.float16, device=dev)
-    one_s = _gpu_s(lambda: gather_host_rows(dst, src, idx, width, **kw), 3)
+    one_s = _gpu_s(lambda: gather(dst, src, idx, width, **kw), 3)
     side = torch.cuda.Stream()
 
     g0, g1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -82,7 +82,7 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
         with torch.cuda.stream(side):
             g0.record(side)
             for i in range(int(seconds / one_s) + 2):
-                gather_host_rows(dst, src, idx, width, **kw)
+                gather(dst, src, idx, width, **kw)
                 if i == k - 1:
                     g1.record(side)
 
@@ -98,10 +98,10 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
     gr = torch.cuda.CUDAGraph()
     small_idx = idx[:, :8].contiguous()
     w8 = torch.tensor([8], dtype=torch.int32, device=dev)
-    gather_host_rows(dst, src, small_idx, w8, **kw)
+    gather(dst, src, small_idx, w8, **kw)
     torch.cuda.synchronize()
     with torch.cuda.graph(gr):
-        gather_host_rows(dst, src, small_idx, w8, **kw)
+        gather(dst, src, small_idx, w8, **kw)
     e_in, e_out = torch.cuda.Event(), torch.cuda.Event()
     compute = torch.cuda.current_stream()
     n_iss = 200

@@ -396,6 +396,14 @@ def scatter_rows(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, wi
 # ---------------------------------------------------------------------------
 
 @triton.jit
+def _copy_row(src, dst, R, BLOCK: tl.constexpr):
+    for r0 in range(0, R, BLOCK):
+        offs = r0 + tl.arange(0, BLOCK)
+        m = offs < R
+        tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+
+
+@triton.jit
 def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
                       PROGRAMS: tl.constexpr, BLOCK: tl.constexpr, DST_DENSE: tl.constexpr):
     # a few programs loop over the rows, so the gather leaves most SMs to the compute
@@ -411,18 +419,7 @@ def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
             dst = DST + r * R
         else:
             dst = DST + tl.load(DST_IDX + b * dib + i).to(tl.int64) * R
-        for r0 in range(0, R, BLOCK):
-            offs = r0 + tl.arange(0, BLOCK)
-            m = offs < R
-            tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
-
-
-@triton.jit
-def _copy_row(src, dst, R, BLOCK: tl.constexpr):
-    for r0 in range(0, R, BLOCK):
-        offs = r0 + tl.arange(0, BLOCK)
-        m = offs < R
-        tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
+        _copy_row(src, dst, R, BLOCK)
 
 
 @triton.jit

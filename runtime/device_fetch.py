@@ -5,13 +5,13 @@ With the host gather (``fetch.py``) the CPU copies each layer's rows into pinned
 and issues one H2D copy; on the lent H100s that host work (0.3-0.8 ms a LLaMA-7B layer,
 its speed varying 1.5-2x from run to run with the VM's vCPUs) set the pace of ALISA's
 spilling steps, and it needs the selection's row ids on the host, a round trip each step.
-Here a Triton kernel (``gather_host_rows``) on the H2D stream reads the rows through
+Here a Triton kernel (``gather_host_layer``) on the H2D stream reads the rows through
 unified addressing into the GPU landing buffer of the layer's parity, taking the row ids
 and counts from the selection's device buffers, so the host only issues it: one graph
 replay and two stream events a layer, and no wait for the selection. The kernel runs on
 a few programs (``PROGRAMS``) so the compute stream's kernels keep most SMs; calibration
-times it and how much it slows the GEMMs beside it (``zero_copy`` in the profile). One
-kernel (``gather_host_layer``) reads all of a layer's parts (KV rows, INT8 scales, inputs
+times it and how it and the layers beside it slow each other (``zero_copy`` in the
+profile). The one kernel reads all of a layer's parts (KV rows, INT8 scales, inputs
 x): with one kernel per part, Phase III steps whose plan fetched a few KV rows beside many
 x rows ran ~1.9x slower in the executor (gathers at 12-15 GB/s), though the same kernels
 alone ran at full rate (``benchmarks/debug/mixed_gather.py``; docs/validation.md).

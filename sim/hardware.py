@@ -126,8 +126,8 @@ class ZeroCopyGather(BaseModel):
     """The device gather (``policy.gather: device``): a GPU kernel on the copy stream reads
     a layer's fetched token rows straight from pinned host memory over PCIe (unified
     addressing), so no CPU gathers them and no staging copy runs. ``alisa calibrate``
-    times the real backend's kernel by bytes, how much it slows the decode GEMMs running
-    beside it, and the host's time to issue it. Unmeasured (zero, datasheet profiles): the
+    times the real backend's kernel by bytes, how it and the decode layers running beside
+    it slow each other, and the host's time to issue it. Unmeasured (zero, datasheet profiles): the
     pinned H2D rate, no slowdown, no host cost (an assumption, not a measurement)."""
 
     model_config = ConfigDict(extra="forbid")
