@@ -150,6 +150,22 @@ def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str,
 PREFILL_PROMPT = 512
 PREFILL_REPEATS = 5
 PREFILL_CACHES: dict[str, dict[str, Any]] = {**CACHES, "spill": {**CACHES["spill"], "gpu_kv_budget_tokens": 320}}
+# SWA layouts again at a longer importance history: the prompt importance's rows are
+# min(history, prompt), and the history (by default the window at the run's longest
+# context) grows with the run, so the probe's own history (~52 rows) alone would leave
+# that cost folded into the per-token term at one history
+PREFILL_LONG_HISTORY = 256
+
+
+def prompt_importance_rows(sc) -> int:  # type: ignore[no-untyped-def]
+    """Query rows of a SWA prefill's prompt importance (0 without SWA)."""
+    from alisa.sim.policies import make_policy
+    from alisa.sim.policies.alisa import AlisaPolicy
+
+    pol = make_policy(sc)
+    if not isinstance(pol, AlisaPolicy) or sc.policy.kv_sparsity <= 0:
+        return 0
+    return min(pol.importance_history(), sc.workload.prompt_len)
 
 
 def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type: ignore[no-untyped-def]
@@ -188,13 +204,46 @@ def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type
     return statistics.median(per_layer)
 
 
+def _prefill_probes(hardware: dict[str, Any], models: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, Any]]:
+    """The prefill probes: each layout and batch, the SWA layouts at two histories."""
+    for family, name, cache, B, sc in _layer_probes(hardware, models, PREFILL_CACHES, PREFILL_PROMPT,
+                                                    "prefill-layer-probe"):
+        yield family, name, cache, B, sc
+        if prompt_importance_rows(sc):
+            pol = sc.policy.model_copy(update={"importance_history": PREFILL_LONG_HISTORY})
+            yield family, name, cache, B, sc.model_copy(update={"policy": pol})
+
+
 def measure_prefill_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
     """Raw rows: GPU seconds per prefill layer, per family, cache layout and batch, at the
-    matrix's prompt length."""
+    matrix's prompt length; SWA layouts with their prompt importance's rows (``history``)
+    and the query heads, at two histories."""
     return [{"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT), "batch": B,
-             "prompt": PREFILL_PROMPT, "model": name, "seconds": _time_prefill(sc, PREFILL_REPEATS)}
-            for family, name, cache, B, sc in _layer_probes(hardware, models, PREFILL_CACHES, PREFILL_PROMPT,
-                                                            "prefill-layer-probe")]
+             "prompt": PREFILL_PROMPT, "model": name, "seconds": _time_prefill(sc, PREFILL_REPEATS),
+             **({"history": rows, "heads": sc.model.num_heads} if (rows := prompt_importance_rows(sc)) else {})}
+            for family, name, cache, B, sc in _prefill_probes(hardware, models)]
+
+
+def prefill_importance_section(rows: list[dict]) -> dict[str, float]:
+    """The profile's ``prefill_importance_ps``: per family/cache, picoseconds per element
+    (sequences x query heads x rows x prompt) of the prompt importance, from the prefill
+    layer's growth between the two histories at each batch (mean over the batches)."""
+    by: dict[str, dict[int, dict[int, dict]]] = {}
+    for r in rows:
+        if r["op"].startswith("prefill_layer:") and r.get("history"):
+            by.setdefault(r["op"].split(":", 1)[1], {}).setdefault(int(r["batch"]), {})[int(r["history"])] = r
+    out: dict[str, float] = {}
+    for key, batches in by.items():
+        slopes = []
+        for B, hs in batches.items():
+            if len(hs) < 2:
+                continue
+            lo, hi = min(hs), max(hs)
+            elements = B * hs[hi]["heads"] * (hi - lo) * hs[hi]["prompt"]
+            slopes.append((hs[hi]["seconds"] - hs[lo]["seconds"]) / elements)
+        if slopes:
+            out[key] = round(max(0.0, sum(slopes) / len(slopes)) * 1e12, 4)
+    return out
 
 
 def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
@@ -209,14 +258,23 @@ def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str
     from alisa.sim.models import layer_gemm_shapes
 
     cost = CostModel(HardwareProfile(**{**profile, "prefill_layer_gpu_us": {}}))
-    by: dict[str, dict[int, float]] = {}
+    ps = prefill_importance_section(rows)
+    # per layout and batch the probe at its shortest history; its prompt importance is
+    # taken off where two histories measured it (else it stays in this term)
+    probes: dict[tuple[str, int], dict] = {}
     for r in rows:
         if r["op"].startswith("prefill_layer:"):
-            m = get_model(r["model"])
-            tokens, B, P = int(r["size"]), int(r["batch"]), int(r["prompt"])
-            gemms = sum(cost.gemm_s(tokens, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
-            attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
-            by.setdefault(r["op"].split(":", 1)[1], {})[tokens] = (r["seconds"] - gemms - attn) * 1e6
+            at = (r["op"].split(":", 1)[1], int(r["batch"]))
+            if at not in probes or r.get("history", 0) < probes[at].get("history", 0):
+                probes[at] = r
+    by: dict[str, dict[int, float]] = {}
+    for (key, B), r in probes.items():
+        m = get_model(r["model"])
+        tokens, P = int(r["size"]), int(r["prompt"])
+        gemms = sum(cost.gemm_s(tokens, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
+        attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
+        importance = ps.get(key, 0.0) * 1e-12 * B * r.get("heads", 0) * r.get("history", 0) * P
+        by.setdefault(key, {})[tokens] = (r["seconds"] - gemms - attn - importance) * 1e6
     return {key: _line_through(pts, 5) for key, pts in by.items() if len(pts) >= 2}
 
 

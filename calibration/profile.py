@@ -12,7 +12,8 @@ from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
-from .layer_gpu import decode_layer_section, prefill_layer_section, recompute_layer_section
+from .layer_gpu import (decode_layer_section, prefill_importance_section, prefill_layer_section,
+                        recompute_layer_section)
 from .selection_gpu import selection_section
 from .zero_copy import zero_copy_section
 
@@ -169,6 +170,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     prefill = prefill_layer_section(rows, profile)
     if prefill:
         profile["prefill_layer_gpu_us"] = prefill
+    importance = prefill_importance_section(rows)
+    if importance:
+        profile["prefill_importance_ps"] = importance
     recompute = recompute_layer_section(rows, profile)
     if recompute:
         profile["recompute_layer_us"] = recompute

@@ -215,6 +215,13 @@ class HardwareProfile(BaseModel):
                     "activations, the cache's prompt placement and copies down), as [fixed, per prompt token] "
                     "microseconds (tokens: sequences x prompt), keyed 'family/cache' as decode_layer_us; measured "
                     "by running the real backend's prefill. Absent: one pass over the activations")
+    prefill_importance_ps: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description="a SWA prefill layer's importance of the prompt (the attention of its last `rows` query "
+                    "positions, rows = min(importance history, prompt)), in picoseconds per element: sequences x "
+                    "query heads x rows x prompt tokens, keyed 'family/cache' (swa, spill); measured as the "
+                    "prefill layer's growth between two importance histories. prefill_layer_gpu_us is then the "
+                    "rest. Absent: folded into prefill_layer_gpu_us at the calibration probe's history")
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 
     @field_validator("tables")

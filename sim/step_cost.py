@@ -45,6 +45,7 @@ class StepCoster:
     cache: str = "slots"           # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
     selection: SelectionShape | None = None   # a spilling run's selection graph (its GPU time starts each step)
     device_gather: bool = False    # a GPU kernel reads fetched rows from pinned host memory (policy.gather: device)
+    importance_history: int = 0    # SWA: steps summed into importance (the prefill's prompt importance rows)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +84,21 @@ class StepCoster:
         ew_bytes = m * (6 * md.hidden_size + 3 * md.ffn_dim) * md.dtype_bytes
         return t + c.elementwise_s(ew_bytes) + 2 * c.launch_s
 
+    def prompt_importance_s(self, seqs: int, prompt: int) -> float:
+        """A SWA prefill layer's importance of the prompt: the attention of its last
+        min(history, prompt) query rows over the prompt, per element of sequences x query
+        heads x rows x prompt (``prefill_importance_ps``; 0 where the profile folds it into
+        ``prefill_layer_gpu_us``)."""
+        if not self.swa or self.importance_history <= 0:
+            return 0.0
+        md, table = self.model, self.cost.hw.prefill_importance_ps
+        layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
+        ps = next((table[f"{md.family}/{k}"] for k in layouts if f"{md.family}/{k}" in table), None)
+        if ps is None:
+            return 0.0
+        rows = min(self.importance_history, prompt)
+        return ps * 1e-12 * seqs * md.num_heads * rows * prompt
+
     def lm_head_s(self, m: int) -> float:
         n, k = lm_head_gemm_shape(self.model)
         return self.cost.gemm_s(m, n, k, self.model.dtype_bytes) + self.cost.elementwise_s(
@@ -116,6 +132,7 @@ class StepCoster:
         compute = lp.sub_batches * self.dense_layer_compute_s(max(1, m // lp.sub_batches), decode=not lp.prefill)
         if lp.prefill:
             compute += c.attention_prefill_s(b, md.num_heads, md.head_dim, lp.new_tokens)
+            compute += self.prompt_importance_s(b, lp.new_tokens)
         else:
             gpu_attended = lp.attended_tokens - lp.cpu_attention_tokens
             compute += c.attention_decode_s(b * gpu_attended * self.kv_bytes, self.int8_kv)

@@ -366,6 +366,78 @@ def test_prefill_layer_section_and_its_use_in_the_step_cost():
     assert slots.layer_times(lp).compute_s == plain.layer_times(lp).compute_s
 
 
+def test_prompt_importance_from_two_histories_and_its_use_in_the_step_cost():
+    """The SWA prefill probe at two importance histories: the growth per element is the
+    prompt importance's cost; the rest, taken at the short history, the layer's line."""
+    from alisa.calibration.layer_gpu import prefill_importance_section, prefill_layer_section
+    from alisa.sim.catalog import get_model
+    from alisa.sim.models import layer_gemm_shapes
+    from alisa.sim.plan import LayerPlan
+    from alisa.sim.step_cost import StepCoster
+
+    p = build_profile(_synthetic_rows(), "synth", _device(), {"date": "2026-01-01", "quick": True})
+    cost = CostModel(HardwareProfile(**p))
+    m, P, H = get_model("opt-6.7b"), 512, 32
+    # by hand: 100 us + 0.1 us per prompt token, and 50 ps per element (B x 32 heads x
+    # rows x 512), at rows 52 and 256
+    rows = []
+    for B in (8, 32):
+        gemms = sum(cost.gemm_s(B * P, n, k) for _, n, k in layer_gemm_shapes(m))
+        attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
+        for kk in (52, 256):
+            rest_us = 100.0 + 0.1 * B * P + 50e-6 * B * H * kk * P
+            rows.append({"op": "prefill_layer:opt/spill", "size": float(B * P), "batch": B, "prompt": P,
+                         "model": "opt-6.7b", "history": kk, "heads": H, "seconds": gemms + attn + rest_us * 1e-6})
+    assert prefill_importance_section(rows) == {"opt/spill": pytest.approx(50.0, rel=1e-6)}
+    assert prefill_layer_section(rows, p)["opt/spill"] == pytest.approx([100.0, 0.1], abs=1e-3)
+    # rows from before (one history, none recorded): no importance term, the line as it was
+    one = [{k: v for k, v in r.items() if k not in ("history", "heads")} for r in rows if r["history"] == 52]
+    assert prefill_importance_section(one) == {}
+    hw = HardwareProfile(**{**p, "prefill_layer_gpu_us": prefill_layer_section(rows, p),
+                            "prefill_importance_ps": prefill_importance_section(rows)})
+    lp = LayerPlan(new_tokens=P, attended_tokens=P, prefill=True)
+    B = 16
+    spill = StepCoster(m, B, CostModel(hw), swa=True, cache="spill", importance_history=700)
+    no_history = StepCoster(m, B, CostModel(hw), swa=True, cache="spill")
+    # rows are min(history, prompt) = 512
+    extra = spill.layer_times(lp).compute_s - no_history.layer_times(lp).compute_s
+    assert extra == pytest.approx(50e-12 * B * H * 512 * P, rel=1e-6)
+    slots = StepCoster(m, B, CostModel(hw), cache="slots", importance_history=700)
+    assert slots.prompt_importance_s(B, P) == 0.0
+
+
+def test_prefill_probes_measure_the_swa_layouts_at_two_histories():
+    from alisa.calibration.layer_gpu import PREFILL_LONG_HISTORY, _prefill_probes, prompt_importance_rows
+    from alisa.sim.hardware import profile_config
+
+    probes = list(_prefill_probes(profile_config("h100-80gb-measured"), ("opt-6.7b",)))
+    rows = {}
+    for family, _, cache, B, sc in probes:
+        rows.setdefault((cache, B), []).append(prompt_importance_rows(sc))
+    assert rows[("slots", 8)] == [0] and rows[("prefix", 32)] == [0]
+    # the probe's own history, the window at 520 tokens (s 0.8: 104 attended, 52 window), and the long one
+    assert rows[("swa", 8)] == [52, PREFILL_LONG_HISTORY] and rows[("spill", 32)] == [52, PREFILL_LONG_HISTORY]
+
+
+def test_an_alisa_run_times_its_prefill_importance_at_its_own_history(write_yaml):
+    """make_policy hands the policy's importance history to the step cost: a longer run
+    (a longer default history) has a longer simulated prefill, all else equal."""
+    from alisa.sim.runner import simulate
+    from alisa.sim.scenario import load_scenario
+
+    hw = "h100-80gb-measured"
+    prefill = {}
+    for gen in (64, 1024):
+        sc = load_scenario(write_yaml({
+            "name": f"p{gen}", "model": "opt-6.7b", "hardware": hw,
+            "workload": {"batch_size": 8, "prompt_len": 512, "gen_len": gen},
+            "policy": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320}}),
+            ["hardware.prefill_importance_ps={'opt/spill': 60.0}"])
+        prefill[gen] = simulate(sc)[0]["prefill_time_s"]
+    # histories 58 and 154 rows (the window at 576 and 1536 tokens), 32 layers, 32 heads
+    assert prefill[1024] - prefill[64] == pytest.approx(60e-12 * 8 * 32 * (154 - 58) * 512 * 32, rel=0.02)
+
+
 def test_selection_section_recovers_a_known_cost_and_the_step_cost_uses_it():
     from alisa.calibration.selection_gpu import GRID, selection_section
 

@@ -27,6 +27,8 @@ def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa,
                         cache=cache, device_gather=device_gather)
     policy = REGISTRY[scenario.policy.name](scenario, coster)
+    if isinstance(policy, AlisaPolicy) and swa:
+        coster.importance_history = policy.importance_history()
     if isinstance(policy, AlisaPolicy) and policy.spills:
         coster.use_cache_layout("spill")   # its layers also write through and land fetched rows
         coster.selection = policy.selection_shape()
