@@ -3,8 +3,12 @@
 # lent H100): install carried wheels for what it lacks, install alisa without deps, then
 # run the stages named as arguments. Results go to $OUT (default ./device-out).
 #   bash benchmarks/device_run.sh ktest kbench calibrate validate
+# PROFILE names the calibrated profile (default h100-80gb-measured, the H100's); on another
+# GPU give it that GPU's name, e.g. PROFILE=h200-141gb-measured: calibrate-use writes it
+# into hardware_profiles/ and the val-* stages then run the scenarios on it.
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
+PROFILE=${PROFILE:-h100-80gb-measured}; export PROFILE
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -19,10 +23,10 @@ for stage in "$@"; do
     ktest) python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/ktest.log" | tail -5 ;;
     kbench) python3 benchmarks/kernels.py --out "$OUT" 2>&1 | tee "$OUT/kbench.log" | tail -120 ;;
     kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
-    calibrate) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
+    calibrate) alisa calibrate --name "$PROFILE" --out "$OUT/$PROFILE.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
     # calibrate, then use the new profile for what follows (the ALISA plan's recompute ratio depends on it)
-    calibrate-use) alisa calibrate --name h100-80gb-measured --out "$OUT/h100-80gb-measured.yaml" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -40
-                   cp "$OUT/h100-80gb-measured.yaml" "$OUT/h100-80gb-measured.measurements.json" hardware_profiles/ ;;
+    calibrate-use) alisa calibrate --name "$PROFILE" --out "$OUT/$PROFILE.yaml" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -40
+                   cp "$OUT/$PROFILE.yaml" "$OUT/$PROFILE.measurements.json" hardware_profiles/ ;;
     calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
     overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
@@ -40,6 +44,9 @@ for stage in "$@"; do
     mixedgather) python3 benchmarks/debug/mixed_gather.py "$OUT" micro 2>&1 | tee "$OUT/mixedgather.log" | tail -80 ;;
     mixedrun) python3 benchmarks/debug/mixed_gather.py "$OUT" run 2>&1 | tee "$OUT/mixedrun.log" | tail -20 ;;
     gatherbeside) python3 benchmarks/debug/gather_beside_gemm.py "$OUT" 2>&1 | tee "$OUT/gatherbeside.log" | tail -30 ;;
+    # the tiny run's GPU-only token difference: where its selection leaves the reference's
+    seldiff) for a in "--gather host" "--gather device" "--gather host --eager"; do
+               python3 benchmarks/debug/selection_diff.py --gen 16 $a; done 2>&1 | tee "$OUT/seldiff.log" | tail -30 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     # val-alisa-r2: a repeat of a policy's runs, in its own process, packed as validation-alisa-r2.tgz
     val-*-r[0-9]*) p=${stage#val-}; VAL_TAG=-${p##*-} bash benchmarks/validation_matrix.sh "$OUT" "${p%-r*}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
