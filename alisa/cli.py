@@ -103,6 +103,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         missing = [lab for lab, _ in points if not (rf / lab / "real" / "result.json").is_file()]
         if missing:
             raise InputError(f"no measured run for {', '.join(missing)}", file=str(rf), field="--real-from")
+        for lab, sc in points:
+            _check_measured_matches(rf / lab / "real" / "result.json", sc)
     rows: list[dict[str, Any]] = []
     cond_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -188,6 +190,29 @@ def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def _check_measured_matches(path: Path, sc: Any) -> None:
+    """A measured run is compared only with the scenario it ran: same model, hardware
+    profile (its plans come from it), workload and policy."""
+    from alisa.sim.results import scenario_summary
+
+    try:
+        ran = json.loads(path.read_text())["scenario"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"not a run's result.json ({e})", file=str(path), field="scenario") from None
+    want = scenario_summary(sc)
+    for key in ("model", "hardware"):
+        if ran.get(key) != want[key]:
+            hint = f"; to compare with it, pass --set hardware={ran.get(key)}" if key == "hardware" else ""
+            raise InputError(f"the measured run has {key} {ran.get(key)!r}, the scenario {want[key]!r}{hint}",
+                             file=str(path), field=f"scenario.{key}")
+    for key in ("workload", "policy"):
+        # field by field: a run written before a field existed lacks it (and had its default)
+        for f, v in (ran.get(key) or {}).items():
+            if f in want[key] and want[key][f] != v:
+                raise InputError(f"the measured run has {f} {v!r}, the scenario {want[key][f]!r}",
+                                 file=str(path), field=f"scenario.{key}.{f}")
 
 
 def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],

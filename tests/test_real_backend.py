@@ -234,6 +234,32 @@ def test_validate_compares_from_the_written_files(tmp_path, write_yaml):
     assert (out / "v" / "step_time_compare.png").stat().st_size > 1000
 
 
+def test_validate_refuses_a_measured_run_of_another_scenario(tmp_path, write_yaml, capsys):
+    """--real-from: a measured run made on another hardware profile, or with another
+    policy setting, is refused by file and field before anything is written."""
+    from alisa.cli import main
+
+    sc = {"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
+          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16}, "policy": {"name": "alisa", "kv_sparsity": 0.5}}
+    sc_path = write_yaml(sc)
+    real_dir = tmp_path / "measured" / "v" / "real"
+    assert main(["run", str(write_yaml({**sc, "hardware": "a100-80gb"}, "other.yaml")), "--out", str(real_dir),
+                 "--no-plots"]) == 0
+    out = tmp_path / "val"
+    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "result.json" in err and "scenario.hardware" in err and "--set hardware=a100-80gb" in err
+    assert not out.exists()
+    # the hint works: the same profile on both sides
+    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out),
+                 "--set", "hardware=a100-80gb"]) == 0
+    shutil.rmtree(real_dir)
+    assert main(["run", str(write_yaml({**sc, "policy": {**sc["policy"], "kv_sparsity": 0.8}}, "p.yaml")),
+                 "--out", str(real_dir), "--no-plots"]) == 0
+    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(tmp_path / "v2")]) == 2
+    assert "scenario.policy.kv_sparsity" in capsys.readouterr().err
+
+
 def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml):
     """--real-from with three folders: each metric against the median of the three
     measured runs, their range beside it, and the measured spread in the summary. Runs at
