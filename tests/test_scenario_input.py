@@ -125,7 +125,7 @@ def test_bundled_listing(capsys):
     assert "default" in capsys.readouterr().out
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
-    for n in ("v100-32gb", "a100-40gb", "a100-80gb", "h100-80gb", "rtx-4090", "l4"):
+    for n in ("v100-32gb", "a100-40gb", "a100-80gb", "h100-80gb", "h200-141gb", "rtx-4090", "l4"):
         assert n in out
 
 
