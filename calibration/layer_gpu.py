@@ -158,14 +158,12 @@ PREFILL_LONG_HISTORY = 256
 
 
 def prompt_importance_rows(sc) -> int:  # type: ignore[no-untyped-def]
-    """Query rows of a SWA prefill's prompt importance (0 without SWA)."""
+    """Query rows of a scenario's SWA prefill importance (0 without SWA)."""
+    from alisa.sim.models import prompt_importance_rows as rows
     from alisa.sim.policies import make_policy
-    from alisa.sim.policies.alisa import AlisaPolicy
 
-    pol = make_policy(sc)
-    if not isinstance(pol, AlisaPolicy) or sc.policy.kv_sparsity <= 0:
-        return 0
-    return min(pol.importance_history(), sc.workload.prompt_len)
+    history = make_policy(sc).coster.importance_history
+    return rows(history, sc.workload.prompt_len) if history else 0
 
 
 def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type: ignore[no-untyped-def]
@@ -216,12 +214,21 @@ def _prefill_probes(hardware: dict[str, Any], models: tuple[str, ...]) -> Iterat
 
 def measure_prefill_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
     """Raw rows: GPU seconds per prefill layer, per family, cache layout and batch, at the
-    matrix's prompt length; SWA layouts with their prompt importance's rows (``history``)
-    and the query heads, at two histories."""
+    matrix's prompt length; SWA layouts at two histories, with their prompt importance's
+    rows (``history``)."""
     return [{"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT), "batch": B,
              "prompt": PREFILL_PROMPT, "model": name, "seconds": _time_prefill(sc, PREFILL_REPEATS),
-             **({"history": rows, "heads": sc.model.num_heads} if (rows := prompt_importance_rows(sc)) else {})}
+             **({"history": rows} if (rows := prompt_importance_rows(sc)) else {})}
             for family, name, cache, B, sc in _prefill_probes(hardware, models)]
+
+
+def _elements(row: dict) -> int:
+    """Prompt importance weights of a SWA prefill probe's layer (its rows are recorded)."""
+    from alisa.sim.catalog import get_model
+    from alisa.sim.models import prompt_importance_elements
+
+    return prompt_importance_elements(get_model(row["model"]), int(row["batch"]), int(row["history"]),
+                                      int(row["prompt"]))
 
 
 def prefill_importance_section(rows: list[dict]) -> dict[str, float]:
@@ -239,8 +246,7 @@ def prefill_importance_section(rows: list[dict]) -> dict[str, float]:
             if len(hs) < 2:
                 continue
             lo, hi = min(hs), max(hs)
-            elements = B * hs[hi]["heads"] * (hi - lo) * hs[hi]["prompt"]
-            slopes.append((hs[hi]["seconds"] - hs[lo]["seconds"]) / elements)
+            slopes.append((hs[hi]["seconds"] - hs[lo]["seconds"]) / (_elements(hs[hi]) - _elements(hs[lo])))
         if slopes:
             out[key] = round(max(0.0, sum(slopes) / len(slopes)) * 1e12, 4)
     return out
@@ -273,7 +279,7 @@ def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str
         tokens, P = int(r["size"]), int(r["prompt"])
         gemms = sum(cost.gemm_s(tokens, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
         attn = cost.attention_prefill_s(B, m.num_heads, m.head_dim, P)
-        importance = ps.get(key, 0.0) * 1e-12 * B * r.get("heads", 0) * r.get("history", 0) * P
+        importance = ps.get(key, 0.0) * 1e-12 * _elements(r) if "history" in r else 0.0
         by.setdefault(key, {})[tokens] = (r["seconds"] - gemms - attn - importance) * 1e6
     return {key: _line_through(pts, 5) for key, pts in by.items() if len(pts) >= 2}
 

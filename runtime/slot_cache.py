@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 from alisa.kernels.swa_triton import importance_update, quantize_kv, scatter_rows, sparse_decode_attention
+from alisa.sim.models import prompt_importance_rows
 
 from .device import Device
 from .fetch import HostFetcher, LayerFetch
@@ -228,7 +229,7 @@ class SlotCache:
         """Importance after the prompt: the attention of its last k query rows (the steps
         still inside the history), summed over all query heads."""
         B, Hq, P, d = q.shape
-        kk = min(self.k_hist, P)
+        kk = prompt_importance_rows(self.k_hist, P)
         g = Hq // k.shape[1]
         kr = k.repeat_interleave(g, dim=1) if g > 1 else k
         s = torch.matmul(q[:, :, P - kk:].float(), kr.float().transpose(-1, -2)) * scale   # [B, Hq, kk, P]

@@ -183,3 +183,15 @@ def swa_importance_bytes(model: ModelSpec, batch: int, max_tokens: int, history:
     back out. Selection is per sequence (shared by its KV heads)."""
     per_layer = batch * (max_tokens * 4 + history * ring_tokens * 8 + history * 4)
     return model.num_layers * per_layer
+
+
+def prompt_importance_rows(history: int, prompt: int) -> int:
+    """Query rows a SWA prefill attends for the prompt's importance: the prompt positions
+    still inside the importance history."""
+    return min(history, prompt)
+
+
+def prompt_importance_elements(model: ModelSpec, seqs: int, history: int, prompt: int) -> int:
+    """Attention weights one layer's prompt importance computes: sequences x query heads x
+    rows x prompt tokens."""
+    return seqs * model.num_heads * prompt_importance_rows(history, prompt) * prompt

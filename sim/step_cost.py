@@ -13,12 +13,13 @@ memory (``CostModel.zero_copy_layer_s``), and the compute beside it runs slower.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .costs import CostModel, SelectionShape
 from .hardware import HardwareProfile
 from .models import (ModelSpec, hidden_bytes_per_token_per_layer, int8_scale_bytes_per_token_per_layer,
-                     kv_bytes_per_token_per_layer, kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape, recompute_width_bucket,
-                     stored_kv_bytes_per_token_per_layer)
+                     kv_bytes_per_token_per_layer, kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape,
+                     prompt_importance_elements, recompute_width_bucket, stored_kv_bytes_per_token_per_layer)
 from .plan import LayerPlan
 
 
@@ -73,10 +74,7 @@ class StepCoster:
         decode: one token for each of m sequences."""
         c, md = self.cost, self.model
         t = sum(c.gemm_s(m, n, k, md.dtype_bytes) for _, n, k in layer_gemm_shapes(md))
-        # a profile from before the spill layout was measured: the SWA layer's
-        layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
-        table = self.cost.hw.decode_layer_us if decode else self.cost.hw.prefill_layer_gpu_us
-        measured = next((table[f"{md.family}/{k}"] for k in layouts if f"{md.family}/{k}" in table), None)
+        measured = self._by_layout(self.cost.hw.decode_layer_us if decode else self.cost.hw.prefill_layer_gpu_us)
         if measured is not None:
             # the layer's kernels beyond its GEMMs (decode: many small ones; prefill: passes
             # over the prompt's activations), as the real backend runs them
@@ -91,13 +89,16 @@ class StepCoster:
         ``prefill_layer_gpu_us``)."""
         if not self.swa or self.importance_history <= 0:
             return 0.0
-        md, table = self.model, self.cost.hw.prefill_importance_ps
-        layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
-        ps = next((table[f"{md.family}/{k}"] for k in layouts if f"{md.family}/{k}" in table), None)
+        ps = self._by_layout(self.cost.hw.prefill_importance_ps)
         if ps is None:
             return 0.0
-        rows = min(self.importance_history, prompt)
-        return ps * 1e-12 * seqs * md.num_heads * rows * prompt
+        return ps * 1e-12 * prompt_importance_elements(self.model, seqs, self.importance_history, prompt)
+
+    def _by_layout(self, table: dict[str, Any]) -> Any:
+        """A profile entry keyed 'family/cache' for this coster's layout; the spill layout
+        falls back to the SWA one (a profile from before the spill layout was measured)."""
+        layouts = (self.cache, "swa") if self.cache == "spill" else (self.cache,)
+        return next((table[f"{self.model.family}/{k}"] for k in layouts if f"{self.model.family}/{k}" in table), None)
 
     def lm_head_s(self, m: int) -> float:
         n, k = lm_head_gemm_shape(self.model)

@@ -25,10 +25,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool, forced: Any = None) -> tuple[Any, dict, Any]:
-    """Greedy SWA decode as reference_generate, recording each step's candidate importance
-    per layer ({(token index, layer): (scores [B, n-w] heads summed, g)}) and the logits'
-    top-2 margin [B, gen]. half: K, V and q rounded through fp16. forced: tokens to feed."""
+def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool = False, forced: Any = None) -> tuple[Any, dict, Any]:
+    """Greedy SWA decode as reference_generate, recording per step and layer the candidate
+    importance and the attended tokens ({(token index, layer): (scores [B, n-w] heads
+    summed, g, [set of attended tokens per sequence])}) and the logits' top-2 margin
+    [B, gen]. half: K, V and q rounded through fp16. forced: tokens to feed."""
     import torch
 
     from alisa.accuracy.evaluate import masked_attention, prefill_observed
@@ -44,7 +45,7 @@ def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool, forced: Any = 
     def r(t: torch.Tensor) -> torch.Tensor:
         return t.half().to(t.dtype) if half else t
 
-    cands: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+    cands: dict[tuple[int, int], tuple[torch.Tensor, int, list[set[int]]]] = {}
     margins = torch.zeros(B, gen)
     with torch.no_grad():
         x = prefill_observed(dec, prompt, cache, sels)
@@ -61,10 +62,12 @@ def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool, forced: Any = 
             k = budget_tokens(spec.budget, n)
             w = split_window(k, spec.local_fraction)
             for layer in range(c.num_layers):
-                cands[idx, layer] = (sels[layer].score[:, :, : n - w].sum(1).cpu().clone(), k - w)
+                cand = sels[layer].score[:, :, : n - w].sum(1).cpu().clone()
                 _, q, kk, v = dec.qkv(layer, x, pos)
                 K, V = cache.append(layer, r(kk), r(v))
-                o, p, _ = masked_attention(dec, r(q), K, V, sels[layer].mask(n))
+                m = sels[layer].mask(n)
+                cands[idx, layer] = (cand, k - w, [set(torch.nonzero(m[b, 0]).flatten().tolist()) for b in range(B)])
+                o, p, _ = masked_attention(dec, r(q), K, V, m)
                 sels[layer].observe(p.sum(2))
                 x = dec.finish_layer(layer, x, o)
             logits = dec.logits(x)[:, -1]
@@ -100,7 +103,7 @@ def main() -> int:
             if args.rows is not None and b not in args.rows:
                 continue
             gap, gl, chg, cl = float("inf"), -1, 0.0, -1
-            for (i, layer), (s, g) in ref.items():
+            for (i, layer), (s, g, _) in ref.items():
                 if i != idx or not 0 < g < s.shape[1]:
                     continue
                 top = s[b].sort(descending=True).values

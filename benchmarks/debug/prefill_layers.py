@@ -9,7 +9,6 @@ SIM_ROOT holds ``<point>/sim`` (``alisa validate --out``), each REAL_ROOT ``<poi
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 def prefill_layer_ms(trace: Path) -> float | None:
     """Median duration of the 'prefill L1..' spans on the GPU compute lane (or the
     simulator's step -1 'L1..' spans), in ms."""
-    raw = json.loads(trace.read_text())
-    ev = raw["traceEvents"] if isinstance(raw, dict) else raw
-    lanes = {e["tid"]: e["args"]["name"] for e in ev if e.get("name") == "thread_name"}
+    from alisa.runtime.host_speed import _events
+
+    spans, lanes = _events(trace)
     durs = []
-    for e in ev:
-        if e.get("ph") != "X" or lanes.get(e["tid"]) != "GPU compute":
+    for e in spans:
+        if lanes.get(e["tid"]) != "GPU compute":
             continue
         name = e["name"].removeprefix("prefill ")
         if name.startswith("L") and name[1:].isdigit() and int(name[1:]) > 0 and (

@@ -18,42 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-
-def reference_sets(dec: Any, spec: Any, prompt: Any, gen: int) -> tuple[dict, dict]:
-    """{(context n, layer): [set of attended tokens per sequence]} of the SWA reference,
-    and {(n, layer): candidate importance [B, n - w] heads summed} before each mask."""
-    import torch
-
-    from alisa.accuracy.evaluate import masked_attention, prefill_observed
-    from alisa.kernels.selection import LayerSelector
-    from alisa.runtime.decoder import KVCache
-
-    c = dec.cfg
-    B, P = prompt.shape
-    N = P + gen
-    cache = KVCache(c, B, N, dec.w["embed"].dtype, prompt.device)
-    sels = [LayerSelector([spec] * B, c.num_kv_heads, N, True, prompt.device) for _ in range(c.num_layers)]
-    sets: dict[tuple[int, int], list[set[int]]] = {}
-    scores: dict[tuple[int, int], Any] = {}
-    with torch.no_grad():
-        x = prefill_observed(dec, prompt, cache, sels)
-        tok = dec.logits(x[:, -1:])[:, -1].argmax(-1)
-        for t in range(P, N - 1):
-            n = t + 1
-            pos = torch.tensor([t], device=prompt.device)
-            x = dec.embed(tok[:, None], pos)
-            for layer in range(c.num_layers):
-                scores[n, layer] = sels[layer].score[:, :, :n].sum(1).cpu().clone()
-                _, q, k, v = dec.qkv(layer, x, pos)
-                K, V = cache.append(layer, k, v)
-                m = sels[layer].mask(n)
-                sets[n, layer] = [set(torch.nonzero(m[b, 0]).flatten().tolist()) for b in range(B)]
-                o, p, _ = masked_attention(dec, q, K, V, m)
-                sels[layer].observe(p.sum(2))
-                x = dec.finish_layer(layer, x, o)
-            tok = dec.logits(x)[:, -1].argmax(-1)
-    return sets, scores
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # near_ties: the reference's trace
 
 
 def executor_sets(ex: Any) -> tuple[dict, Any]:
@@ -85,6 +50,7 @@ def executor_sets(ex: Any) -> tuple[dict, Any]:
 
 def main() -> int:
     from alisa.runtime.executor import RealExecutor
+    from near_ties import trace
     from tests.test_real_backend import opts, swa_spec, tiny
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,7 +64,10 @@ def main() -> int:
            "gather": args.gather}
     ex = RealExecutor(tiny(pol, prompt=args.prompt, gen=args.gen),
                       opts(selection="free", **({"graphs": False} if args.eager else {})))
-    ref, scores = reference_sets(ex.dec, swa_spec(ex), ex.prompt(), args.gen)
+    # the reference's attended tokens and candidate importance, keyed by context n
+    _, steps, _ = trace(ex.dec, swa_spec(ex), ex.prompt(), args.gen)
+    ref = {(args.prompt + i, layer): sets for (i, layer), (_, _, sets) in steps.items()}
+    scores = {(args.prompt + i, layer): cand for (i, layer), (cand, _, _) in steps.items()}
     got, _ = executor_sets(ex)
     diffs = []
     for key in sorted(ref):

@@ -67,7 +67,16 @@ def main() -> int:
     values = [float(x) for x in vals.split(",") if x]
     if not dotted.startswith("hardware."):
         ap.error("--vary names a hardware field: hardware.section.field=v1,v2,...")
-    res = sweep(args.scenario, args.real_from, dotted, values)
+    from alisa.sim.errors import InputError
+
+    try:
+        res = sweep(args.scenario, args.real_from, dotted, values)
+    except InputError as e:
+        print(f"timing_sensitivity: {e.message()}", file=sys.stderr)
+        return 2
+    except OSError as e:     # a point without its measured run
+        print(f"timing_sensitivity: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     metrics = ["throughput_tokens_per_s", "step_time_phase_II_s", "step_time_phase_III_s", "prefill_time_s"]
     print(f"{dotted:>40s}  " + "  ".join(f"{m[:24]:>24s}" for m in metrics))
     for v, r in res.items():
