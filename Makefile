@@ -1,16 +1,20 @@
 # Two entry points do all setup on a fresh machine (Python 3.11, CPU only is fine):
 #   make run    set up .venv, then simulate the bundled default scenario
 #   make test   set up .venv, then run the test suite (what CI runs)
+# The venv installs exactly requirements.lock (pip constraints, made by `make lock`).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+EXTRAS := kernels,accuracy,dev,ray,search
 
-.PHONY: run test setup bench clean
+.PHONY: run test check setup lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[kernels,accuracy,dev]'
+	PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(PY) .ci/lock.py installed
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,8 +25,21 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# lint, format and types; and the lock against pyproject.toml
+check: $(STAMP)
+	$(PY) .ci/lock.py check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# resolve every dependency again in a fresh venv and pin what it installs: after changing
+# dependencies in pyproject.toml, or deliberately to take newer releases
+lock:
+	$(PYTHON) .ci/lock.py write --extras $(EXTRAS)
+	rm -f $(STAMP)
+
 bench: $(STAMP)
 	$(PY) benchmarks/sim_speed.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .hypothesis
+	rm -rf $(VENV) results .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -1,4 +1,11 @@
-"""The `alisa` command line. Library code returns data; this module renders it."""
+"""The `alisa` command line. Library code returns data; this module renders it.
+
+alisa's parts live in the design card's top-level folders and install as ``alisa.sim``,
+``alisa.kernels``, ``alisa.calibration``, ``alisa.runtime``, ``alisa.accuracy`` and the
+bundled data ``alisa.hardware_profiles`` and ``alisa.scenarios``. None of those folders
+(nor ``alisa/``) has an ``__init__.py``: they are namespace packages, so a bare name
+such as ``kernels`` always means the installed distribution, never this checkout.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from alisa.sim.atomic import check_output_folder
+from alisa.sim.deps import install_hint, require
 from alisa.sim.errors import InputError
 
 
@@ -60,7 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = resolve_scenario(args.scenario)
     sc = load_scenario(path, args.set)
     out = Path(args.out) if args.out else Path("results") / sc.name
+    check_output_folder(out)
     if args.backend == "real":
+        require("torch", "triton", purpose="the real backend (--backend real)")
         from alisa.runtime.executor import RealOptions
         from alisa.runtime.run import run_real
 
@@ -81,7 +92,8 @@ def _point_label(sc_name: str, params: dict[str, Any]) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from alisa.runtime.executor import RealOptions
+    if not args.real_from:  # measured runs here; comparing saved ones needs neither
+        require("torch", "triton", purpose="alisa validate's measured runs (without --real-from)")
     from alisa.runtime.validate import (compare_repeats, fmt_value, read_run, step_series_median, step_time_figure,
                                         summarize, summarize_spread)
     from alisa.sim.atomic import write_bytes, write_text
@@ -108,15 +120,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     cond_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
-    opts = RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager)
-    from alisa.runtime.run import run_real
-
     for label, sc in tqdm(points, desc="validate", unit="scenario", file=sys.stderr):
         d = out / label
         real_dirs = [rf / label / "real" for rf in real_froms] or [d / "real"]
         if not real_froms:
+            from alisa.runtime.executor import RealOptions
+            from alisa.runtime.run import run_real
+
             try:
-                run_real(sc, real_dirs[0], opts, plots=False)
+                run_real(sc, real_dirs[0], RealOptions(selection=args.selection, weights=args.weights,
+                                                       graphs=not args.eager), plots=False)
             except InputError as e:
                 if len(points) == 1:
                     raise
@@ -249,6 +262,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = resolve_scenario(args.scenario)
     points = expand_sweep(path, args.set)
     out = Path(args.out) if args.out else Path("results") / (Path(path).stem + "-sweep")
+    check_output_folder(out)
     with tqdm(total=len(points), desc="sweep", unit="pt", file=sys.stderr) as bar:
         rows = run_sweep(points, out, jobs=args.jobs, progress=bar.update)
     keys = [k for k in rows[0] if k.startswith("param:")]
@@ -308,6 +322,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     if args.host_processes is not None and args.host_processes < 1:
         raise InputError(f"must be at least 1, got {args.host_processes}", field="--host-processes")
+    require("torch", "triton", purpose="alisa calibrate")
     require_gpu()  # before anything else: a clear message and exit 2 where there is none
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     name = args.name
@@ -366,6 +381,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     if args.trace_out and "swa" not in policies:
         raise InputError("--trace-out records the swa policy's selections: add swa to --policies", field="--trace-out")
 
+    require("torch", "transformers", purpose="alisa accuracy")
     from tqdm import tqdm
 
     from alisa.accuracy.evaluate import evaluate
@@ -423,6 +439,7 @@ def _real_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="alisa", description="Sparsity-aware KV caching: simulator and tools")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run one scenario (default: the bundled default scenario)")
@@ -492,12 +509,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alisa")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"alisa: error: {e.message()}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # a package this command imports is missing: an install problem, not a bug in alisa
+        if not e.name or e.name.split(".")[0] == "alisa":
+            raise
+        print(f"alisa: error: alisa {args.cmd} needs the Python package '{e.name.split('.')[0]}', "
+              f"which is not installed; {install_hint(e.name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alisa: interrupted", file=sys.stderr)

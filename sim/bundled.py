@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib
 from pathlib import Path
 
 from .errors import InputError
@@ -10,8 +10,22 @@ from .errors import InputError
 DEFAULT_SCENARIO = "default"
 
 
+def package_dir(package: str) -> Path:
+    """The folder of a bundled data package (``alisa.scenarios``, ``alisa.hardware_profiles``).
+
+    Not ``importlib.resources.files``: the design card's top-level folders have no
+    ``__init__.py`` (so none shadows an installed distribution of the same bare name, such
+    as ``kernels``), which makes them namespace packages, and an editable install lists a
+    placeholder path entry beside the real folder, which ``files`` rejects.
+    """
+    for entry in importlib.import_module(package).__path__:
+        if Path(entry).is_dir():
+            return Path(entry)
+    raise ModuleNotFoundError(f"{package} has no folder on disk; is alisa installed?")
+
+
 def scenarios_dir() -> Path:
-    return Path(str(resources.files("alisa.scenarios")))
+    return package_dir("alisa.scenarios")
 
 
 def scenario_files() -> list[Path]:

@@ -8,7 +8,6 @@ analytic roofline terms where present.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Tuple, Union
 
@@ -16,6 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator,
                       model_validator)
 
+from .bundled import package_dir
 from .errors import InputError
 
 GB = 1e9  # every *_gb and *_gbps field is decimal: 1 GB = 1e9 bytes
@@ -244,7 +244,7 @@ class HardwareProfile(BaseModel):
 
 
 def _bundled_dir() -> Path:
-    return Path(str(resources.files("alisa.hardware_profiles")))
+    return package_dir("alisa.hardware_profiles")
 
 
 def profile_names() -> list[str]:
@@ -269,15 +269,23 @@ def profile_path(name_or_path: str) -> Path:
 
 def read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", file=str(path)) from None
+        raise InputError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", file=str(path)) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InputError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", file=str(path)) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        # a tag's value that its constructor rejects (!!timestamp 2020-13-45, !!float x)
+        raise InputError(f"malformed YAML: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                         file=str(path)) from None
 
 
 def profile_config(name_or_path: str) -> dict[str, Any]:

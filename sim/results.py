@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_bytes, write_text
+from .atomic import write_folder, write_text
 from .engine import LANES, EngineResult
 from .hardware import GB
 from .models import kv_bytes_per_token, weight_bytes
@@ -113,12 +113,7 @@ def write_outputs(out: Path, result: dict[str, Any], er: EngineResult, plots: di
         "trace.json": chrome_trace(er, result["scenario"]["name"]).encode(),
         **plots,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in files.items():
-        write_bytes(out / name, data)
-        written.append(out / name)
-    return written
+    return write_folder(out, files)
 
 
 def dump_json(path: Path, obj: Any) -> None:

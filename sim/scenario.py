@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from .catalog import model_config
 from .errors import InputError
 from .hardware import HardwareProfile, profile_config, profile_path, read_yaml
-from .models import ModelSpec, weight_bytes
+from .models import ModelSpec, kv_bytes_per_token, weight_bytes
 from .validation import validate_model
 
 
@@ -120,7 +121,7 @@ class OutputOptions(BaseModel):
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(description="names the default output folder (results/<name>), so it is one path part")
     model: ModelSpec
     hardware: HardwareProfile
     workload: Workload
@@ -128,6 +129,13 @@ class Scenario(BaseModel):
     seed: int = 0
     sweep: dict[str, list[Any]] | None = None
     output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_part(cls, v: str) -> str:
+        if not v.strip() or v in (".", "..") or any(c in v for c in "/\\\0"):
+            raise ValueError("must be a non-empty name without '/', '\\' or NUL (it names the output folder)")
+        return v
 
 
 POLICY_NAMES = ("alisa", "dense-gpu", "flexgen", "vllm", "accelerate", "zero-inference", "h2o")
@@ -200,6 +208,15 @@ def check_runnable(s: Scenario, file: str) -> None:
         raise InputError(
             f"model weights ({need / 1e9:.1f} GB) exceed GPU + CPU memory ({have / 1e9:.1f} GB)",
             file=file, field="model")
+    # every policy keeps a sequence's KV (H2O its budget's share of it) somewhere: where
+    # one sequence's alone cannot fit GPU + host memory, no batch size can run
+    keep = s.policy.kv_budget if isinstance(s.policy, H2OPolicyConfig) else 1.0
+    context = s.workload.prompt_len + s.workload.gen_len
+    one_seq = kv_bytes_per_token(s.model) * context * keep
+    if one_seq > have:
+        raise InputError(
+            f"one sequence's KV cache at {context} tokens ({one_seq / 1e9:.1f} GB) exceeds GPU + CPU memory "
+            f"({have / 1e9:.1f} GB)", file=file, field="workload.gen_len")
     budget = s.policy.gpu_kv_budget_gb
     if budget is not None and budget > s.hardware.gpu_memory_gb:
         raise InputError(

@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .atomic import write_bytes, write_text
+from .atomic import write_folder
 from .errors import InputError
 from .results import scenario_summary
 from .runner import simulate
@@ -72,12 +72,12 @@ def run_sweep(points: list[tuple[dict[str, Any], Scenario]], out: Path, jobs: in
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "sweep.csv", buf.getvalue())
-    write_text(out / "sweep.json", json.dumps([results[i] for i in range(len(points))], indent=1))
+    files = {"sweep.csv": buf.getvalue().encode(),
+             "sweep.json": json.dumps([results[i] for i in range(len(points))], indent=1).encode()}
     png = grouped_bars(rows, str(out.name))
     if png:
-        write_bytes(out / "sweep.png", png)
+        files["sweep.png"] = png
+    write_folder(out, files)
     return rows
 
 

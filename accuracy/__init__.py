@@ -1,1 +1,0 @@
-"""Accuracy study: SWA and its baselines on a real model, and selection traces."""

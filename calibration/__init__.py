@@ -1,1 +1,0 @@
-"""Measure a GPU and host, fit cost models, write a hardware profile."""

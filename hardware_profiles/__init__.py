@@ -1,1 +1,0 @@
-"""Bundled data (YAML); a package only so that it installs with alisa."""

@@ -1,1 +1,0 @@
-"""Triton kernels for SWA decoding and their torch references."""

@@ -1,1 +1,0 @@
-"""Compact decoder with pluggable KV store and attention; the real backend builds on it."""

@@ -1,1 +1,0 @@
-"""Discrete-event simulator of sparsity-aware KV caching on one GPU plus host memory."""
