@@ -23,7 +23,12 @@ def read_text(path: str | None) -> tuple[str, str]:
     p = Path(path)
     if not p.is_file():
         raise InputError("text file does not exist", file=path, field="--text")
-    return p.read_text(), str(p)
+    try:
+        return p.read_bytes().decode("utf-8"), str(p)
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (at byte offset {e.start})", file=path, field="--text") from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=path, field="--text") from None
 
 
 def token_ids(text: str, tokenizer, vocab_size: int, n: int, label: str):  # type: ignore[no-untyped-def]

@@ -69,3 +69,12 @@ def test_smollm2_decoder_matches_transformers():
     with torch.no_grad():
         ref = model(ids).logits
     assert (Decoder.from_hf(model).forward(ids) - ref).abs().max() < 1e-4
+
+
+def test_text_that_is_not_utf8(capsys, tmp_path):
+    bad = tmp_path / "t.txt"
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    assert main(["accuracy", "--model", "tiny-llama", "--text", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "--text" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
