@@ -30,7 +30,7 @@ check: $(STAMP)
 	$(PY) .ci/lock.py check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	$(PY) .ci/typecheck.py
 
 # resolve every dependency again in a fresh venv and pin what it installs: after changing
 # dependencies in pyproject.toml, or deliberately to take newer releases

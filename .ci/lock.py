@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ try:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 except ImportError:  # a bare Python: pip vendors the same library
-    from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
-    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]
+    from pip._vendor.packaging.requirements import Requirement  # type: ignore[assignment]
+    from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[assignment]
 
 
 class LockError(Exception):
@@ -99,7 +99,9 @@ def check(pyproject: Path, lock: Path) -> list[str]:
             if name not in pins:
                 problems.append(f"{pyproject.name} {where}: '{spec}' is not pinned in {lock.name}")
             elif not req.specifier.contains(pins[name], prereleases=True):
-                problems.append(f"{pyproject.name} {where}: '{spec}' does not admit the locked {req.name}=={pins[name]}")
+                problems.append(
+                    f"{pyproject.name} {where}: '{spec}' does not admit the locked {req.name}=={pins[name]}"
+                )
     return problems
 
 
@@ -112,10 +114,14 @@ def installed() -> dict[str, str]:
 
 def compare_installed(lock: Path, have: dict[str, str], own: str = "alisa") -> list[str]:
     _, pins = read_lock(lock)
-    problems = [f"{n}=={v} is installed, the lock has {pins[n]}" for n, v in sorted(have.items())
-                if n in pins and pins[n] != v]
-    problems += [f"{n}=={v} is installed but not in the lock" for n, v in sorted(have.items())
-                 if n not in pins and n not in BOOTSTRAP and n != own]
+    problems = [
+        f"{n}=={v} is installed, the lock has {pins[n]}" for n, v in sorted(have.items()) if n in pins and pins[n] != v
+    ]
+    problems += [
+        f"{n}=={v} is installed but not in the lock"
+        for n, v in sorted(have.items())
+        if n not in pins and n not in BOOTSTRAP and n != own
+    ]
     problems += [f"{n}=={v} is locked but not installed" for n, v in sorted(pins.items()) if n not in have]
     return problems
 
@@ -127,23 +133,40 @@ def write(extras: list[str], python: str, lock: Path) -> None:
         venv = Path(tmp) / "venv"
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         py = str(venv / "bin" / "python")
-        subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *lists["build-system.requires"]],
-                       check=True, env=env)
-        subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[{','.join(extras)}]"],
-                       check=True, env=env)
-        freeze = subprocess.run([py, "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True, env=env,
-                                capture_output=True, text=True).stdout
-        pyver = subprocess.run([py, "-c", "import platform; print(platform.python_version())"], check=True,
-                               capture_output=True, text=True).stdout.strip()
-    pins = sorted((ln for ln in freeze.splitlines() if ln and not ln.startswith("#")
-                   and canonicalize_name(ln.partition("==")[0]) not in BOOTSTRAP), key=str.lower)
+        subprocess.run(
+            [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *lists["build-system.requires"]],
+            check=True,
+            env=env,
+        )
+        subprocess.run(
+            [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[{','.join(extras)}]"],
+            check=True,
+            env=env,
+        )
+        freeze = subprocess.run(
+            [py, "-m", "pip", "freeze", "--all", "--exclude-editable"],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        pyver = subprocess.run(
+            [py, "-c", "import platform; print(platform.python_version())"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    pins = sorted(
+        (
+            ln
+            for ln in freeze.splitlines()
+            if ln and not ln.startswith("#") and canonicalize_name(ln.partition("==")[0]) not in BOOTSTRAP
+        ),
+        key=str.lower,
+    )
     head = [
         "# requirements.lock: what `make run` and `make test` install (pip constraints; see .ci/lock.py).",
         "# Regenerate with `make lock` after changing dependencies in pyproject.toml, or to take newer releases.",
         f"# extras: {','.join(extras)}",
         f"# inputs-sha256: {inputs_hash(lists)}",
-        f"# made: {datetime.now(timezone.utc).date().isoformat()} on {platform.system()} {platform.machine()}, "
-        f"CPython {pyver}",
+        f"# made: {datetime.now(UTC).date().isoformat()} on {platform.system()} {platform.machine()}, CPython {pyver}",
     ]
     tmp_lock = lock.with_suffix(".lock.tmp")
     tmp_lock.write_text("\n".join(head + pins) + "\n")

@@ -11,8 +11,8 @@ attention mass that lies on the selected tokens, mean over layers and heads).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class _TraceRecorder:
     def layer(self, layer: int, mask_row: torch.Tensor, window: int) -> None:
         n = mask_row.shape[-1]
         glob = mask_row.clone()
-        glob[:, n - window:] = False
+        glob[:, n - window :] = False
         self.selected[-1][layer] = int(glob.sum())
         prev = self.prev[layer]
         if prev is not None:
@@ -81,26 +81,37 @@ class _TraceRecorder:
 
     def trace(self) -> SelectionTrace:
         lens = np.array([0] + [len(i) for i in self.indices], dtype=np.int64)
-        return SelectionTrace(np.array(self.context_len), np.array(self.window), np.array(self.selected),
-                              np.array(self.changed), np.cumsum(lens),
-                              np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32))
+        return SelectionTrace(
+            np.array(self.context_len),
+            np.array(self.window),
+            np.array(self.selected),
+            np.array(self.changed),
+            np.cumsum(lens),
+            np.concatenate(self.indices) if self.indices else np.zeros(0, np.int32),
+        )
 
 
-def masked_attention(dec: Decoder, q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, m: torch.Tensor,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def masked_attention(
+    dec: Decoder,
+    q: torch.Tensor,
+    K: torch.Tensor,
+    V: torch.Tensor,
+    m: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decode position: q [B, Hq, 1, d] over K, V [B, Hkv, n, d] restricted to mask m
     [B, Hkv, n]. Returns (output [B, Hq, 1, d], masked weights and full-softmax weights,
     both [B, Hkv, G, n])."""
     c = dec.cfg
     B, G = q.shape[0], c.num_heads // c.num_kv_heads
-    qg = q.view(B, c.num_kv_heads, G, c.head_dim)                                  # GQA groups
-    s = (qg @ K.transpose(-1, -2)) * dec.scale                                     # [B, Hkv, G, n]
+    qg = q.view(B, c.num_kv_heads, G, c.head_dim)  # GQA groups
+    s = (qg @ K.transpose(-1, -2)) * dec.scale  # [B, Hkv, G, n]
     p = s.masked_fill(~m[:, :, None], -math.inf).softmax(-1)
     return (p @ V).view(B, c.num_heads, 1, c.head_dim), p, s.softmax(-1)
 
 
-def prefill_observed(dec: Decoder, ids: torch.Tensor, cache: KVCache, sels: list[LayerSelector],
-                     broadcast: int | None = None) -> torch.Tensor:
+def prefill_observed(
+    dec: Decoder, ids: torch.Tensor, cache: KVCache, sels: list[LayerSelector], broadcast: int | None = None
+) -> torch.Tensor:
     """Dense causal prefill of ids [b, P] that fills the cache and each layer's selector
     (with `broadcast`, one row is run and copied to that many). Returns the hidden [B, P, h]."""
     c = dec.cfg
@@ -114,7 +125,7 @@ def prefill_observed(dec: Decoder, ids: torch.Tensor, cache: KVCache, sels: list
         _, q, k, v = dec.qkv(layer, x, pos)
         cache.append(layer, k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
         qg = q.view(b, c.num_kv_heads, G, P, c.head_dim)
-        s = (qg @ k[:, :, None].transpose(-1, -2)) * dec.scale                      # [b, Hkv, G, P, P]
+        s = (qg @ k[:, :, None].transpose(-1, -2)) * dec.scale  # [b, Hkv, G, P, P]
         p = s.masked_fill(causal, -math.inf).softmax(-1)
         sels[layer].observe_prefill(p.sum(2).expand(B, -1, -1, -1))
         a = (p @ v[:, :, None]).view(b, c.num_heads, P, c.head_dim)
@@ -122,14 +133,20 @@ def prefill_observed(dec: Decoder, ids: torch.Tensor, cache: KVCache, sels: list
     return x.expand(B, -1, -1)
 
 
-def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: int, shared_heads: bool = False,
-             trace_row: int | None = None, progress: Callable[[int], None] | None = None,
-             ) -> tuple[list[RowMetrics], SelectionTrace | None]:
+def evaluate(
+    dec: Decoder,
+    ids: torch.Tensor,
+    specs: list[PolicySpec],
+    prefill: int,
+    shared_heads: bool = False,
+    trace_row: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[list[RowMetrics], SelectionTrace | None]:
     c = dec.cfg
     T = ids.numel()
     if not 1 <= prefill < T - 1:
         raise ValueError(f"prefill {prefill} must leave tokens to decode (text has {T})")
-    B, G = len(specs), c.num_heads // c.num_kv_heads
+    B = len(specs)
     dtype = dec.w["embed"].dtype
     cache = KVCache(c, B, T, dtype, ids.device)
     sels = [LayerSelector(specs, c.num_kv_heads, T, shared_heads, ids.device) for _ in range(c.num_layers)]
@@ -144,13 +161,13 @@ def evaluate(dec: Decoder, ids: torch.Tensor, specs: list[PolicySpec], prefill: 
         for t in range(prefill, T - 1):
             n = t + 1
             pos = torch.tensor([t], device=ids.device)
-            x = dec.embed(ids[t:t + 1].expand(B, 1), pos)
+            x = dec.embed(ids[t : t + 1].expand(B, 1), pos)
             for layer in range(c.num_layers):
                 _, q, k, v = dec.qkv(layer, x, pos)
                 K, V = cache.append(layer, k, v)
-                m = sels[layer].mask(n)                                               # [B, Hkv, n]
+                m = sels[layer].mask(n)  # [B, Hkv, n]
                 out, p, pd = masked_attention(dec, q, K, V, m)
-                recall = (pd * m[:, :, None]).sum(-1).flatten(1).mean(-1)             # [B]
+                recall = (pd * m[:, :, None]).sum(-1).flatten(1).mean(-1)  # [B]
                 sels[layer].observe(p.sum(2))
                 recall_acc += recall
                 if rec is not None:

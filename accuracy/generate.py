@@ -12,8 +12,9 @@ from alisa.runtime.decoder import Decoder, KVCache
 from .evaluate import masked_attention, prefill_observed
 
 
-def reference_generate(dec: Decoder, prompt: torch.Tensor, steps: int, spec: PolicySpec,
-                       shared_heads: bool = True) -> torch.Tensor:
+def reference_generate(
+    dec: Decoder, prompt: torch.Tensor, steps: int, spec: PolicySpec, shared_heads: bool = True
+) -> torch.Tensor:
     """Greedy tokens [B, steps] after prompt [B, P] (the first comes from the prefill)."""
     c = dec.cfg
     B, P = prompt.shape

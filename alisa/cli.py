@@ -15,8 +15,9 @@ import io
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from alisa.sim.atomic import check_output_folder
 from alisa.sim.deps import install_hint, require
@@ -35,28 +36,40 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def render_summary(r: dict[str, Any]) -> str:
     sc = r["scenario"]
     wl = sc["workload"]
-    head = (f"{sc['name']}: {sc['model']} on {sc['hardware']} ({sc['hardware_source']}), policy {r['policy']}, "
-            f"batch {wl['batch_size']}, prompt {wl['prompt_len']}, gen {wl['gen_len']}")
+    head = (
+        f"{sc['name']}: {sc['model']} on {sc['hardware']} ({sc['hardware_source']}), policy {r['policy']}, "
+        f"batch {wl['batch_size']}, prompt {wl['prompt_len']}, gen {wl['gen_len']}"
+    )
     rows = [("backend", r["backend"])]
     if r["oom"]:
         rows.append(("OOM", f"{r['oom_pool']}: {r['oom_reason']}"))
     rows += [
         ("throughput", f"{r['throughput_tokens_per_s']:.1f} tokens/s"),
         ("tokens generated", str(r["tokens_generated"])),
-        ("total time", f"{r['total_time_s']:.3f} s (prefill {r['prefill_time_s']:.3f} s, decode {r['decode_time_s']:.3f} s)"),
+        (
+            "total time",
+            f"{r['total_time_s']:.3f} s (prefill {r['prefill_time_s']:.3f} s, decode {r['decode_time_s']:.3f} s)",
+        ),
     ]
     for ph in ("I", "II", "III"):
         p = r["phases"][ph]
         if p["steps"]:
-            rows.append((f"phase {ph}", f"{p['steps']} steps, {p['time_s']:.3f} s, "
-                                        f"{1e3 * p['time_s'] / p['steps']:.2f} ms/step"))
+            rows.append(
+                (
+                    f"phase {ph}",
+                    f"{p['steps']} steps, {p['time_s']:.3f} s, {1e3 * p['time_s'] / p['steps']:.2f} ms/step",
+                )
+            )
     rows += [
         ("peak GPU memory", _fmt_bytes(r["peak_gpu_bytes"])),
         ("peak host memory", _fmt_bytes(r["peak_cpu_bytes"])),
         ("H2D / D2H", f"{_fmt_bytes(r['h2d_bytes'])} / {_fmt_bytes(r['d2h_bytes'])}"),
         ("recomputed tokens", str(r["recomputed_tokens"])),
-        (("simulation wall time", f"{r['sim_wall_s']:.3f} s ({r['sim_events']} events)") if r["backend"] == "sim"
-         else ("device", f"{r['real']['device']}, weights {r['real']['weights']}")),
+        (
+            ("simulation wall time", f"{r['sim_wall_s']:.3f} s ({r['sim_events']} events)")
+            if r["backend"] == "sim"
+            else ("device", f"{r['real']['device']}, weights {r['real']['weights']}")
+        ),
     ]
     return head + "\n" + _table(rows)
 
@@ -75,11 +88,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         from alisa.runtime.executor import RealOptions
         from alisa.runtime.run import run_real
 
-        result = run_real(sc, out, RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager), plots=not args.no_plots)
+        result = run_real(
+            sc,
+            out,
+            RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager),
+            plots=not args.no_plots,
+        )
     else:
         result = run_scenario(sc, out, plots=not args.no_plots)
     print(render_summary(result))
-    print(f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png"))
+    print(
+        f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png")
+    )
     print("open trace.json at https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return 0
 
@@ -94,8 +114,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if not args.real_from:  # measured runs here; comparing saved ones needs neither
         require("torch", "triton", purpose="alisa validate's measured runs (without --real-from)")
-    from alisa.runtime.validate import (compare_repeats, fmt_value, read_run, step_series_median, step_time_figure,
-                                        summarize, summarize_spread)
+    from alisa.runtime.validate import (
+        compare_repeats,
+        fmt_value,
+        read_run,
+        step_series_median,
+        step_time_figure,
+        summarize,
+        summarize_spread,
+    )
     from alisa.sim.atomic import write_bytes, write_text
     from alisa.sim.bundled import resolve_scenario
     from alisa.sim.runner import run_scenario
@@ -106,8 +133,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for params, sc in expand_sweep(resolve_scenario(path), args.set):
             points.append((_point_label(sc.name, params), sc))
     if len({p[0] for p in points}) != len(points):
-        raise InputError("two scenarios (or sweep points) share a name; give them distinct `name:` fields",
-                         field="name")
+        raise InputError(
+            "two scenarios (or sweep points) share a name; give them distinct `name:` fields", field="name"
+        )
     out = Path(args.out)
     # --real-from DIR [DIR ...]: measured runs of every point, one folder per repeat
     real_froms = [Path(p) for p in args.real_from] if args.real_from else []
@@ -128,8 +156,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             from alisa.runtime.run import run_real
 
             try:
-                run_real(sc, real_dirs[0], RealOptions(selection=args.selection, weights=args.weights,
-                                                       graphs=not args.eager), plots=False)
+                run_real(
+                    sc,
+                    real_dirs[0],
+                    RealOptions(selection=args.selection, weights=args.weights, graphs=not args.eager),
+                    plots=False,
+                )
             except InputError as e:
                 if len(points) == 1:
                     raise
@@ -145,25 +177,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
         metrics = compare_repeats(sim, [r for r, _ in runs])
         point_rows = _metric_rows(label, metrics)
         rows += point_rows
-        write_text(d / "validation.json", json.dumps({"scenario": label, "metrics": point_rows,
-                                                      "real": real.get("real", {}),
-                                                      "real_runs": [str(rd) for rd in real_dirs]}, indent=2))
+        write_text(
+            d / "validation.json",
+            json.dumps(
+                {
+                    "scenario": label,
+                    "metrics": point_rows,
+                    "real": real.get("real", {}),
+                    "real_runs": [str(rd) for rd in real_dirs],
+                },
+                indent=2,
+            ),
+        )
         if args.host_conditioned:
             cond_rows += _host_conditioned(label, sc, d, real_dirs, [r for r, _ in runs])
         series = [s for _, s in runs]
         several = len(runs) > 1
-        write_bytes(d / "step_time_compare.png", step_time_figure(
-            sim_steps, step_series_median(series),
-            f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
-            f"({real.get('real', {}).get('device', '?')}{f', {len(runs)} runs' if several else ''})",
-            repeats=series if several else None))
+        write_bytes(
+            d / "step_time_compare.png",
+            step_time_figure(
+                sim_steps,
+                step_series_median(series),
+                f"{label}: simulated ({sim['scenario']['hardware']}) vs measured "
+                f"({real.get('real', {}).get('device', '?')}{f', {len(runs)} runs' if several else ''})",
+                repeats=series if several else None,
+            ),
+        )
         print(f"\n{label}")
         for r in point_rows:
             err = "n/a" if r["error"] is None else f"{100 * r['error']:+.1f}%"
-            rng = (f"  runs {fmt_value(r['metric'], r['real_min'])} .. {fmt_value(r['metric'], r['real_max'])}"
-                   if r["repeats"] > 1 else "")
-            print(f"  {r['metric']:26s} sim {fmt_value(r['metric'], r['sim']):>14s}  "
-                  f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}{rng}")
+            rng = (
+                f"  runs {fmt_value(r['metric'], r['real_min'])} .. {fmt_value(r['metric'], r['real_max'])}"
+                if r["repeats"] > 1
+                else ""
+            )
+            print(
+                f"  {r['metric']:26s} sim {fmt_value(r['metric'], r['sim']):>14s}  "
+                f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}{rng}"
+            )
     if args.real_only:
         print(f"wrote measured runs under {out}" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0 if not failures else 1
@@ -173,26 +224,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.host_conditioned:
         write_text(out / "validation-host-conditioned.csv", _csv(cond_rows, [*fields, "host_factor"]))
-        extra["host_conditioned"] = {"summary": summarize(cond_rows),
-                                     "host_factor": {r["scenario"]: r["host_factor"] for r in cond_rows}}
-    write_text(out / "summary.json", json.dumps({"summary": summary, "measured_spread": spread, "failures": failures,
-                                                 "scenarios": [lab for lab, _ in points],
-                                                 "measured_runs": [str(rf) for rf in real_froms], **extra}, indent=2))
-    print("\nmedian / worst |error| over scenarios" + (f" (measured: median of {len(real_froms)} runs)"
-                                                       if len(real_froms) > 1 else ""))
+        extra["host_conditioned"] = {
+            "summary": summarize(cond_rows),
+            "host_factor": {r["scenario"]: r["host_factor"] for r in cond_rows},
+        }
+    write_text(
+        out / "summary.json",
+        json.dumps(
+            {
+                "summary": summary,
+                "measured_spread": spread,
+                "failures": failures,
+                "scenarios": [lab for lab, _ in points],
+                "measured_runs": [str(rf) for rf in real_froms],
+                **extra,
+            },
+            indent=2,
+        ),
+    )
+    print(
+        "\nmedian / worst |error| over scenarios"
+        + (f" (measured: median of {len(real_froms)} runs)" if len(real_froms) > 1 else "")
+    )
     for k, v in summary.items():
-        print(f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
-              f"({v['worst_scenario']}, n={v['n']})")
+        print(
+            f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
+            f"({v['worst_scenario']}, n={v['n']})"
+        )
     if spread:
         print("\nthe measured runs' own spread, (max - min) / median: median / worst over scenarios")
         for k, v in spread.items():
-            print(f"  {k:26s} {100 * v['median_spread']:6.1f}% / {100 * v['worst_spread']:6.1f}% "
-                  f"({v['worst_scenario']}, n={v['n']})")
+            print(
+                f"  {k:26s} {100 * v['median_spread']:6.1f}% / {100 * v['worst_spread']:6.1f}% "
+                f"({v['worst_scenario']}, n={v['n']})"
+            )
     if args.host_conditioned:
         print("\nhost-conditioned: the same plans, the host's costs scaled by each point's measured host speed")
         for k, v in extra["host_conditioned"]["summary"].items():
-            print(f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
-                  f"({v['worst_scenario']}, n={v['n']})")
+            print(
+                f"  {k:26s} {100 * v['median_abs_error']:6.1f}% / {100 * v['worst_abs_error']:6.1f}% "
+                f"({v['worst_scenario']}, n={v['n']})"
+            )
     print(f"\nwrote {out}/validation.csv, summary.json and per-scenario folders")
     return 0 if not failures else 1
 
@@ -218,18 +290,25 @@ def _check_measured_matches(path: Path, sc: Any) -> None:
     for key in ("model", "hardware"):
         if ran.get(key) != want[key]:
             hint = f"; to compare with it, pass --set hardware={ran.get(key)}" if key == "hardware" else ""
-            raise InputError(f"the measured run has {key} {ran.get(key)!r}, the scenario {want[key]!r}{hint}",
-                             file=str(path), field=f"scenario.{key}")
+            raise InputError(
+                f"the measured run has {key} {ran.get(key)!r}, the scenario {want[key]!r}{hint}",
+                file=str(path),
+                field=f"scenario.{key}",
+            )
     for key in ("workload", "policy"):
         # field by field: a run written before a field existed lacks it (and had its default)
         for f, v in (ran.get(key) or {}).items():
             if f in want[key] and want[key][f] != v:
-                raise InputError(f"the measured run has {f} {v!r}, the scenario {want[key][f]!r}",
-                                 file=str(path), field=f"scenario.{key}.{f}")
+                raise InputError(
+                    f"the measured run has {f} {v!r}, the scenario {want[key][f]!r}",
+                    file=str(path),
+                    field=f"scenario.{key}.{f}",
+                )
 
 
-def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],
-                      reals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _host_conditioned(
+    label: str, sc: Any, d: Path, real_dirs: list[Path], reals: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """One point re-timed with its measured host speed (``--host-conditioned``): rows as
     the plain comparison's, with ``host_factor``; none where no traced step has a host
     to compare (the factor is then undefined)."""
@@ -248,8 +327,20 @@ def _host_conditioned(label: str, sc: Any, d: Path, real_dirs: list[Path],
 
 def _metric_rows(label: str, metrics: list[Any], **extra: Any) -> list[dict[str, Any]]:
     """A point's metrics as the rows of validation.csv (and summary.json)."""
-    return [{"scenario": label, "metric": m.name, "sim": m.sim, "real": m.real, "error": m.error,
-             "real_min": m.real_min, "real_max": m.real_max, "repeats": m.repeats, **extra} for m in metrics]
+    return [
+        {
+            "scenario": label,
+            "metric": m.name,
+            "sim": m.sim,
+            "real": m.real,
+            "error": m.error,
+            "real_min": m.real_min,
+            "real_max": m.real_max,
+            "repeats": m.repeats,
+            **extra,
+        }
+        for m in metrics
+    ]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -269,8 +360,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print("  ".join(k.removeprefix("param:") for k in keys) + "  throughput_tok/s  phases(I/II/III)  oom")
     for r in rows:
         vals = "  ".join(str(r[k]) for k in keys)
-        print(f"{vals}  {r['throughput_tokens_per_s']:.1f}  "
-              f"{r['phase_I_steps']}/{r['phase_II_steps']}/{r['phase_III_steps']}  {r['oom']}")
+        print(
+            f"{vals}  {r['throughput_tokens_per_s']:.1f}  "
+            f"{r['phase_I_steps']}/{r['phase_II_steps']}/{r['phase_III_steps']}  {r['oom']}"
+        )
     print(f"\nwrote {out}/sweep.csv and sweep.json ({len(rows)} points)")
     return 0
 
@@ -293,8 +386,10 @@ def cmd_profiles(_: argparse.Namespace) -> int:
 
     for n in profile_names():
         p = load_profile(n)
-        print(f"{n:22s} {p.source:9s} {p.gpu_memory_gb:7.1f} GB  HBM {p.hbm_gbps:6.0f} GB/s  "
-              f"fp16 {p.fp16_tflops:6.1f} TFLOP/s  PCIe {p.pcie_h2d_gbps:5.1f} GB/s  host {p.cpu_memory_gb:.0f} GB")
+        print(
+            f"{n:22s} {p.source:9s} {p.gpu_memory_gb:7.1f} GB  HBM {p.hbm_gbps:6.0f} GB/s  "
+            f"fp16 {p.fp16_tflops:6.1f} TFLOP/s  PCIe {p.pcie_h2d_gbps:5.1f} GB/s  host {p.cpu_memory_gb:.0f} GB"
+        )
     return 0
 
 
@@ -304,8 +399,10 @@ def cmd_models(_: argparse.Namespace) -> int:
 
     for n in model_names():
         m = get_model(n)
-        print(f"{n:14s} layers {m.num_layers:3d}  hidden {m.hidden_size:5d}  heads {m.num_heads:3d}/{m.num_kv_heads:<3d} "
-              f"weights {weight_bytes(m) / 1e9:6.1f} GB  KV/token {kv_bytes_per_token(m) / 1e3:7.1f} KB")
+        print(
+            f"{n:14s} layers {m.num_layers:3d}  hidden {m.hidden_size:5d}  heads {m.num_heads:3d}/{m.num_kv_heads:<3d} "
+            f"weights {weight_bytes(m) / 1e9:6.1f} GB  KV/token {kv_bytes_per_token(m) / 1e3:7.1f} KB"
+        )
     return 0
 
 
@@ -329,18 +426,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("hardware_profiles") / f"{name}.yaml"
     stages = 10
     with tqdm(total=stages, desc="calibrate", unit="stage", file=sys.stderr) as bar:
+
         def step(label: str) -> None:
             bar.set_postfix_str(label)
             if bar.n < stages and label != "launch latency":
                 bar.update(1)
+
         profile, rows = calibrate(args.quick, name, models, progress=step, host_processes=args.host_processes)
         bar.update(stages - bar.n)
     write_profile(profile, rows, out)
     fits = profile["meta"]["fits"]
-    print(f"{profile['gpu_name']}: HBM {profile['hbm_gbps']} GB/s, fp16 {profile['fp16_tflops']} TFLOP/s, "
-          f"H2D {profile['pcie_h2d_gbps']} GB/s, D2H {profile['pcie_d2h_gbps']} GB/s, "
-          f"pageable x{profile['pcie_pageable_factor']}, gather {profile['cpu_gather_gbps']} GB/s, "
-          f"launch {profile['kernel_launch_us']} us")
+    print(
+        f"{profile['gpu_name']}: HBM {profile['hbm_gbps']} GB/s, fp16 {profile['fp16_tflops']} TFLOP/s, "
+        f"H2D {profile['pcie_h2d_gbps']} GB/s, D2H {profile['pcie_d2h_gbps']} GB/s, "
+        f"pageable x{profile['pcie_pageable_factor']}, gather {profile['cpu_gather_gbps']} GB/s, "
+        f"launch {profile['kernel_launch_us']} us"
+    )
     for op, f in fits.items():
         err = f.get("mean_rel_error", f.get("roofline_mean_rel_error"))
         if err is not None:
@@ -394,8 +495,9 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     text, label = read_text(args.text)
     model, tok = load(args.model)
     ids = token_ids(text, tok, model.config.vocab_size, args.tokens, label)
-    specs = [PolicySpec("dense")] + [PolicySpec(p, b, local_fraction=args.local_fraction)
-                                     for p in policies if p != "dense" for b in budgets]
+    specs = [PolicySpec("dense")] + [
+        PolicySpec(p, b, local_fraction=args.local_fraction) for p in policies if p != "dense" for b in budgets
+    ]
     trace_row = None
     if args.trace_out:
         tb = args.trace_budget if args.trace_budget is not None else budgets[0]
@@ -408,33 +510,53 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         rows, trace = evaluate(dec, ids, specs, args.prefill, args.shared_heads, trace_row, bar.update)
     result = rows_as_dicts(rows)
     out = Path(args.out)
-    meta = {"command": " ".join(shlex.quote(a) for a in ["alisa", *sys.argv[1:]]),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-            "model": args.model, "text": label, "text_source": SOURCE if args.text is None else label,
-            "tokens": args.tokens, "prefill": args.prefill, "shared_heads": args.shared_heads,
-            "local_fraction": args.local_fraction}
+    meta = {
+        "command": " ".join(shlex.quote(a) for a in ["alisa", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "model": args.model,
+        "text": label,
+        "text_source": SOURCE if args.text is None else label,
+        "tokens": args.tokens,
+        "prefill": args.prefill,
+        "shared_heads": args.shared_heads,
+        "local_fraction": args.local_fraction,
+    }
     write_report(out, result, meta)
     print(table(result))
     print(f"\nwrote {out}/accuracy.csv, accuracy.json, accuracy.png")
     if trace is not None:
         if not args.trace_indices:
             from dataclasses import replace
+
             trace = replace(trace, indices=None, indices_offsets=None)
         write_trace(args.trace_out, trace)
         churn = trace.churn()[1:].mean() if trace.num_steps > 1 else 0.0
-        print(f"wrote {args.trace_out} ({trace.num_steps} steps x {trace.num_layers} layers; "
-              f"mean global selection churn {churn:.3f})")
+        print(
+            f"wrote {args.trace_out} ({trace.num_steps} steps x {trace.num_layers} layers; "
+            f"mean global selection churn {churn:.3f})"
+        )
     return 0
 
 
 def _real_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--selection", choices=("plan", "free"), default="plan",
-                   help="real backend: fetch the plan's count of misses (plan) or serve pure SWA (free)")
-    p.add_argument("--weights", choices=("auto", "random", "real"), default="auto",
-                   help="real backend: real weights where bundled (smollm2-135m), else random")
-    p.add_argument("--eager", action="store_true",
-                   help="real backend: run decode's norms, projections and MLP eagerly, not as CUDA graphs")
+    p.add_argument(
+        "--selection",
+        choices=("plan", "free"),
+        default="plan",
+        help="real backend: fetch the plan's count of misses (plan) or serve pure SWA (free)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("auto", "random", "real"),
+        default="auto",
+        help="real backend: real weights where bundled (smollm2-135m), else random",
+    )
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="real backend: run decode's norms, projections and MLP eagerly, not as CUDA graphs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,10 +567,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one scenario (default: the bundled default scenario)")
     r.add_argument("scenario", nargs="?", help="scenario YAML path or bundled name (see `alisa scenarios`)")
     r.add_argument("--out", help="output folder (default results/<scenario name>)")
-    r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a field of the resolved scenario, e.g. workload.batch_size=32")
-    r.add_argument("--backend", choices=("sim", "real"), default="sim",
-                   help="sim: the SimPy model; real: run the plans on this machine's CUDA GPU")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field of the resolved scenario, e.g. workload.batch_size=32",
+    )
+    r.add_argument(
+        "--backend",
+        choices=("sim", "real"),
+        default="sim",
+        help="sim: the SimPy model; real: run the plans on this machine's CUDA GPU",
+    )
     _real_flags(r)
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     r.set_defaults(func=cmd_run)
@@ -459,13 +590,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     _real_flags(v)
     v.add_argument("--real-only", action="store_true", help="only the measured runs (e.g. on a GPU machine)")
-    v.add_argument("--host-conditioned", action="store_true",
-                   help="also re-time the same plans with the profile's host costs scaled by each point's "
-                        "measured host speed (its traced steps' own host time over the simulated): the "
-                        "error left is the model's, not the process's host draw (runtime/host_speed.py)")
-    v.add_argument("--real-from", metavar="DIR", nargs="+",
-                   help="compare with measured runs written by --real-only; several DIRs: repeats of every point, "
-                        "compared by their median, with their spread reported")
+    v.add_argument(
+        "--host-conditioned",
+        action="store_true",
+        help="also re-time the same plans with the profile's host costs scaled by each point's "
+        "measured host speed (its traced steps' own host time over the simulated): the "
+        "error left is the model's, not the process's host draw (runtime/host_speed.py)",
+    )
+    v.add_argument(
+        "--real-from",
+        metavar="DIR",
+        nargs="+",
+        help="compare with measured runs written by --real-only; several DIRs: repeats of every point, "
+        "compared by their median, with their spread reported",
+    )
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("sweep", help="run the Cartesian product of a scenario's `sweep:` lists")
@@ -481,10 +619,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="profile path (default hardware_profiles/<name>.yaml)")
     c.add_argument("--models", help="catalog models whose GEMM shapes to time (comma-separated)")
     c.add_argument("--refit", metavar="PROFILE", help="rebuild a measured profile from its saved raw measurements")
-    c.add_argument("--host-processes", type=int, default=None, metavar="N",
-                   help="fresh processes the host probes run in, each field the median over them "
-                        "(default 3; 1 with --quick): a process keeps its host speed, so more "
-                        "processes sample the machine better on a shared host")
+    c.add_argument(
+        "--host-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fresh processes the host probes run in, each field the median over them "
+        "(default 3; 1 with --quick): a process keeps its host speed, so more "
+        "processes sample the machine better on a shared host",
+    )
     c.set_defaults(func=cmd_calibrate)
 
     a = sub.add_parser("accuracy", help="SWA vs dense/local/streaming/H2O on a real model")
@@ -499,8 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="results/accuracy")
     a.add_argument("--trace-out", help="write the swa selection trace (.npz) the simulator reads")
     a.add_argument("--trace-budget", type=float, help="which swa budget to trace (default: the first)")
-    a.add_argument("--no-trace-indices", dest="trace_indices", action="store_false",
-                   help="trace counts only, not the selected indices (a much smaller file)")
+    a.add_argument(
+        "--no-trace-indices",
+        dest="trace_indices",
+        action="store_false",
+        help="trace counts only, not the selected indices (a much smaller file)",
+    )
     a.set_defaults(func=cmd_accuracy)
 
     sub.add_parser("scenarios", help="list bundled scenarios").set_defaults(func=cmd_scenarios)
@@ -529,8 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a package this command imports is missing: an install problem, not a bug in alisa
         if not e.name or e.name.split(".")[0] == "alisa":
             raise
-        print(f"alisa: error: alisa {args.cmd} needs the Python package '{e.name.split('.')[0]}', "
-              f"which is not installed; {install_hint(e.name)}", file=sys.stderr)
+        print(
+            f"alisa: error: alisa {args.cmd} needs the Python package '{e.name.split('.')[0]}', "
+            f"which is not installed; {install_hint(e.name)}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("alisa: interrupted", file=sys.stderr)

@@ -23,8 +23,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info: dict[str, Any] = {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-                            "python": platform.python_version(), "os": platform.platform()}
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
     try:
         import torch
 
@@ -38,9 +43,13 @@ def machine() -> dict[str, Any]:
 
 
 def append_record(path: Path, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    rec = {"command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine(), **(extra or {}), "rows": rows}
+    rec = {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **(extra or {}),
+        "rows": rows,
+    }
     old = json.loads(path.read_text()) if path.exists() else []
-    write_text(path, json.dumps(old + [rec], indent=1))
+    write_text(path, json.dumps([*old, rec], indent=1))
     return rec

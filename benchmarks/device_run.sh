@@ -22,28 +22,13 @@ for stage in "$@"; do
   case $stage in
     ktest) python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/ktest.log" | tail -5 ;;
     kbench) python3 benchmarks/kernels.py --out "$OUT" 2>&1 | tee "$OUT/kbench.log" | tail -120 ;;
-    kquick) python3 benchmarks/kernels.py --quick --out "$OUT" 2>&1 | tail -30 ;;
     calibrate) alisa calibrate --name "$PROFILE" --out "$OUT/$PROFILE.yaml" 2>&1 | tee "$OUT/calibrate.log" | tail -40 ;;
     # calibrate, then use the new profile for what follows (the ALISA plan's recompute ratio depends on it)
     calibrate-use) alisa calibrate --name "$PROFILE" --out "$OUT/$PROFILE.yaml" ${CAL_ARGS:-} 2>&1 | tee "$OUT/calibrate.log" | tail -40
                    cp "$OUT/$PROFILE.yaml" "$OUT/$PROFILE.measurements.json" hardware_profiles/ ;;
-    calquick) alisa calibrate --quick --name h100-80gb-quick --out "$OUT/h100-80gb-quick.yaml" 2>&1 | tail -40 ;;
     realtest) timeout 300 python3 -m pytest -q -x --tb=short -o faulthandler_timeout=75 -p no:cacheprovider tests/test_real_backend.py 2>&1 | tee "$OUT/realtest.log" | tail -15 ;;
-    overhead) python3 benchmarks/real_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} 2>&1 | tee "$OUT/overhead.log" | tail -30 ;;
-    probecheck) python3 benchmarks/debug/host_probe_check.py "$OUT" ${PROBECHECK:-dense,spill} 2>&1 | tee "$OUT/probecheck.log" | tail -30 ;;
-    fetchprobe) python3 benchmarks/debug/fetch_probe.py "$OUT" ${FETCHPROBE:-micro,pipeline} 2>&1 | tee "$OUT/fetchprobe.log" | tail -40 ;;
-    hostspread) python3 benchmarks/debug/host_spread.py "$OUT" ${HOSTSPREAD:-} 2>&1 | tee "$OUT/hostspread.log" | tail -40 ;;
-    probevsreal) python3 benchmarks/debug/probe_vs_real.py "$OUT" ${PROBEVSREAL:-} 2>&1 | tee "$OUT/probevsreal.log" | tail -40 ;;
-    stepprofile) python3 benchmarks/debug/step_profile.py "$OUT" ${STEPPROFILE:-} 2>&1 | tee "$OUT/stepprofile.log" | tail -150 ;;
-    smoke) bash benchmarks/validation_matrix.sh "$OUT" smoke 2>&1 | tee "$OUT/smoke.log" | tail -40 ;;
-    probesmoke) python3 benchmarks/debug/new_probes_smoke.py 2>&1 | tee "$OUT/probesmoke.log" | tail -40 ;;
-    cpuplace) python3 benchmarks/debug/cpu_placement.py "$OUT" 2>&1 | tee "$OUT/cpuplace.log" | tail -60 ;;
-    hostownreal) python3 benchmarks/debug/host_own_real_vs_probe.py "$OUT" ${HOSTOWNREAL:-} 2>&1 | tee "$OUT/hostownreal.log" | tail -30 ;;
-    uvagather) python3 benchmarks/debug/uva_gather.py "$OUT" 2>&1 | tee "$OUT/uvagather.log" | tail -60 ;;
     # the device gather's slow Phase III segments: the kernels alone (micro), the executor at fixed ratios (run)
-    mixedgather) python3 benchmarks/debug/mixed_gather.py "$OUT" micro 2>&1 | tee "$OUT/mixedgather.log" | tail -80 ;;
     mixedrun) python3 benchmarks/debug/mixed_gather.py "$OUT" run 2>&1 | tee "$OUT/mixedrun.log" | tail -20 ;;
-    gatherbeside) python3 benchmarks/debug/gather_beside_gemm.py "$OUT" 2>&1 | tee "$OUT/gatherbeside.log" | tail -30 ;;
     # the tiny run's GPU-only token difference: where its selection leaves the reference's
     seldiff) for a in "--gather host" "--gather device" "--gather host --eager"; do
                python3 benchmarks/debug/selection_diff.py --gen 16 $a; done 2>&1 | tee "$OUT/seldiff.log" | tail -30 ;;

@@ -17,13 +17,14 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import append_record, machine  # noqa: E402
+from _record import append_record, machine
 
 HQ, D = 32, 128
 KV_LIMIT_BYTES = 24e9  # skip points whose fp16 KV cache would not fit beside the baselines
@@ -59,8 +60,7 @@ def run_point(B, ctx, s, gqa, block_n, gen, num_stages=None):
     lengths = torch.full((B, hkv), I, device="cuda", dtype=torch.int32)
     out = torch.empty(B, HQ, D, device="cuda", dtype=torch.float16)
 
-    call = lambda: sparse_decode_attention(q, k, v, idx, lengths, block_n=block_n, out=out,  # noqa: E731
-                                           num_stages=num_stages)
+    call = partial(sparse_decode_attention, q, k, v, idx, lengths, block_n=block_n, out=out, num_stages=num_stages)
     t_sparse = bench(call)
     # the same call captured in a CUDA graph: kernel time without Python launch overhead
     call()
@@ -71,20 +71,34 @@ def run_point(B, ctx, s, gqa, block_n, gen, num_stages=None):
     t_graph = bench(graph.replay)
     # correctness on the GPU against SDPA over the gathered rows
     gi = idx.long()[..., None].expand(-1, -1, -1, D)
+
     def gathered():
         kg = torch.gather(k, 2, gi)
         vg = torch.gather(v, 2, gi)
         return F.scaled_dot_product_attention(q[:, :, None], kg, vg, enable_gqa=gqa > 1)[:, :, 0]
+
     ref = gathered()
     rel = float((out.float() - ref.float()).norm() / ref.float().norm())
     t_gather = bench(gathered)
     t_dense = bench(lambda: F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=gqa > 1))
     kv_read = B * hkv * I * D * 2 * 2 + B * hkv * I * 4
-    del k, v
-    return dict(batch=B, context=ctx, sparsity=s, gqa=gqa, attended=I, time_us=t_sparse * 1e6,
-                graph_us=t_graph * 1e6, kv_bytes_read=kv_read, gbps=kv_read / t_graph / 1e9, gather_sdpa_us=t_gather * 1e6,
-                dense_sdpa_us=t_dense * 1e6, speedup_vs_dense=t_dense / t_sparse, graph_speedup_vs_dense=t_dense / t_graph,
-                speedup_target=0.7 / (1 - s), rel_err_vs_sdpa=rel)
+    return dict(
+        batch=B,
+        context=ctx,
+        sparsity=s,
+        gqa=gqa,
+        attended=I,
+        time_us=t_sparse * 1e6,
+        graph_us=t_graph * 1e6,
+        kv_bytes_read=kv_read,
+        gbps=kv_read / t_graph / 1e9,
+        gather_sdpa_us=t_gather * 1e6,
+        dense_sdpa_us=t_dense * 1e6,
+        speedup_vs_dense=t_dense / t_sparse,
+        graph_speedup_vs_dense=t_dense / t_graph,
+        speedup_target=0.7 / (1 - s),
+        rel_err_vs_sdpa=rel,
+    )
 
 
 def main() -> int:
@@ -124,27 +138,40 @@ def main() -> int:
                     r["pct_hbm"] = 100 * r["gbps"] / ceiling
                     rows.append(r)
                 torch.cuda.empty_cache()
-    hdr = (f"{'gqa':>3} {'B':>4} {'ctx':>6} {'s':>4} {'att':>6} {'sparse us':>10} {'graph us':>9} {'GB/s':>7} {'%HBM':>5} "
-           f"{'gath+sdpa':>10} {'dense':>9} {'x dense':>7} {'target':>6} {'relerr':>8}")
+    hdr = (
+        f"{'gqa':>3} {'B':>4} {'ctx':>6} {'s':>4} {'att':>6} {'sparse us':>10} {'graph us':>9} {'GB/s':>7} {'%HBM':>5} "
+        f"{'gath+sdpa':>10} {'dense':>9} {'x dense':>7} {'target':>6} {'relerr':>8}"
+    )
     lines = [hdr]
     for r in rows:
         if "skipped" in r:
             lines.append(f"{r['gqa']:>3} {r['batch']:>4} {r['context']:>6} {r['sparsity']:>4}  skipped: {r['skipped']}")
             continue
-        lines.append(f"{r['gqa']:>3} {r['batch']:>4} {r['context']:>6} {r['sparsity']:>4} {r['attended']:>6} "
-                     f"{r['time_us']:>10.1f} {r['graph_us']:>9.1f} {r['gbps']:>7.0f} {r['pct_hbm']:>5.1f} {r['gather_sdpa_us']:>10.1f} "
-                     f"{r['dense_sdpa_us']:>9.1f} {r['speedup_vs_dense']:>7.2f} {r['speedup_target']:>6.2f} "
-                     f"{r['rel_err_vs_sdpa']:>8.1e}")
+        lines.append(
+            f"{r['gqa']:>3} {r['batch']:>4} {r['context']:>6} {r['sparsity']:>4} {r['attended']:>6} "
+            f"{r['time_us']:>10.1f} {r['graph_us']:>9.1f} {r['gbps']:>7.0f} {r['pct_hbm']:>5.1f} "
+            f"{r['gather_sdpa_us']:>10.1f} "
+            f"{r['dense_sdpa_us']:>9.1f} {r['speedup_vs_dense']:>7.2f} {r['speedup_target']:>6.2f} "
+            f"{r['rel_err_vs_sdpa']:>8.1e}"
+        )
     table = "\n".join(lines)
     print(table)
-    print(f"\nmeasured HBM copy ceiling: {ceiling:.0f} GB/s; torch {torch.__version__}, triton {triton.__version__}, "
-          f"{torch.cuda.get_device_name(0)}; {time.time() - t0:.0f} s")
+    print(
+        f"\nmeasured HBM copy ceiling: {ceiling:.0f} GB/s; torch {torch.__version__}, triton {triton.__version__}, "
+        f"{torch.cuda.get_device_name(0)}; {time.time() - t0:.0f} s"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"hbm_ceiling_gbps": ceiling, "triton": triton.__version__, "block_n": args.block_n,
-             "num_stages": args.num_stages}
+    extra = {
+        "hbm_ceiling_gbps": ceiling,
+        "triton": triton.__version__,
+        "block_n": args.block_n,
+        "num_stages": args.num_stages,
+    }
     append_record(out / "kernels.json", rows, extra)
-    (out / "kernels_table.md").write_text(f"```\n{table}\n```\n\nHBM ceiling {ceiling:.0f} GB/s; {json.dumps(machine())}\n")
+    (out / "kernels_table.md").write_text(
+        f"```\n{table}\n```\n\nHBM ceiling {ceiling:.0f} GB/s; {json.dumps(machine())}\n"
+    )
     return 0
 
 

@@ -23,24 +23,31 @@ def main() -> int:
             key = (sc["model"], sc["hardware"], sc["workload"]["batch_size"], sc["workload"]["gen_len"])
             rows.setdefault(key, {})[r["policy"]] = None if r["oom"] else r["throughput_tokens_per_s"]
     pols = ["alisa", "flexgen", "vllm", "accelerate"]
-    print("| model | hardware | batch | gen | " + " | ".join(f"{p} tok/s" for p in pols) + " | ALISA/FlexGen | ALISA/vLLM |")
+    print(
+        "| model | hardware | batch | gen | "
+        + " | ".join(f"{p} tok/s" for p in pols)
+        + " | ALISA/FlexGen | ALISA/vLLM |"
+    )
     print("|" + "---|" * (4 + len(pols) + 2))
-    ratios = {"flexgen": [], "vllm": []}
+    ratios: dict[str, list[float]] = {"flexgen": [], "vllm": []}
     for key in sorted(rows):
         v = rows[key]
         cells = [f"{v[p]:.1f}" if v.get(p) else "OOM" for p in pols]
         rs = []
         for b in ("flexgen", "vllm"):
-            if v.get("alisa") and v.get(b):
-                ratios[b].append(v["alisa"] / v[b])
-                rs.append(f"{v['alisa'] / v[b]:.2f}")
+            ours, theirs = v.get("alisa"), v.get(b)
+            if ours and theirs:
+                ratios[b].append(ours / theirs)
+                rs.append(f"{ours / theirs:.2f}")
             else:
                 rs.append("n/a")
         print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
     for b, xs in ratios.items():
         if xs:
             xs.sort()
-            print(f"\nALISA/{b}: min {xs[0]:.2f}, median {xs[len(xs) // 2]:.2f}, max {xs[-1]:.2f} over {len(xs)} points")
+            print(
+                f"\nALISA/{b}: min {xs[0]:.2f}, median {xs[len(xs) // 2]:.2f}, max {xs[-1]:.2f} over {len(xs)} points"
+            )
     return 0
 
 

@@ -36,8 +36,13 @@ def fit_latency_bandwidth(sizes: np.ndarray, seconds: np.ndarray) -> LatencyBand
     def resid(p: np.ndarray) -> np.ndarray:
         return (p[0] + x * p[1] - t) / t
 
-    sol = least_squares(resid, x0=[lat0, slope0], bounds=([0.0, 1e-30], [np.inf, np.inf]),
-                        x_scale=[max(lat0, 1e-6), slope0], method="trf")
+    sol = least_squares(
+        resid,
+        x0=[lat0, slope0],
+        bounds=([0.0, 1e-30], [np.inf, np.inf]),
+        x_scale=[max(lat0, 1e-6), slope0],
+        method="trf",
+    )
     lat, slope = float(sol.x[0]), float(sol.x[1])
     rel = np.abs(resid(sol.x))
     return LatencyBandwidthFit(lat, 1.0 / slope, float(rel.mean()), float(rel.max()))
@@ -48,8 +53,9 @@ def rel_errors(pred: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
     return float(r.mean()), float(r.max())
 
 
-def table_points(sizes: np.ndarray, seconds: np.ndarray,
-                 rate_monotone: bool = False) -> tuple[list[float], list[float]]:
+def table_points(
+    sizes: np.ndarray, seconds: np.ndarray, rate_monotone: bool = False
+) -> tuple[list[float], list[float]]:
     """A monotone piecewise-linear table over the measured grid: duplicates merged (median),
     and times made non-decreasing in size (a larger op never costs less: noise otherwise).
     With ``rate_monotone`` (PCIe copies), the rate may not fall as sizes grow either: a

@@ -46,24 +46,48 @@ from typing import Any
 
 DEPTHS = (8, 32)
 BATCHES = (8, 32)
-HOST_PROCESSES = 3        # the probe set runs in this many fresh processes (median per field)
+HOST_PROCESSES = 3  # the probe set runs in this many fresh processes (median per field)
 PROMPT = 512
 WIDTH = 4096
 
 
-def _scenario(layers: int, policy: dict[str, Any], hardware: dict[str, Any], gen: int,  # type: ignore[no-untyped-def]
-              batch: int = 8):
+def _scenario(
+    layers: int,
+    policy: dict[str, Any],
+    hardware: dict[str, Any],
+    gen: int,
+    batch: int = 8,
+):
     from alisa.sim.scenario import build_scenario
 
     # the matrix's width (KV rows of 16 KiB, inputs x of 8 KiB, as LLaMA-7B and OPT-6.7B),
     # so the probes gather and copy the bytes the real runs do; a small FFN and vocabulary
     # keep their GPU time and memory down (the host's own time does not depend on them)
-    model = dict(name=f"probe-{layers}l", family="llama", num_layers=layers, hidden_size=WIDTH,
-                 num_heads=WIDTH // 128, num_kv_heads=WIDTH // 128, head_dim=128, ffn_dim=1024, vocab_size=1024,
-                 activation="silu", norm="rmsnorm", max_positions=4096)
-    return build_scenario({"name": "host-probe", "model": model, "hardware": hardware,
-                           "workload": {"batch_size": batch, "prompt_len": PROMPT, "gen_len": gen},
-                           "policy": policy, "seed": 0}, "<calibration host probe>")
+    model = dict(
+        name=f"probe-{layers}l",
+        family="llama",
+        num_layers=layers,
+        hidden_size=WIDTH,
+        num_heads=WIDTH // 128,
+        num_kv_heads=WIDTH // 128,
+        head_dim=128,
+        ffn_dim=1024,
+        vocab_size=1024,
+        activation="silu",
+        norm="rmsnorm",
+        max_positions=4096,
+    )
+    return build_scenario(
+        {
+            "name": "host-probe",
+            "model": model,
+            "hardware": hardware,
+            "workload": {"batch_size": batch, "prompt_len": PROMPT, "gen_len": gen},
+            "policy": policy,
+            "seed": 0,
+        },
+        "<calibration host probe>",
+    )
 
 
 def waits_in(a: float, b: float, syncs: list[tuple[float, float]], floor_s: float) -> float:
@@ -102,14 +126,16 @@ def timed_syncs() -> Iterator[list[tuple[float, float]]]:
     spans: list[tuple[float, float]] = []
     saved = {cls: cls.synchronize for cls in (torch.cuda.Event, torch.cuda.Stream)}
 
-    def timed(fn):  # type: ignore[no-untyped-def]
-        def sync(self):  # type: ignore[no-untyped-def]
+    def timed(fn):
+        def sync(self):
             t0 = time.perf_counter()
             try:
                 return fn(self)
             finally:
                 spans.append((t0, time.perf_counter()))
+
         return sync
+
     try:
         for cls, fn in saved.items():
             cls.synchronize = timed(fn)  # type: ignore[method-assign]
@@ -126,12 +152,13 @@ def record_calls(obj: Any, names: tuple[str, ...]) -> dict[str, list[tuple[float
     for name in names:
         fn = getattr(obj, name)
 
-        def wrap(*a, _fn=fn, _out=out[name], **kw):  # type: ignore[no-untyped-def]
+        def wrap(*a, _fn=fn, _out=out[name], **kw):
             t0 = time.perf_counter()
             try:
                 return _fn(*a, **kw)
             finally:
                 _out.append((t0, time.perf_counter()))
+
         setattr(obj, name, wrap)
     return out
 
@@ -148,7 +175,7 @@ class StepCycle:
     fetch: list[tuple[float, float]] = field(default_factory=list)
     gathers: list[tuple[float, int, int]] = field(default_factory=list)
     launch: list[tuple[float, float]] = field(default_factory=list)
-    flush: list[tuple[float, float, int]] = field(default_factory=list)   # start, end, bytes
+    flush: list[tuple[float, float, int]] = field(default_factory=list)  # start, end, bytes
 
     @property
     def gather_s(self) -> float:
@@ -183,7 +210,7 @@ def _cycle_of(cycles: list[StepCycle], starts: list[float], t: float) -> StepCyc
     return cycles[i] if i >= 0 and t < cycles[i].end else None
 
 
-def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _host_per_step(sc) -> dict[str, float]:
     """One real run's medians per decode step. The host's own time (``own_seconds``: the
     cycle less its waits and the selection graph's launch), of which in the fetch
     (``fetch_own_seconds``: the gathers, index lists, copy issue, stream waits) and in
@@ -200,14 +227,14 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     floor = sync_floor_s()
     ex = RealExecutor(sc)
     calls = record_calls(ex, ("_decode", "_prefill"))
-    fetch_calls: list[tuple[float, float]] = []     # outermost calls only: wait runs run_to inline
+    fetch_calls: list[tuple[float, float]] = []  # outermost calls only: wait runs run_to inline
     # per fetching layer: job start, gather seconds, parts, copy issue seconds, bytes
     fetched: list[tuple[float, float, int, float, int]] = []
     if ex.fetcher is not None:
         inner, inner_run = ex.fetcher.wait, ex.fetcher.run_to
         depth = [0]
 
-        def timed(fn, *a):  # type: ignore[no-untyped-def]
+        def timed(fn, *a):
             depth[0] += 1
             t0 = time.perf_counter()
             try:
@@ -220,14 +247,17 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
         def run_to(layer: int) -> None:
             timed(inner_run, layer)
 
-        def wait(layer: int):  # type: ignore[no-untyped-def]
+        def wait(layer: int):
             f = timed(inner, layer)
             if f.host_marks is not None:
                 m = f.host_marks
-                fetched.append((m[0], m[2] - m[1], int(f.widths[0] > 0) + int(f.widths[1] > 0), m[4] - m[3],
-                                f.h2d_bytes))
+                fetched.append(
+                    (m[0], m[2] - m[1], int(f.widths[0] > 0) + int(f.widths[1] > 0), m[4] - m[3], f.h2d_bytes)
+                )
             return f
-        ex.fetcher.wait, ex.fetcher.run_to = wait, run_to
+
+        # instruments this one executor's fetcher: its methods, timed
+        ex.fetcher.wait, ex.fetcher.run_to = wait, run_to  # type: ignore[method-assign]
     selector = ex.slots.selector if ex.slots is not None else None
     launches = record_calls(selector, ("run",))["run"] if selector is not None else []
     # the write-through's store into the host copy (a closure the step hands the host),
@@ -236,15 +266,17 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     if ex.slots is not None and ex.slots.write_through:
         step_out = ex.slots.write_through_step
 
-        def write_through_step(*a, **kw):  # type: ignore[no-untyped-def]
+        def write_through_step(*a, **kw):
             nbytes, store = step_out(*a, **kw)
 
             def timed_store() -> None:
                 t0 = time.perf_counter()
                 store()
                 flushes.append((t0, time.perf_counter(), nbytes))
+
             return nbytes, timed_store
-        ex.slots.write_through_step = write_through_step
+
+        ex.slots.write_through_step = write_through_step  # type: ignore[method-assign]
     with timed_syncs() as syncs:
         ex.run()
     # a spilling run's selection graph: from issue to host part, which the simulator
@@ -252,6 +284,7 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     selection_s = 0.0
     if selector is not None and selector.graph is not None:
         from .selection_gpu import replay_seconds
+
         selection_s = replay_seconds(selector)
     del ex, selector
     release_gpu()
@@ -259,33 +292,41 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     syncs.sort()
     cycles = _cycles(calls["_decode"], calls["_prefill"])
     starts = [c.start for c in cycles]
-    for spans, put in ((fetch_calls, lambda c, s: c.fetch.append(s)), (launches, lambda c, s: c.launch.append(s)),
-                       (flushes, lambda c, s: c.flush.append(s))):
+    for spans, put in (
+        (fetch_calls, lambda c, s: c.fetch.append(s)),
+        (launches, lambda c, s: c.launch.append(s)),
+        (flushes, lambda c, s: c.flush.append(s)),
+    ):
         for span in spans:
             c = _cycle_of(cycles, starts, span[0])
             if c is not None:
                 put(c, span)
-    copies: dict[int, list[float]] = {1: [], 2: []}    # copy issue seconds by the layer's parts
+    copies: dict[int, list[float]] = {1: [], 2: []}  # copy issue seconds by the layer's parts
     for t, g, parts, copy_s, nbytes in fetched:
         c = _cycle_of(cycles, starts, t)
         if c is not None:
             c.gathers.append((g, parts, nbytes))
             if parts in copies:
                 copies[parts].append(copy_s)
-    steady = cycles[2:-1] or cycles          # the first steps warm up; the last has no successor
+    steady = cycles[2:-1] or cycles  # the first steps warm up; the last has no successor
     gathers = [x for c in steady for x in c.gathers]
     own = [own_seconds(c, syncs, floor) for c in steady]
-    per_layer = [(f - c.gather_s) / len(c.gathers) for c, (_, f) in zip(steady, own) if c.gathers]
+    per_layer = [(f - c.gather_s) / len(c.gathers) for c, (_, f) in zip(steady, own, strict=True) if c.gathers]
 
     def median(xs: list[float]) -> float:
         return statistics.median(xs) if xs else 0.0
+
     decode = [b - a for a, b in calls["_decode"]]
-    out = {"own_seconds": median([o for o, _ in own]), "fetch_own_seconds": median([f for _, f in own]),
-           "fetch_layer_own_seconds": median(per_layer), "sync_floor_seconds": floor,
-           "seconds": median(decode[2:]),       # the first two are the executor's rehearsal
-           "wait_seconds": median([sum(b - a for a, b in c.fetch) for c in steady]),
-           "prefill_seconds": min(own_in([span], syncs, floor) for span in calls["_prefill"]),
-           "selection_seconds": selection_s}
+    out = {
+        "own_seconds": median([o for o, _ in own]),
+        "fetch_own_seconds": median([f for _, f in own]),
+        "fetch_layer_own_seconds": median(per_layer),
+        "sync_floor_seconds": floor,
+        "seconds": median(decode[2:]),  # the first two are the executor's rehearsal
+        "wait_seconds": median([sum(b - a for a, b in c.fetch) for c in steady]),
+        "prefill_seconds": min(own_in([span], syncs, floor) for span in calls["_prefill"]),
+        "selection_seconds": selection_s,
+    }
     for parts, xs in copies.items():
         if xs:
             out[f"copy_issue_{parts}part_seconds"] = median(xs)
@@ -295,19 +336,33 @@ def _host_per_step(sc) -> dict[str, float]:  # type: ignore[no-untyped-def]
     if gathers:
         # means, not medians: the in-run gather fit is linear in parts and bytes
         n = len(gathers)
-        out |= {"gather_layer_seconds": sum(g for g, _, _ in gathers) / n,
-                "gather_parts": sum(p for _, p, _ in gathers) / n, "gather_bytes": sum(b for _, _, b in gathers) / n}
+        out |= {
+            "gather_layer_seconds": sum(g for g, _, _ in gathers) / n,
+            "gather_parts": sum(p for _, p, _ in gathers) / n,
+            "gather_bytes": sum(b for _, _, b in gathers) / n,
+        }
     return out
 
 
 PROBES: dict[str, dict[str, Any]] = {
     "dense": {"name": "dense-gpu"},
     "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
-    "spill": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": False,
-              "selection_churn": 0.6},
+    "spill": {
+        "name": "alisa",
+        "kv_sparsity": 0.8,
+        "gpu_kv_budget_tokens": 320,
+        "recompute": False,
+        "selection_churn": 0.6,
+    },
     # half the misses recomputed: its layers fetch KV rows and inputs x (two parts each)
-    "recompute": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": True,
-                  "recompute_ratio": 0.5, "selection_churn": 0.6},
+    "recompute": {
+        "name": "alisa",
+        "kv_sparsity": 0.8,
+        "gpu_kv_budget_tokens": 320,
+        "recompute": True,
+        "recompute_ratio": 0.5,
+        "selection_churn": 0.6,
+    },
     "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
 }
 
@@ -335,8 +390,12 @@ def _probe_rows_in_child(hardware: dict[str, Any], gen: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="alisa-host-probe-") as tmp:
         hw, out = Path(tmp) / "hardware.json", Path(tmp) / "rows.json"
         hw.write_text(json.dumps(hardware, default=str))
-        done = subprocess.run([sys.executable, "-m", "alisa.calibration.host_issue", str(hw), str(out), str(gen)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "alisa.calibration.host_issue", str(hw), str(out), str(gen)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0 or not out.is_file():
             raise RuntimeError(f"a host probe process failed (exit {done.returncode}): {done.stderr[-2000:]}")
         return json.loads(out.read_text())
@@ -375,11 +434,10 @@ def measure_host_issue(hardware: dict[str, Any], gen: int = 32, processes: int =
     return median_rows([_probe_rows_in_child(hardware, gen) for _ in range(processes)])
 
 
-
 def _section_at(by: dict[tuple[str, int], dict], a: int, b: int) -> dict[str, float]:
     """The host fields (microseconds) at one batch size, from its probes' rows by (probe,
     depth) at depths a < b."""
-    fit: dict[str, tuple[float, float]] = {}     # probe -> (per step, per layer) seconds
+    fit: dict[str, tuple[float, float]] = {}  # probe -> (per step, per layer) seconds
     for p in PROBES:
         own = {L: _own_outside_fetch(by[p, L]) for L in (a, b)}
         per_layer = (own[b] - own[a]) / (b - a)
@@ -468,8 +526,13 @@ def store_cost(rows: list[dict]) -> dict[str, float]:
     """The write-through's store into the host copy, fitted over the spilling probes as
     seconds = ``flush_us`` + bytes / ``flush_gbps`` per step. Empty where no probe timed
     it (older calibrations: their per-layer fields hold it)."""
-    fit = _fixed_and_rate([(1.0, r["flush_bytes"], r["flush_own_seconds"]) for r in rows
-                           if r["op"].startswith("host_issue:") and r.get("flush_bytes")])
+    fit = _fixed_and_rate(
+        [
+            (1.0, r["flush_bytes"], r["flush_own_seconds"])
+            for r in rows
+            if r["op"].startswith("host_issue:") and r.get("flush_bytes")
+        ]
+    )
     return {} if fit is None else {"flush_us": round(fit[0], 2), "flush_gbps": round(fit[1], 3)}
 
 
@@ -480,12 +543,17 @@ def in_run_gather(rows: list[dict]) -> dict[str, float]:
     calibrations). The gather microbenchmark (``cpu_gather``) read 33-52 GB/s in three
     calibrations within 20 minutes while the real runs gathered at 22-38: in the executor the
     gathers share the host with the issue of GPU work and the write-through."""
-    fit = _fixed_and_rate([(r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"]) for r in rows
-                           if r["op"].startswith("host_issue:") and r.get("gather_bytes")])
+    fit = _fixed_and_rate(
+        [
+            (r["gather_parts"], r["gather_bytes"], r["gather_layer_seconds"])
+            for r in rows
+            if r["op"].startswith("host_issue:") and r.get("gather_bytes")
+        ]
+    )
     return {} if fit is None else {"gather_part_us": round(fit[0], 2), "gather_gbps": round(fit[1], 3)}
 
 
-if __name__ == "__main__":      # one process's probes: hardware JSON in, rows JSON out
+if __name__ == "__main__":  # one process's probes: hardware JSON in, rows JSON out
     import json
     import sys
     from pathlib import Path

@@ -43,7 +43,7 @@ def _family_models(models: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _time_layers(sc, repeats: int, beside: Callable[[float], None] | None = None) -> float:  # type: ignore[no-untyped-def]
+def _time_layers(sc, repeats: int, beside: Callable[[float], None] | None = None) -> float:
     """Seconds of GPU time per decode layer: the step's graphs replayed back to back.
     With ``beside``: a second pass, with ``beside(seconds)`` first queueing that much
     other work on another stream (the device gather), and returns that pass's time."""
@@ -76,19 +76,21 @@ def _time_layers(sc, repeats: int, beside: Callable[[float], None] | None = None
             b.record()
             b.synchronize()
             return a.elapsed_time(b) / 1e3 / (repeats * L)
+
         t = timed()
         if beside is not None:
             torch.cuda.synchronize()
             beside(1.5 * t * repeats * L)
             t = timed()
             torch.cuda.synchronize()
-    del ex, st
+    del ex
     release_gpu()
     return t
 
 
-def _layer_probes(hardware: dict[str, Any], models: tuple[str, ...], caches: dict[str, dict[str, Any]],
-                  prompt: int, probe: str) -> Iterator[tuple[str, str, str, int, Any]]:
+def _layer_probes(
+    hardware: dict[str, Any], models: tuple[str, ...], caches: dict[str, dict[str, Any]], prompt: int, probe: str
+) -> Iterator[tuple[str, str, str, int, Any]]:
     """(family, model name, cache layout, batch, scenario) for each probe of a two-layer
     copy of each family's first model, per cache layout and batch size."""
     from alisa.sim.catalog import model_config
@@ -98,10 +100,23 @@ def _layer_probes(hardware: dict[str, Any], models: tuple[str, ...], caches: dic
         model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
         for cache, policy in caches.items():
             for B in BATCHES:
-                yield family, name, cache, B, build_scenario(
-                    {"name": probe, "model": model, "hardware": hardware,
-                     "workload": {"batch_size": B, "prompt_len": prompt, "gen_len": 8}, "policy": policy,
-                     "seed": 0}, f"<calibration {probe}>")
+                yield (
+                    family,
+                    name,
+                    cache,
+                    B,
+                    build_scenario(
+                        {
+                            "name": probe,
+                            "model": model,
+                            "hardware": hardware,
+                            "workload": {"batch_size": B, "prompt_len": prompt, "gen_len": 8},
+                            "policy": policy,
+                            "seed": 0,
+                        },
+                        f"<calibration {probe}>",
+                    ),
+                )
 
 
 def _line_through(pts: dict[int, float], digits: int) -> list[float]:
@@ -113,9 +128,10 @@ def _line_through(pts: dict[int, float], digits: int) -> list[float]:
 
 def measure_decode_layers(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
     """Raw rows: GPU seconds per decode layer, per family, cache layout and batch."""
-    return [{"op": f"decode_layer:{family}/{cache}", "size": float(B), "model": name,
-             "seconds": _time_layers(sc, REPEATS)}
-            for family, name, cache, B, sc in _layer_probes(hardware, models, CACHES, 64, "decode-layer-probe")]
+    return [
+        {"op": f"decode_layer:{family}/{cache}", "size": float(B), "model": name, "seconds": _time_layers(sc, REPEATS)}
+        for family, name, cache, B, sc in _layer_probes(hardware, models, CACHES, 64, "decode-layer-probe")
+    ]
 
 
 def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str, list[float]]:
@@ -157,7 +173,7 @@ PREFILL_CACHES: dict[str, dict[str, Any]] = {**CACHES, "spill": {**CACHES["spill
 PREFILL_LONG_HISTORY = 256
 
 
-def prompt_importance_rows(sc) -> int:  # type: ignore[no-untyped-def]
+def prompt_importance_rows(sc) -> int:
     """Query rows of a scenario's SWA prefill importance (0 without SWA)."""
     from alisa.sim.models import prompt_importance_rows as rows
     from alisa.sim.policies import make_policy
@@ -166,7 +182,7 @@ def prompt_importance_rows(sc) -> int:  # type: ignore[no-untyped-def]
     return rows(history, sc.workload.prompt_len) if history else 0
 
 
-def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type: ignore[no-untyped-def]
+def _time_prefill(sc, repeats: int, device: str | None = None) -> float:
     """Seconds of GPU time per prefill layer as the real backend runs it (its per-layer
     spans: QKV, causal attention, the cache's prompt placement and, spilling, its copies
     down, the rest of the layer), median over ``repeats`` prefills after one untimed."""
@@ -177,10 +193,11 @@ def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type
     from alisa.runtime.device import Timeline
     from alisa.runtime.executor import RealExecutor, RealOptions
     from alisa.runtime.run import release_gpu
+    from alisa.sim.plan import StepPlan
 
-    ex = RealExecutor(sc, RealOptions(device=device))      # device "cpu": the tests
+    ex = RealExecutor(sc, RealOptions(device=device))  # device "cpu": the tests
     plan = next(iter(ex.policy.plans()))
-    assert plan.phase == "prefill"
+    assert isinstance(plan, StepPlan) and plan.phase == "prefill"
     ids = ex.prompt()
     per_layer: list[float] = []
     with torch.no_grad():
@@ -195,7 +212,7 @@ def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type
                 per_layer.append(sum(ex.tl.seconds(b) - ex.tl.seconds(a) for a, b in spans) / len(spans))
             if ex.slots is not None:
                 ex.slots.reset()
-            else:
+            elif ex.prefix is not None:
                 ex.prefix.reset()
     del ex
     release_gpu()
@@ -204,8 +221,9 @@ def _time_prefill(sc, repeats: int, device: str | None = None) -> float:  # type
 
 def _prefill_probes(hardware: dict[str, Any], models: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, Any]]:
     """The prefill probes: each layout and batch, the SWA layouts at two histories."""
-    for family, name, cache, B, sc in _layer_probes(hardware, models, PREFILL_CACHES, PREFILL_PROMPT,
-                                                    "prefill-layer-probe"):
+    for family, name, cache, B, sc in _layer_probes(
+        hardware, models, PREFILL_CACHES, PREFILL_PROMPT, "prefill-layer-probe"
+    ):
         yield family, name, cache, B, sc
         if prompt_importance_rows(sc):
             pol = sc.policy.model_copy(update={"importance_history": PREFILL_LONG_HISTORY})
@@ -216,10 +234,18 @@ def measure_prefill_layers(hardware: dict[str, Any], models: tuple[str, ...]) ->
     """Raw rows: GPU seconds per prefill layer, per family, cache layout and batch, at the
     matrix's prompt length; SWA layouts at two histories, with their prompt importance's
     rows (``history``)."""
-    return [{"op": f"prefill_layer:{family}/{cache}", "size": float(B * PREFILL_PROMPT), "batch": B,
-             "prompt": PREFILL_PROMPT, "model": name, "seconds": _time_prefill(sc, PREFILL_REPEATS),
-             **({"history": rows} if (rows := prompt_importance_rows(sc)) else {})}
-            for family, name, cache, B, sc in _prefill_probes(hardware, models)]
+    return [
+        {
+            "op": f"prefill_layer:{family}/{cache}",
+            "size": float(B * PREFILL_PROMPT),
+            "batch": B,
+            "prompt": PREFILL_PROMPT,
+            "model": name,
+            "seconds": _time_prefill(sc, PREFILL_REPEATS),
+            **({"history": rows} if (rows := prompt_importance_rows(sc)) else {}),
+        }
+        for family, name, cache, B, sc in _prefill_probes(hardware, models)
+    ]
 
 
 def _elements(row: dict) -> int:
@@ -227,8 +253,9 @@ def _elements(row: dict) -> int:
     from alisa.sim.catalog import get_model
     from alisa.sim.models import prompt_importance_elements
 
-    return prompt_importance_elements(get_model(row["model"]), int(row["batch"]), int(row["history"]),
-                                      int(row["prompt"]))
+    return prompt_importance_elements(
+        get_model(row["model"]), int(row["batch"]), int(row["history"]), int(row["prompt"])
+    )
 
 
 def prefill_importance_section(rows: list[dict]) -> dict[str, float]:
@@ -242,7 +269,7 @@ def prefill_importance_section(rows: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, batches in by.items():
         slopes = []
-        for B, hs in batches.items():
+        for hs in batches.values():
             if len(hs) < 2:
                 continue
             lo, hi = min(hs), max(hs)
@@ -289,7 +316,7 @@ def prefill_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str
 RECOMPUTE_POINTS = ((8, 16), (8, 96), (32, 16), (32, 96))
 
 
-def _time_recompute(sc, rows: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _time_recompute(sc, rows: int, repeats: int) -> float:
     """Seconds of GPU time per layer of the real backend's recompute graph at ``rows``
     rows per sequence, replayed back to back over the layers."""
     import torch
@@ -301,10 +328,10 @@ def _time_recompute(sc, rows: int, repeats: int) -> float:  # type: ignore[no-un
     with torch.no_grad():
         ex._warm_up()
         c, rc, L = ex.slots, ex.recompute, sc.model.num_layers
-        assert rc is not None and c.selector is not None
+        assert rc is not None and c is not None and c.selector is not None
         sel = c.selector
         sel.rec_width.fill_(rows)
-        sel.dst_x.copy_((c.b_ar * c.S + c.C)[None, :, None].expand_as(sel.dst_x))   # every row to the trash slot
+        sel.dst_x.copy_((c.b_ar * c.S + c.C)[None, :, None].expand_as(sel.dst_x))  # every row to the trash slot
         sel.pos_x.copy_(torch.arange(sel.pos_x.shape[-1], device=sel.pos_x.device).expand_as(sel.pos_x))
         rc.capture(rows)
         for l in range(L):
@@ -327,16 +354,37 @@ def measure_recompute(hardware: dict[str, Any], models: tuple[str, ...]) -> list
     from alisa.sim.scenario import build_scenario
 
     rows: list[dict] = []
-    policy = {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320, "recompute": True,
-              "recompute_ratio": 1.0}
+    policy = {
+        "name": "alisa",
+        "kv_sparsity": 0.8,
+        "gpu_kv_budget_tokens": 320,
+        "recompute": True,
+        "recompute_ratio": 1.0,
+    }
     for family, name in _family_models(models).items():
         model = {**model_config(name), "name": f"{name}-2l", "num_layers": 2}
         for B, width in RECOMPUTE_POINTS:
-            sc = build_scenario({"name": "recompute-probe", "model": model, "hardware": hardware,
-                                 "workload": {"batch_size": B, "prompt_len": 1024, "gen_len": 8},
-                                 "policy": policy, "seed": 0}, "<calibration recompute probe>")
-            rows.append({"op": f"recompute_layer:{family}", "size": float(B * recompute_width_bucket(width)),
-                         "batch": B, "rows": width, "model": name, "seconds": _time_recompute(sc, width, REPEATS)})
+            sc = build_scenario(
+                {
+                    "name": "recompute-probe",
+                    "model": model,
+                    "hardware": hardware,
+                    "workload": {"batch_size": B, "prompt_len": 1024, "gen_len": 8},
+                    "policy": policy,
+                    "seed": 0,
+                },
+                "<calibration recompute probe>",
+            )
+            rows.append(
+                {
+                    "op": f"recompute_layer:{family}",
+                    "size": float(B * recompute_width_bucket(width)),
+                    "batch": B,
+                    "rows": width,
+                    "model": name,
+                    "seconds": _time_recompute(sc, width, REPEATS),
+                }
+            )
     return rows
 
 
@@ -359,7 +407,8 @@ def recompute_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[s
             n, k = kv_recompute_gemm_shape(m)
             tokens = int(r["size"])
             pts.setdefault(r["op"].split(":", 1)[1], []).append(
-                (float(tokens), (r["seconds"] - cost.gemm_s(tokens, n, k, m.dtype_bytes)) * 1e6))
+                (float(tokens), (r["seconds"] - cost.gemm_s(tokens, n, k, m.dtype_bytes)) * 1e6)
+            )
     out: dict[str, list[float]] = {}
     for fam, p in pts.items():
         if len({x for x, _ in p}) < 2:

@@ -6,8 +6,8 @@ decode step: captured in a CUDA graph, back to back, each after an L2 flush, les
 flushes' own time (``time_gpu``). Timing one launch between two events instead counts
 the host's dispatch and the GPU's idle wake-up (the first profile's 12288x4096 GEMM at
 8 tokens read 63 us that way against 36 us in a graph; the attention kernel 149 us
-against 30 us: benchmarks/debug/host_costs.py on the lent H100). The host's part is measured apart, by running the executor
-(``host_issue``). Transfers use events around single copies; host-only work (CPU
+against 30 us: a host-cost probe on the lent H100, in git history). The host's part is
+measured apart, by running the executor (``host_issue``). Transfers use events around single copies; host-only work (CPU
 gathers) a monotonic clock. Inputs are random, never zeros.
 """
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
 
 import torch
 
@@ -40,23 +41,38 @@ class Grid:
 
 
 def quick_grid() -> Grid:
-    return Grid(transfer_sizes=[4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20],
-                chunk_bytes=[16 << 10], chunk_counts=[16, 256], gather_rows=[256, 4096],
-                gather_row_bytes=[16 << 10], gather_threads=[fetch_threads_default()], gather_source_bytes=512 << 20,
-                fetch_rows=[256, 1024],
-                gemm_tokens=[1, 8, 64, 512, 4096],
-                attention_tokens=[256, 2048, 16384], attention_batches=[8, 32], repeats=15)
+    return Grid(
+        transfer_sizes=[4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20],
+        chunk_bytes=[16 << 10],
+        chunk_counts=[16, 256],
+        gather_rows=[256, 4096],
+        gather_row_bytes=[16 << 10],
+        gather_threads=[fetch_threads_default()],
+        gather_source_bytes=512 << 20,
+        fetch_rows=[256, 1024],
+        gemm_tokens=[1, 8, 64, 512, 4096],
+        attention_tokens=[256, 2048, 16384],
+        attention_batches=[8, 32],
+        repeats=15,
+    )
 
 
 def full_grid(threads: int) -> Grid:
-    return Grid(transfer_sizes=[(4 << 10) << (2 * i) for i in range(10)],  # 4 KiB .. 1 GiB
-                chunk_bytes=[4 << 10, 16 << 10, 64 << 10], chunk_counts=[16, 256, 2048],
-                gather_rows=[64, 256, 1024, 4096, 16384], gather_row_bytes=[2 << 10, 16 << 10],
-                # the fetch worker's thread count: what the real backend gathers with
-                gather_threads=[fetch_threads_default()], gather_source_bytes=4 << 30,
-                fetch_rows=[64, 128, 256, 512, 1024, 2048, 4096],
-                gemm_tokens=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
-                attention_tokens=[64, 256, 1024, 4096, 16384, 65536], attention_batches=[1, 8, 32], repeats=30)
+    return Grid(
+        transfer_sizes=[(4 << 10) << (2 * i) for i in range(10)],  # 4 KiB .. 1 GiB
+        chunk_bytes=[4 << 10, 16 << 10, 64 << 10],
+        chunk_counts=[16, 256, 2048],
+        gather_rows=[64, 256, 1024, 4096, 16384],
+        gather_row_bytes=[2 << 10, 16 << 10],
+        # the fetch worker's thread count: what the real backend gathers with
+        gather_threads=[fetch_threads_default()],
+        gather_source_bytes=4 << 30,
+        fetch_rows=[64, 128, 256, 512, 1024, 2048, 4096],
+        gemm_tokens=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+        attention_tokens=[64, 256, 1024, 4096, 16384, 65536],
+        attention_batches=[1, 8, 32],
+        repeats=30,
+    )
 
 
 def _stats(ts: list[float]) -> tuple[float, float, float]:
@@ -80,8 +96,9 @@ def time_cuda(fn: Callable[[], object], repeats: int, warmup: int = 3) -> tuple[
     return _stats(ts)
 
 
-def time_gpu(fn: Callable[[], object], repeats: int, per_graph: int = 8,
-             flush_bytes: int = 128 << 20) -> tuple[float, float, float]:
+def time_gpu(
+    fn: Callable[[], object], repeats: int, per_graph: int = 8, flush_bytes: int = 128 << 20
+) -> tuple[float, float, float]:
     """GPU time of fn, without host dispatch: per_graph calls captured in a CUDA graph,
     each after a memset bigger than L2 (a decode step streams weights between two calls
     of a kernel, so nothing stays cached), less a graph of the memsets alone. Falls back
@@ -160,9 +177,34 @@ def hbm_copy(repeats: int) -> dict:
     n = 1 << 30
     a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
     b = torch.empty_like(a)
-    st = time_cuda(lambda: b.copy_(a), repeats)
+    st = time_cuda(partial(b.copy_, a), repeats)
     del a, b
     return _row("hbm_copy", 2 * n, st)  # bytes read + written
+
+
+def _both_directions(
+    streams: tuple[torch.cuda.Stream, torch.cuda.Stream],
+    d: torch.Tensor,
+    hp: torch.Tensor,
+    d2: torch.Tensor,
+    hp2: torch.Tensor,
+) -> None:
+    """H2D (hp -> d) and D2H (d2 -> hp2) at once, each on its own stream."""
+    s1, s2 = streams
+    cur = torch.cuda.current_stream()
+    s1.wait_stream(cur)
+    s2.wait_stream(cur)
+    with torch.cuda.stream(s1):
+        d.copy_(hp, non_blocking=True)
+    with torch.cuda.stream(s2):
+        hp2.copy_(d2, non_blocking=True)
+    cur.wait_stream(s1)
+    cur.wait_stream(s2)
+
+
+def _copy_chunks(views: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for d, h in views:
+        d.copy_(h, non_blocking=True)
 
 
 def transfers(g: Grid) -> list[dict]:
@@ -176,40 +218,27 @@ def transfers(g: Grid) -> list[dict]:
     reps = lambda s: max(5, g.repeats if s < (64 << 20) else g.repeats // 3)  # noqa: E731
     for s in g.transfer_sizes:
         d, hp, hq = dev[:s], pinned[:s], pageable[:s]
-        rows.append(_row("h2d_pinned", s, time_cuda(lambda: d.copy_(hp, non_blocking=True), reps(s))))
-        rows.append(_row("d2h_pinned", s, time_cuda(lambda: hp.copy_(d, non_blocking=True), reps(s))))
-        rows.append(_row("h2d_pageable", s, time_cuda(lambda: d.copy_(hq), reps(s))))
-        rows.append(_row("d2h_pageable", s, time_cuda(lambda: hq.copy_(d), reps(s))))
+        rows.append(_row("h2d_pinned", s, time_cuda(partial(d.copy_, hp, non_blocking=True), reps(s))))
+        rows.append(_row("d2h_pinned", s, time_cuda(partial(hp.copy_, d, non_blocking=True), reps(s))))
+        rows.append(_row("h2d_pageable", s, time_cuda(partial(d.copy_, hq), reps(s))))
+        rows.append(_row("d2h_pageable", s, time_cuda(partial(hq.copy_, d), reps(s))))
         # both directions at once on two streams: is PCIe full duplex here?
-        s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
-        d2, hp2 = dev2[:s], pinned2[:s]
-
-        def both() -> None:
-            cur = torch.cuda.current_stream()
-            s1.wait_stream(cur)
-            s2.wait_stream(cur)
-            with torch.cuda.stream(s1):
-                d.copy_(hp, non_blocking=True)
-            with torch.cuda.stream(s2):
-                hp2.copy_(d2, non_blocking=True)
-            cur.wait_stream(s1)
-            cur.wait_stream(s2)
-
+        both = partial(_both_directions, (torch.cuda.Stream(), torch.cuda.Stream()), d, hp, dev2[:s], pinned2[:s])
         rows.append(_row("h2d_d2h_concurrent", s, time_cuda(both, reps(s))))
     for m in g.chunk_bytes:
         for n in g.chunk_counts:
             if m * n > top:
                 continue
-            views = [(dev[i * m:(i + 1) * m], pinned[i * m:(i + 1) * m]) for i in range(n)]
-
-            def chunked() -> None:
-                for d, h in views:
-                    d.copy_(h, non_blocking=True)
-
+            views = [(dev[i * m : (i + 1) * m], pinned[i * m : (i + 1) * m]) for i in range(n)]
+            chunked = partial(_copy_chunks, views)
             rows.append(_row("h2d_chunked", m * n, time_cuda(chunked, max(5, g.repeats // 2)), chunk_bytes=m, chunks=n))
     del pinned, pageable, dev, dev2, pinned2
     torch.cuda.empty_cache()
     return rows
+
+
+def _gather_next(src: torch.Tensor, lists: Iterator[torch.Tensor], out: torch.Tensor) -> None:
+    torch.index_select(src, 0, next(lists), out=out)
 
 
 def cpu_gather(g: Grid) -> list[dict]:
@@ -232,8 +261,7 @@ def cpu_gather(g: Grid) -> list[dict]:
                     torch.set_num_threads(t)
                     reps = max(5, g.repeats // 2)
                     lists = [torch.randint(0, total_rows, (r,), generator=gen) for _ in range(reps + 2)]
-                    it = iter(lists)
-                    st = time_host(lambda: torch.index_select(src, 0, next(it), out=out), reps)
+                    st = time_host(partial(_gather_next, src, iter(lists), out), reps)
                     rows.append(_row("cpu_gather", r * rb, st, rows=r, row_bytes=rb, threads=t))
             del src
     finally:
@@ -284,8 +312,16 @@ def fetch_pipeline(g: Grid, layers: int = 16, passes: int = 3) -> list[dict]:
                     marks.append((e0, e1))
                 copy_stream.synchronize()
             copies = [a.elapsed_time(b) / 1e3 for a, b in marks]
-            rows.append(_row("cpu_gather_pipelined", r * rb, _stats(gathers), rows=r, row_bytes=rb,
-                             threads=fetch_threads_default()))
+            rows.append(
+                _row(
+                    "cpu_gather_pipelined",
+                    r * rb,
+                    _stats(gathers),
+                    rows=r,
+                    row_bytes=rb,
+                    threads=fetch_threads_default(),
+                )
+            )
             rows.append(_row("h2d_fetch", r * rb, _stats(copies), rows=r, row_bytes=rb))
     finally:
         torch.set_num_threads(old)
@@ -300,7 +336,7 @@ def gemms(shapes: list[tuple[int, int]], g: Grid) -> list[dict]:
         w = torch.randn(k, n, device="cuda", dtype=torch.float16)
         for m in g.gemm_tokens:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            st = time_gpu(lambda: torch.matmul(x, w), max(5, g.repeats // 2))
+            st = time_gpu(partial(torch.matmul, x, w), max(5, g.repeats // 2))
             rows.append(_row(f"gemm:{n}x{k}", m, st, m=m, n=n, k=k, flops=2.0 * m * n * k))
         del w
     torch.cuda.empty_cache()
@@ -331,24 +367,30 @@ def attention(g: Grid) -> list[dict]:
                 ln = torch.full((b, hkv), a, device="cuda", dtype=torch.int32)
                 out = torch.empty(b, hq, d, device="cuda", dtype=torch.float16)
                 kv_bytes = b * hkv * a * d * 2 * 2
-                st = time_gpu(lambda: sparse_decode_attention(q, k, v, idx, ln, out=out), g.repeats)
+                st = time_gpu(partial(sparse_decode_attention, q, k, v, idx, ln, out=out), g.repeats)
                 rows.append(_row("attention_decode", kv_bytes, st, batch=b, gqa=gqa, attended=a, kv="fp16"))
                 kq, ks = quantize_kv(k)
                 vq, vs = quantize_kv(v)
-                st = time_gpu(lambda: sparse_decode_attention(q, kq, vq, idx, ln, k_scale=ks, v_scale=vs, out=out),
-                              g.repeats)
-                rows.append(_row("attention_decode_int8", b * hkv * a * (d + 2) * 2, st, batch=b, gqa=gqa,
-                                 attended=a, kv="int8"))
-                st = time_gpu(lambda: F.scaled_dot_product_attention(q[:, :, None], k[:, :, :a], v[:, :, :a],
-                                                                     enable_gqa=gqa > 1), g.repeats)
+                st = time_gpu(
+                    partial(sparse_decode_attention, q, kq, vq, idx, ln, k_scale=ks, v_scale=vs, out=out), g.repeats
+                )
+                rows.append(
+                    _row(
+                        "attention_decode_int8", b * hkv * a * (d + 2) * 2, st, batch=b, gqa=gqa, attended=a, kv="int8"
+                    )
+                )
+                sdpa = partial(
+                    F.scaled_dot_product_attention, q[:, :, None], k[:, :, :a], v[:, :, :a], enable_gqa=gqa > 1
+                )
+                st = time_gpu(sdpa, g.repeats)
                 rows.append(_row("attention_dense_sdpa", kv_bytes, st, batch=b, gqa=gqa, attended=a))
                 x = k[:, :, :a]
-                st = time_gpu(lambda: quantize_kv(x), g.repeats)
+                st = time_gpu(partial(quantize_kv, x), g.repeats)
                 rows.append(_row("quantize_int8", x.numel() * 2, st))
                 del q, k, v, kq, vq, out
             torch.cuda.empty_cache()
     for p in (512, 2048):
         q = torch.randn(4, hq, p, d, device="cuda", dtype=torch.float16, generator=gen)
-        st = time_gpu(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True), g.repeats)
+        st = time_gpu(partial(F.scaled_dot_product_attention, q, q, q, is_causal=True), g.repeats)
         rows.append(_row("attention_prefill", 4.0 * 4 * hq * d * p * p / 2, st, batch=4, prompt=p))
     return rows

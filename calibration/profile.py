@@ -12,11 +12,9 @@ from alisa.sim.hardware import HardwareProfile
 
 from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
-from .layer_gpu import (decode_layer_section, prefill_importance_section, prefill_layer_section,
-                        recompute_layer_section)
+from .layer_gpu import decode_layer_section, prefill_importance_section, prefill_layer_section, recompute_layer_section
 from .selection_gpu import selection_section
 from .zero_copy import zero_copy_section
-
 
 # DMA copies from and to pinned memory, whose rate only grows with size (``table_points``);
 # not pageable copies, whose CPU-side staging copy may slow once its source leaves the cache
@@ -36,20 +34,28 @@ def _xy(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     ops = _by_op(rows)
-    fits: dict[str, dict[str, float]] = {}
+    fits: dict[str, dict[str, Any]] = {}
     tables: dict[str, dict[str, Any]] = {}
 
     def add_table(key: str, op_rows: list[dict], err: float | None) -> None:
         x, t = _xy(op_rows)
         size, sec = table_points(x, t, rate_monotone=key in PCIE_TABLES)
         if len(size) >= 2:
-            tables[key] = {"size": size, "seconds": sec, **({"fit_rel_error": round(err, 4)} if err is not None else {})}
+            tables[key] = {
+                "size": size,
+                "seconds": sec,
+                **({"fit_rel_error": round(err, 4)} if err is not None else {}),
+            }
 
     def fit_op(key: str) -> Any:
         """latency + bytes / bandwidth over one op's rows, into ``fits`` and a table."""
         f = fit_latency_bandwidth(*_xy(ops[key]))
-        fits[key] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
-                     "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        fits[key] = {
+            "latency_us": f.latency_s * 1e6,
+            "gbps": f.rate_per_s / 1e9,
+            "mean_rel_error": f.mean_rel_error,
+            "max_rel_error": f.max_rel_error,
+        }
         add_table(key, ops[key], f.mean_rel_error)
         return f
 
@@ -66,8 +72,12 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         big = max(r["size"] for r in ops["h2d_d2h_concurrent"])
         both = next(r["seconds"] for r in ops["h2d_d2h_concurrent"] if r["size"] == big)
         one = max(next(r["seconds"] for r in ops[o] if r["size"] == big) for o in ("h2d_pinned", "d2h_pinned"))
-        fits["duplex"] = {"bytes_each_way": big, "both_s": both, "slower_alone_s": one,
-                          "slowdown_when_concurrent": both / one}
+        fits["duplex"] = {
+            "bytes_each_way": big,
+            "both_s": both,
+            "slower_alone_s": one,
+            "slowdown_when_concurrent": both / one,
+        }
         add_table("h2d_d2h_concurrent", ops["h2d_d2h_concurrent"], None)
 
     # CPU gather, rows of the largest row size (a 7B-class token's KV in one layer is
@@ -87,9 +97,15 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         x, t = _xy(sel)
         f = fit_latency_bandwidth(x, t)
         gather_gbps = f.rate_per_s / 1e9
-        fits["cpu_gather"] = {"measured_as": gather_op, "threads_by_size": {int(r["size"]): r.get("threads") for r in sel},
-                              "row_bytes": rb, "latency_us": f.latency_s * 1e6, "gbps": gather_gbps,
-                              "mean_rel_error": f.mean_rel_error, "max_rel_error": f.max_rel_error}
+        fits["cpu_gather"] = {
+            "measured_as": gather_op,
+            "threads_by_size": {int(r["size"]): r.get("threads") for r in sel},
+            "row_bytes": rb,
+            "latency_us": f.latency_s * 1e6,
+            "gbps": gather_gbps,
+            "mean_rel_error": f.mean_rel_error,
+            "max_rel_error": f.max_rel_error,
+        }
         add_table("cpu_gather", sel, f.mean_rel_error)
     if "cpu_gather" in ops and gather_op != "cpu_gather":
         f = fit_latency_bandwidth(*_xy(ops["cpu_gather"]))
@@ -98,8 +114,9 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
         fit_op("h2d_fetch")
 
     hbm_gbps = ops["hbm_copy"][0]["size"] / ops["hbm_copy"][0]["seconds"] / 1e9
-    peak_flops = max((r["flops"] / r["seconds"] for k, v in ops.items() if k.startswith("gemm:") for r in v),
-                     default=None)
+    peak_flops = max(
+        (r["flops"] / r["seconds"] for k, v in ops.items() if k.startswith("gemm:") for r in v), default=None
+    )
     launch_us = ops["launch"][0]["seconds"] * 1e6 if "launch" in ops else 5.0
 
     if "attention_decode" in ops:
@@ -114,20 +131,28 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     if "quantize_int8" in ops:
         x, t = _xy(ops["quantize_int8"])
         f = fit_latency_bandwidth(x, t)
-        fits["quantize_int8"] = {"latency_us": f.latency_s * 1e6, "gbps": f.rate_per_s / 1e9,
-                                 "mean_rel_error": f.mean_rel_error}
+        fits["quantize_int8"] = {
+            "latency_us": f.latency_s * 1e6,
+            "gbps": f.rate_per_s / 1e9,
+            "mean_rel_error": f.mean_rel_error,
+        }
         add_table("quantize_int8", ops["quantize_int8"], f.mean_rel_error)
     attn_eff = 0.5
     if "attention_prefill" in ops and peak_flops:
         attn_eff = min(1.0, max(r["size"] / r["seconds"] for r in ops["attention_prefill"]) / peak_flops)
 
-    ratio = [rates[f"{d}_pageable"] / rates[f"{d}_pinned"] for d in ("h2d", "d2h")
-             if f"{d}_pageable" in rates and f"{d}_pinned" in rates]
+    ratio = [
+        rates[f"{d}_pageable"] / rates[f"{d}_pinned"]
+        for d in ("h2d", "d2h")
+        if f"{d}_pageable" in rates and f"{d}_pinned" in rates
+    ]
     profile: dict[str, Any] = {
         "name": name,
         "source": "measured",
-        "provenance": (f"alisa calibrate{' --quick' if meta.get('quick') else ''} on {device['name']} "
-                       f"({meta['date']}); rates are measured, so efficiencies are 1.0"),
+        "provenance": (
+            f"alisa calibrate{' --quick' if meta.get('quick') else ''} on {device['name']} "
+            f"({meta['date']}); rates are measured, so efficiencies are 1.0"
+        ),
         "gpu_name": device["name"],
         "gpu_memory_gb": round(device["memory_bytes"] / 1e9, 3),
         "hbm_gbps": round(hbm_gbps, 1),

@@ -7,8 +7,9 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -27,8 +28,11 @@ def require_gpu() -> Any:
     except ImportError:
         raise InputError("calibrate needs PyTorch with CUDA; torch is not installed") from None
     if not torch.cuda.is_available():
-        raise InputError("no CUDA GPU is visible (torch.cuda.is_available() is False); "
-                         "calibrate measures the local GPU: run it on a machine with one", field="device")
+        raise InputError(
+            "no CUDA GPU is visible (torch.cuda.is_available() is False); "
+            "calibrate measures the local GPU: run it on a machine with one",
+            field="device",
+        )
     return torch
 
 
@@ -44,8 +48,12 @@ def _host_memory_bytes() -> float:
 
 def _driver() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -61,9 +69,13 @@ def gemm_shapes(models: tuple[str, ...]) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
-              progress: Callable[[str], None] | None = None,
-              host_processes: int | None = None) -> tuple[dict[str, Any], list[dict]]:
+def calibrate(
+    quick: bool,
+    name: str,
+    models: tuple[str, ...] | None,
+    progress: Callable[[str], None] | None = None,
+    host_processes: int | None = None,
+) -> tuple[dict[str, Any], list[dict]]:
     torch = require_gpu()
     import triton
 
@@ -96,14 +108,27 @@ def calibrate(quick: bool, name: str, models: tuple[str, ...] | None,
         rows += fn()
         stage_s[label] = round(time.time() - s, 2)
     props = torch.cuda.get_device_properties(0)
-    device = {"name": props.name, "memory_bytes": float(props.total_memory), "sm_count": props.multi_processor_count,
-              "host_memory_bytes": _host_memory_bytes(), "host_cpu": platform.processor() or platform.machine(),
-              "host_cores": os.cpu_count()}
-    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-            "driver": _driver(), "cuda": str(torch.version.cuda), "torch": str(torch.__version__), "triton": triton.__version__,
-            "python": platform.python_version(), "models": list(models), "stage_seconds": stage_s,
-            "wall_s": round(time.time() - t0, 1),
-            "attention_kernel": "alisa.kernels.swa_triton.sparse_decode_attention (Triton)"}
+    device = {
+        "name": props.name,
+        "memory_bytes": float(props.total_memory),
+        "sm_count": props.multi_processor_count,
+        "host_memory_bytes": _host_memory_bytes(),
+        "host_cpu": platform.processor() or platform.machine(),
+        "host_cores": os.cpu_count(),
+    }
+    meta = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "driver": _driver(),
+        "cuda": str(torch.version.cuda),
+        "torch": str(torch.__version__),
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "models": list(models),
+        "stage_seconds": stage_s,
+        "wall_s": round(time.time() - t0, 1),
+        "attention_kernel": "alisa.kernels.swa_triton.sparse_decode_attention (Triton)",
+    }
     # the host probes run scenarios, which need a hardware profile: this one, so far
     if progress:
         progress("host issue (real backend on tiny models)")
@@ -140,8 +165,10 @@ def write_profile(profile: dict[str, Any], rows: list[dict], out: Path) -> None:
     """The profile YAML and, beside it, the raw measurements (both written whole)."""
     import json
 
-    header = ("# Written by `alisa calibrate`: measured on the device named below; do not edit by hand.\n"
-              "# Raw measurements: the .measurements.json file beside this one.\n")
+    header = (
+        "# Written by `alisa calibrate`: measured on the device named below; do not edit by hand.\n"
+        "# Raw measurements: the .measurements.json file beside this one.\n"
+    )
     plain = json.loads(json.dumps(profile, default=str))  # torch's version strings etc. become plain types
     write_text(out, header + yaml.safe_dump(plain, sort_keys=False, width=120))
     write_text(out.with_suffix(".measurements.json"), json.dumps(rows, indent=0))
@@ -165,5 +192,5 @@ def refit(profile_path: Path) -> tuple[dict[str, Any], list[dict]]:
     meta = dict(old.get("meta") or {})
     device = meta.pop("device")
     meta.pop("fits", None)
-    meta["refit"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    meta["refit"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return build_profile(rows, old["name"], device, meta), rows

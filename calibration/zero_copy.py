@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 ROW_BYTES = (16384, 8192)
@@ -29,7 +30,7 @@ HOST_ROWS = 1536 * 32
 SLOWDOWN_REPEATS = 20
 
 
-def _gpu_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _gpu_s(fn, repeats: int) -> float:
     """Median seconds of fn on the GPU, the host's dispatch included (as the executor runs it)."""
     from .measure import time_cuda
 
@@ -42,8 +43,8 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
     from alisa.kernels.swa_triton import gather_host_layer
     from alisa.runtime.device_fetch import BLOCK, PROGRAMS, WARPS
 
-    def gather(dst, src, idx, width, **kw):  # type: ignore[no-untyped-def]
-        gather_host_layer((dst, src), idx, width, **kw)    # the executor's kernel, one part
+    def gather(dst, src, idx, width, **kw):
+        gather_host_layer((dst, src), idx, width, **kw)  # the executor's kernel, one part
 
     from .layer_gpu import CACHES, _layer_probes, _time_layers
 
@@ -61,7 +62,7 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
             idx = torch.randint(0, HOST_ROWS, (B, n // B), generator=g).to(dev)
             width = torch.tensor([n // B], dtype=torch.int32, device=dev)
             dst = torch.empty(n, rb // 2, dtype=torch.float16, device=dev)
-            t = _gpu_s(lambda: gather(dst, src, idx, width, **kw), repeats)
+            t = _gpu_s(partial(gather, dst, src, idx, width, **kw), repeats)
             rows.append({"op": "zero_copy_gather", "size": float(n * rb), "seconds": t, "row_bytes": rb, "rows": n})
     # the decode layers' graphs beside gathers that outlast them, on another stream
     src = srcs[ROW_BYTES[0]]
@@ -86,14 +87,24 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
                 if i == k - 1:
                     g1.record(side)
 
-    for family, name, _, B, sc in _layer_probes(hardware, models, {"spill": CACHES["spill"]}, 64,
-                                                "zero-copy-slowdown-probe"):
+    for family, name, _, B, sc in _layer_probes(
+        hardware, models, {"spill": CACHES["spill"]}, 64, "zero-copy-slowdown-probe"
+    ):
         alone = _time_layers(sc, SLOWDOWN_REPEATS)
         near = _time_layers(sc, SLOWDOWN_REPEATS, beside)
         g1.synchronize()
-        rows.append({"op": "zero_copy_slowdown", "size": float(B), "family": family, "model": name,
-                     "seconds": alone, "seconds_beside": near, "gather_seconds": one_s,
-                     "gather_seconds_beside": g0.elapsed_time(g1) / 1e3 / timed_gathers[0]})
+        rows.append(
+            {
+                "op": "zero_copy_slowdown",
+                "size": float(B),
+                "family": family,
+                "model": name,
+                "seconds": alone,
+                "seconds_beside": near,
+                "gather_seconds": one_s,
+                "gather_seconds_beside": g0.elapsed_time(g1) / 1e3 / timed_gathers[0],
+            }
+        )
     # the host's issue of one layer's gather: a graph replay between two stream events
     gr = torch.cuda.CUDAGraph()
     small_idx = idx[:, :8].contiguous()
@@ -137,19 +148,25 @@ def zero_copy_section(rows: list[dict]) -> dict[str, Any] | None:
     by: dict[int, list[dict]] = {}
     for r in g:
         by.setdefault(int(r["row_bytes"]), []).append(r)
-    fits = {rb: fit_latency_bandwidth(np.array([r["size"] for r in rs]), np.array([r["seconds"] for r in rs]))
-            for rb, rs in by.items() if len(rs) >= 2}
+    fits = {
+        rb: fit_latency_bandwidth(np.array([r["size"] for r in rs]), np.array([r["seconds"] for r in rs]))
+        for rb, rs in by.items()
+        if len(rs) >= 2
+    }
     if not fits:
         return None
     probes = [r for r in rows if r["op"] == "zero_copy_slowdown"]
     slow = [max(0.0, r["seconds_beside"] / r["seconds"] - 1.0) for r in probes]
-    g_slow = [max(0.0, r["gather_seconds_beside"] / r["gather_seconds"] - 1.0) for r in probes
-              if r.get("gather_seconds")]     # measured since 2026-11-23's thirteenth run
+    g_slow = [
+        max(0.0, r["gather_seconds_beside"] / r["gather_seconds"] - 1.0) for r in probes if r.get("gather_seconds")
+    ]  # measured since 2026-11-23's thirteenth run
     issue = [r["seconds"] for r in rows if r["op"] == "zero_copy_issue"]
-    return {"fixed_us": round(statistics.median(f.latency_s for f in fits.values()) * 1e6, 2),
-            "gbps": round(fits[max(fits)].rate_per_s / 1e9, 2),
-            "row_gbps": {rb: round(f.rate_per_s / 1e9, 2) for rb, f in sorted(fits.items())},
-            "compute_slowdown": round(statistics.median(slow), 3) if slow else 0.0,
-            "gather_slowdown": round(statistics.median(g_slow), 3) if g_slow else 0.0,
-            "issue_us": round(issue[0] * 1e6, 2) if issue else 0.0,
-            "fit_rel_error": round(statistics.mean(f.mean_rel_error for f in fits.values()), 4)}
+    return {
+        "fixed_us": round(statistics.median(f.latency_s for f in fits.values()) * 1e6, 2),
+        "gbps": round(fits[max(fits)].rate_per_s / 1e9, 2),
+        "row_gbps": {rb: round(f.rate_per_s / 1e9, 2) for rb, f in sorted(fits.items())},
+        "compute_slowdown": round(statistics.median(slow), 3) if slow else 0.0,
+        "gather_slowdown": round(statistics.median(g_slow), 3) if g_slow else 0.0,
+        "issue_us": round(issue[0] * 1e6, 2) if issue else 0.0,
+        "fit_rel_error": round(statistics.mean(f.mean_rel_error for f in fits.values()), 4),
+    }

@@ -28,10 +28,17 @@ def dequantize_kv_ref(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[..., None]
 
 
-def sparse_decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
-                                lengths: torch.Tensor, sm_scale: float | None = None,
-                                k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
-                                dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sparse_decode_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    lengths: torch.Tensor,
+    sm_scale: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (out [B,Hq,D], lse [B,Hq], weights [B,Hq,I]) computed in `dtype`.
 
     weights[b, h, i] is the softmax probability of indices[b, h // G, i]; 0 past the length.
@@ -54,20 +61,27 @@ def sparse_decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             if n == 0:
                 continue
             idx = indices[b, hk, :n].long()
-            ks, vs = kf[b, hk, idx], vf[b, hk, idx]                  # [n, D]
-            qs = qf[b, hk * G:(hk + 1) * G]                          # [G, D]
-            s = (qs @ ks.T) * scale                                  # [G, n]
+            ks, vs = kf[b, hk, idx], vf[b, hk, idx]  # [n, D]
+            qs = qf[b, hk * G : (hk + 1) * G]  # [G, D]
+            s = (qs @ ks.T) * scale  # [G, n]
             l = torch.logsumexp(s, dim=-1)
             p = torch.exp(s - l[:, None])
-            out[b, hk * G:(hk + 1) * G] = p @ vs
-            lse[b, hk * G:(hk + 1) * G] = l
-            weights[b, hk * G:(hk + 1) * G, :n] = p
+            out[b, hk * G : (hk + 1) * G] = p @ vs
+            lse[b, hk * G : (hk + 1) * G] = l
+            weights[b, hk * G : (hk + 1) * G, :n] = p
     return out, lse, weights
 
 
-def importance_update_ref(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch.Tensor,
-                          ring_len: torch.Tensor, slot: int, indices: torch.Tensor, lengths: torch.Tensor,
-                          weights: torch.Tensor) -> None:
+def importance_update_ref(
+    score: torch.Tensor,
+    ring_idx: torch.Tensor,
+    ring_w: torch.Tensor,
+    ring_len: torch.Tensor,
+    slot: int,
+    indices: torch.Tensor,
+    lengths: torch.Tensor,
+    weights: torch.Tensor,
+) -> None:
     """SWA importance over the last k steps, in place.
 
     score [B, Hkv, N]: per token, the attention weight it received (summed over the KV
@@ -83,7 +97,7 @@ def importance_update_ref(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: t
             if n_old:
                 score[b, hk].index_add_(0, ring_idx[b, hk, slot, :n_old].long(), -ring_w[b, hk, slot, :n_old])
             n = int(lengths[b, hk])
-            w = weights[b, hk * G:(hk + 1) * G, :n].sum(0).to(score.dtype)
+            w = weights[b, hk * G : (hk + 1) * G, :n].sum(0).to(score.dtype)
             if n:
                 score[b, hk].index_add_(0, indices[b, hk, :n].long(), w)
             ring_idx[b, hk, slot, :n] = indices[b, hk, :n].to(ring_idx.dtype)
@@ -98,8 +112,9 @@ def scatter_rows_ref(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor
             dst[int(dst_idx[b, i])] = src[b * width + i]
 
 
-def gather_rows_ref(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: int,
-                    dst_idx: torch.Tensor | None = None) -> None:
+def gather_rows_ref(
+    dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: int, dst_idx: torch.Tensor | None = None
+) -> None:
     """dst[b * width + i] (or dst[dst_idx[b, i]]) = src[src_idx[b, i]] for i < width, row by row."""
     for b in range(src_idx.shape[0]):
         for i in range(width):

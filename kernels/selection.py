@@ -38,9 +38,9 @@ POLICIES = ("dense", "local", "streaming", "h2o", "swa")
 class PolicySpec:
     name: str
     budget: float = 1.0
-    local_fraction: float = 0.5     # swa: window share of the budget; h2o: recent share
-    sinks: int = 4                  # streaming
-    history: int | None = None      # swa: steps of importance; None = the window length
+    local_fraction: float = 0.5  # swa: window share of the budget; h2o: recent share
+    sinks: int = 4  # streaming
+    history: int | None = None  # swa: steps of importance; None = the window length
 
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
@@ -65,8 +65,14 @@ def split_window(k: int, local_fraction: float) -> int:
 class LayerSelector:
     """Selection state of one layer for a batch of rows, each with its own PolicySpec."""
 
-    def __init__(self, specs: list[PolicySpec], num_kv_heads: int, max_tokens: int,
-                 shared_heads: bool = False, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        specs: list[PolicySpec],
+        num_kv_heads: int,
+        max_tokens: int,
+        shared_heads: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.specs = specs
         self.H = num_kv_heads
         self.N = max_tokens
@@ -82,10 +88,13 @@ class LayerSelector:
         self.score = torch.zeros(B, self.H, max_tokens, device=self.dev)
         hist = [self._history(s, max_tokens) for s in specs if s.name == "swa"]
         self.ring_len = max(hist) if hist else 1
-        self.ring = torch.zeros(self.ring_len, len(self.swa_rows), self.H, max_tokens, dtype=torch.float16,
-                                device=self.dev) if self.swa_rows else None
-        self.lo = [0] * B            # first step still inside each swa row's history
-        self.t = 0                   # steps observed
+        self.ring = (
+            torch.zeros(self.ring_len, len(self.swa_rows), self.H, max_tokens, dtype=torch.float16, device=self.dev)
+            if self.swa_rows
+            else None
+        )
+        self.lo = [0] * B  # first step still inside each swa row's history
+        self.t = 0  # steps observed
         self.last_global: torch.Tensor | None = None  # [B, H, N] bool, for trace churn
         self._window = [1] * B
 
@@ -105,12 +114,12 @@ class LayerSelector:
                 m[r] = True
                 self._window[r] = n
             elif s.name == "local":
-                m[r, :, n - k:] = True
+                m[r, :, n - k :] = True
                 self._window[r] = k
             elif s.name == "streaming":
                 sinks = min(s.sinks, k - 1)
                 m[r, :, :sinks] = True
-                m[r, :, n - (k - sinks):] = True
+                m[r, :, n - (k - sinks) :] = True
                 self._window[r] = k - sinks
             elif s.name == "h2o":
                 w = split_window(k, s.local_fraction)
@@ -119,7 +128,7 @@ class LayerSelector:
             else:  # swa
                 w = split_window(k, s.local_fraction)
                 self._window[r] = w
-                m[r, :, n - w:] = True
+                m[r, :, n - w :] = True
                 g = k - w
                 if g > 0:
                     cand = self.score[r, :, : n - w]
@@ -134,11 +143,11 @@ class LayerSelector:
     def _h2o_keep(self, r: int, n: int, k: int, w: int) -> torch.Tensor:
         """Alive tokens after evicting down to k: recent w, then highest accumulated."""
         alive = ~self.dead[r, :, :n]
-        alive[:, n - w:] = True
+        alive[:, n - w :] = True
         counts = alive.sum(-1)
         if int(counts.max()) > k:
             acc = self.acc[r, :, :n].clone()
-            acc[:, n - w:] = math.inf            # the recent window is never evicted
+            acc[:, n - w :] = math.inf  # the recent window is never evicted
             acc[~alive] = -math.inf
             if self.shared:
                 keep_idx = acc.sum(0).topk(k).indices
@@ -149,7 +158,7 @@ class LayerSelector:
                 keep = torch.zeros_like(alive)
                 keep.scatter_(-1, acc.topk(k, dim=-1).indices, True)
                 keep &= alive
-            self.dead[r, :, :n] |= alive & ~keep   # evicted for good
+            self.dead[r, :, :n] |= alive & ~keep  # evicted for good
             alive = keep
         return alive
 
@@ -165,13 +174,13 @@ class LayerSelector:
         self.acc[:, :, :P] += weights.sum(2)
         if self.ring is not None:
             rows = self.swa_rows
-            w16 = weights[rows].to(torch.float16)                     # [R, H, P, P]
+            w16 = weights[rows].to(torch.float16)  # [R, H, P, P]
             for j, r in enumerate(rows):
                 hist = self._history(self.specs[r], P)
                 lo = max(0, P - hist)
                 self.score[r, :, :P] = w16[j, :, lo:P].float().sum(1)
                 self.lo[r] = lo
-            for i in range(max(0, P - self.ring_len), P):               # the slots later steps subtract
+            for i in range(max(0, P - self.ring_len), P):  # the slots later steps subtract
                 self.ring[i % self.ring_len].zero_()
                 self.ring[i % self.ring_len, :, :, :P] = w16[:, :, i]
         self.t += P

@@ -33,22 +33,63 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # 1. sparse decode attention
 # ---------------------------------------------------------------------------
 
+
 @triton.jit
 def _sparse_decode_split(
-    Q, K, V, KS, VS, IDX, LEN, O_PART, LSE_PART, S_OUT,
-    sqb, sqh, sqd,
-    skb, skh, skn, skd,
-    svb, svh, svn, svd,
-    sksb, sksh, sksn,
-    svsb, svsh, svsn,
-    sib, sih, sin,
-    slb, slh,
-    sob, soh, sos, sod,
-    smb, smh, sms,
-    ssb, ssh, ssn,
-    sm_scale, Hkv, chunk,
-    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
-    INT8: tl.constexpr, WRITE_SCORES: tl.constexpr, DOT_F32: tl.constexpr, CHUNK_FROM_LEN: tl.constexpr,
+    Q,
+    K,
+    V,
+    KS,
+    VS,
+    IDX,
+    LEN,
+    O_PART,
+    LSE_PART,
+    S_OUT,
+    sqb,
+    sqh,
+    sqd,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    sksb,
+    sksh,
+    sksn,
+    svsb,
+    svsh,
+    svsn,
+    sib,
+    sih,
+    sin,
+    slb,
+    slh,
+    sob,
+    soh,
+    sos,
+    sod,
+    smb,
+    smh,
+    sms,
+    ssb,
+    ssh,
+    ssn,
+    sm_scale,
+    Hkv,
+    chunk,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D: tl.constexpr,
+    INT8: tl.constexpr,
+    WRITE_SCORES: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    CHUNK_FROM_LEN: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)  # int64: b * stride overflows int32 past 2^31 elements
     split = tl.program_id(1)
@@ -67,8 +108,9 @@ def _sparse_decode_split(
     mask_g = offs_g < G
     mask_d = offs_d < D
     heads = hk * G + offs_g
-    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :] * sqd,
-                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    q = tl.load(
+        Q + b * sqb + heads[:, None] * sqh + offs_d[None, :] * sqd, mask=mask_g[:, None] & mask_d[None, :], other=0.0
+    )
     if DOT_F32:
         q = q.to(tl.float32)
 
@@ -98,8 +140,11 @@ def _sparse_decode_split(
             s = s * ks[None, :]
         s = tl.where(mask_n[None, :], s, float("-inf"))
         if WRITE_SCORES:
-            tl.store(S_OUT + b * ssb + heads[:, None] * ssh + offs_n[None, :] * ssn, s,
-                     mask=mask_g[:, None] & mask_n[None, :])
+            tl.store(
+                S_OUT + b * ssb + heads[:, None] * ssh + offs_n[None, :] * ssn,
+                s,
+                mask=mask_g[:, None] & mask_n[None, :],
+            )
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -112,20 +157,37 @@ def _sparse_decode_split(
     has = l_i > 0
     out = tl.where(has[:, None], acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
-    tl.store(O_PART + b * sob + heads[:, None] * soh + split * sos + offs_d[None, :] * sod, out,
-             mask=mask_g[:, None] & mask_d[None, :])
+    tl.store(
+        O_PART + b * sob + heads[:, None] * soh + split * sos + offs_d[None, :] * sod,
+        out,
+        mask=mask_g[:, None] & mask_d[None, :],
+    )
     tl.store(LSE_PART + b * smb + heads * smh + split * sms, lse, mask=mask_g)
 
 
 @triton.jit
 def _combine_splits(
-    O_PART, LSE_PART, O, LSE,
-    sob, soh, sos, sod,
-    smb, smh, sms,
-    s_ob, s_oh, s_od,
-    s_lb, s_lh,
-    Hq, n_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr,
+    O_PART,
+    LSE_PART,
+    O,
+    LSE,
+    sob,
+    soh,
+    sos,
+    sod,
+    smb,
+    smh,
+    sms,
+    s_ob,
+    s_oh,
+    s_od,
+    s_lb,
+    s_lh,
+    Hq,
+    n_splits,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hq
@@ -140,8 +202,11 @@ def _combine_splits(
     m_safe = tl.where(finite, m, 0.0)
     w = tl.where(lse > float("-inf"), tl.exp(lse - m_safe), 0.0)
     total = tl.sum(w, 0)
-    o = tl.load(O_PART + b * sob + h * soh + offs_s[:, None] * sos + offs_d[None, :] * sod,
-                mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+    o = tl.load(
+        O_PART + b * sob + h * soh + offs_s[:, None] * sos + offs_d[None, :] * sod,
+        mask=mask_s[:, None] & mask_d[None, :],
+        other=0.0,
+    )
     out = tl.sum(o * w[:, None], 0) / tl.where(finite, total, 1.0)
     out = tl.where(finite, out, 0.0)
     tl.store(O + b * s_ob + h * s_oh + offs_d * s_od, out.to(O.dtype.element_ty), mask=mask_d)
@@ -163,8 +228,9 @@ def _num_splits(batch_heads: int, max_len: int, block_n: int, device: torch.devi
     return max(1, min(want, math.ceil(max(1, max_len) / block_n), 64))
 
 
-def _split_plan(batch_heads: int, max_len: int, block_n: int, device: torch.device,
-                num_splits: int | None = None) -> tuple[int, int]:
+def _split_plan(
+    batch_heads: int, max_len: int, block_n: int, device: torch.device, num_splits: int | None = None
+) -> tuple[int, int]:
     """(splits, tokens per split) for an index list of max_len."""
     S = num_splits or _num_splits(batch_heads, max_len, block_n, device)
     chunk = max(block_n, math.ceil(max(1, max_len) / S / block_n) * block_n)
@@ -178,13 +244,22 @@ def combine_block(batch_heads: int, max_len: int, device: torch.device, block_n:
     return max(2, triton.next_power_of_2(S))
 
 
-def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
-                            lengths: torch.Tensor, sm_scale: float | None = None,
-                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
-                            return_scores: bool = False, num_splits: int | None = None,
-                            block_n: int = 64, out: torch.Tensor | None = None, num_stages: int = 3,
-                            lengths_vary: bool = False,
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    lengths: torch.Tensor,
+    sm_scale: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    return_scores: bool = False,
+    num_splits: int | None = None,
+    block_n: int = 64,
+    out: torch.Tensor | None = None,
+    num_stages: int = 3,
+    lengths_vary: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attention of q over the KV rows named by `indices` (see module and reference docs).
 
     Returns (out [B,Hq,D] in q's dtype, lse [B,Hq] fp32, scores [B,Hq,I] fp32 or None).
@@ -215,36 +290,74 @@ def sparse_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i
     o_part = torch.empty(B, Hq, S, D, device=q.device, dtype=f32)
     lse_part = torch.empty(B, Hq, S, device=q.device, dtype=f32)
     scores = torch.empty(B, Hq, max(I, 1), device=q.device, dtype=f32) if return_scores else o_part
-    ks = k_scale if int8 else lengths  # placeholders when unused: never read
-    vs = v_scale if int8 else lengths
+    ks = k_scale if k_scale is not None and int8 else lengths  # placeholders when unused: never read
+    vs = v_scale if v_scale is not None and int8 else lengths
     ks_strides = ks.stride() if int8 else (0, 0, 0)
     vs_strides = vs.stride() if int8 else (0, 0, 0)
     BLOCK_D = triton.next_power_of_2(D)
     BLOCK_G = max(16, triton.next_power_of_2(G))
     dot_f32 = INTERPRET and q.dtype == torch.bfloat16  # the interpreter has no bf16 dot
     _sparse_decode_split[(B * Hkv, S)](
-        q, k, v, ks, vs, indices, lengths, o_part, lse_part, scores,
-        *q.stride(), *k.stride(), *v.stride(), *ks_strides, *vs_strides,
-        *indices.stride(), *lengths.stride(), *o_part.stride(), *lse_part.stride(),
+        q,
+        k,
+        v,
+        ks,
+        vs,
+        indices,
+        lengths,
+        o_part,
+        lse_part,
+        scores,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *ks_strides,
+        *vs_strides,
+        *indices.stride(),
+        *lengths.stride(),
+        *o_part.stride(),
+        *lse_part.stride(),
         *(scores.stride() if return_scores else (0, 0, 0)),
-        sm_scale if sm_scale is not None else 1.0 / math.sqrt(D), Hkv, chunk,
-        G=G, BLOCK_G=BLOCK_G, BLOCK_N=block_n, BLOCK_D=BLOCK_D, D=D,
-        INT8=int8, WRITE_SCORES=return_scores, DOT_F32=dot_f32, CHUNK_FROM_LEN=lengths_vary,
-        num_warps=4, num_stages=num_stages,
+        sm_scale if sm_scale is not None else 1.0 / math.sqrt(D),
+        Hkv,
+        chunk,
+        G=G,
+        BLOCK_G=BLOCK_G,
+        BLOCK_N=block_n,
+        BLOCK_D=BLOCK_D,
+        D=D,
+        INT8=int8,
+        WRITE_SCORES=return_scores,
+        DOT_F32=dot_f32,
+        CHUNK_FROM_LEN=lengths_vary,
+        num_warps=4,
+        num_stages=num_stages,
     )
     if out is None:
         out = torch.empty(B, Hq, D, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, Hq, device=q.device, dtype=f32)
     _combine_splits[(B * Hq,)](
-        o_part, lse_part, out, lse, *o_part.stride(), *lse_part.stride(), *out.stride(), *lse.stride(),
-        Hq, S, BLOCK_S=max(2, triton.next_power_of_2(S)), BLOCK_D=BLOCK_D, D=D, num_warps=2,
+        o_part,
+        lse_part,
+        out,
+        lse,
+        *o_part.stride(),
+        *lse_part.stride(),
+        *out.stride(),
+        *lse.stride(),
+        Hq,
+        S,
+        BLOCK_S=max(2, triton.next_power_of_2(S)),
+        BLOCK_D=BLOCK_D,
+        D=D,
+        num_warps=2,
     )
     return out, lse, (scores[..., :I] if return_scores else None)
 
 
 def attention_weights(scores: torch.Tensor, lse: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Softmax weights [B,Hq,I] from the kernel's scores and lse (0 past each list's length)."""
-    B, Hq, I = scores.shape
+    _, Hq, I = scores.shape
     G = Hq // lengths.shape[1]
     ln = lengths.repeat_interleave(G, dim=1)
     valid = torch.arange(I, device=scores.device)[None, None, :] < ln[..., None]
@@ -255,19 +368,47 @@ def attention_weights(scores: torch.Tensor, lse: torch.Tensor, lengths: torch.Te
 # 2. importance scores
 # ---------------------------------------------------------------------------
 
+
 @triton.jit
 def _importance_update(
-    S_IN, LSE, IDX, LEN, SCORE, RING_IDX, RING_W, RING_LEN, slot,
-    s_sb, s_sh, s_sn,
-    s_lb, s_lh,
-    sib, sih, sin,
-    slb, slh,
-    scb, sch, scn,
-    srb, srh, srs, srn,
-    swb, swh, sws, swn,
-    srlb, srlh, srls,
+    S_IN,
+    LSE,
+    IDX,
+    LEN,
+    SCORE,
+    RING_IDX,
+    RING_W,
+    RING_LEN,
+    slot,
+    s_sb,
+    s_sh,
+    s_sn,
+    s_lb,
+    s_lh,
+    sib,
+    sih,
+    sin,
+    slb,
+    slh,
+    scb,
+    sch,
+    scn,
+    srb,
+    srh,
+    srs,
+    srn,
+    swb,
+    swh,
+    sws,
+    swn,
+    srlb,
+    srlh,
+    srls,
     Hkv,
-    G: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, SLOT_ON_DEVICE: tl.constexpr,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SLOT_ON_DEVICE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
@@ -291,8 +432,11 @@ def _importance_update(
     for n0 in range(0, n, BLOCK_N):
         offs = n0 + tl.arange(0, BLOCK_N)
         mask = offs < n
-        s = tl.load(S_IN + b * s_sb + heads[:, None] * s_sh + offs[None, :] * s_sn,
-                    mask=mask_g[:, None] & mask[None, :], other=float("-inf"))
+        s = tl.load(
+            S_IN + b * s_sb + heads[:, None] * s_sh + offs[None, :] * s_sn,
+            mask=mask_g[:, None] & mask[None, :],
+            other=float("-inf"),
+        )
         p = tl.where(mask_g[:, None] & mask[None, :], tl.exp(s - lse[:, None]), 0.0)
         w = tl.sum(p, 0)
         tok = tl.load(IDX + b * sib + hk * sih + offs * sin, mask=mask, other=0)
@@ -302,9 +446,18 @@ def _importance_update(
     tl.store(RING_LEN + b * srlb + hk * srlh + slot * srls, n)
 
 
-def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch.Tensor, ring_len: torch.Tensor,
-                      slot: int | torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor,
-                      lse: torch.Tensor, block_n: int = 128) -> None:
+def importance_update(
+    score: torch.Tensor,
+    ring_idx: torch.Tensor,
+    ring_w: torch.Tensor,
+    ring_len: torch.Tensor,
+    slot: int | torch.Tensor,
+    indices: torch.Tensor,
+    lengths: torch.Tensor,
+    scores: torch.Tensor,
+    lse: torch.Tensor,
+    block_n: int = 128,
+) -> None:
     """In place: score[b, hk, t] = weight token t received over the last k steps (k = ring slots).
 
     slot: this step's ring slot, an int or a one-element int32 device tensor (read on the
@@ -318,11 +471,29 @@ def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch
     G = Hq // Hkv
     lengths = lengths.to(torch.int32)
     _importance_update[(B * Hkv,)](
-        scores, lse, indices, lengths, score, ring_idx, ring_w, ring_len, slot,
-        *scores.stride(), *lse.stride(), *indices.stride(), *lengths.stride(), *score.stride(),
-        *ring_idx.stride(), *ring_w.stride(), *ring_len.stride(), Hkv,
-        G=G, BLOCK_G=max(2, triton.next_power_of_2(G)), BLOCK_N=block_n,
-        SLOT_ON_DEVICE=isinstance(slot, torch.Tensor), num_warps=4,
+        scores,
+        lse,
+        indices,
+        lengths,
+        score,
+        ring_idx,
+        ring_w,
+        ring_len,
+        slot,
+        *scores.stride(),
+        *lse.stride(),
+        *indices.stride(),
+        *lengths.stride(),
+        *score.stride(),
+        *ring_idx.stride(),
+        *ring_w.stride(),
+        *ring_len.stride(),
+        Hkv,
+        G=G,
+        BLOCK_G=max(2, triton.next_power_of_2(G)),
+        BLOCK_N=block_n,
+        SLOT_ON_DEVICE=isinstance(slot, torch.Tensor),
+        num_warps=4,
     )
 
 
@@ -330,8 +501,11 @@ def importance_update(score: torch.Tensor, ring_idx: torch.Tensor, ring_w: torch
 # 3. INT8 KV quantisation on write
 # ---------------------------------------------------------------------------
 
+
 @triton.jit
-def _quantize_rows(X, QOUT, SCALE, n_rows, sxr, sxd, sqr, sqd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+def _quantize_rows(
+    X, QOUT, SCALE, n_rows, sxr, sxd, sqr, sqd, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr
+):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
@@ -355,14 +529,16 @@ def quantize_kv(x: torch.Tensor, block_r: int = 32) -> tuple[torch.Tensor, torch
     scale = torch.empty(rows.shape[0], device=x.device, dtype=torch.float16)
     n = rows.shape[0]
     if n:
-        _quantize_rows[(triton.cdiv(n, block_r),)](rows, q, scale, n, *rows.stride(), *q.stride(),
-                                                   BLOCK_R=block_r, BLOCK_D=triton.next_power_of_2(D), D=D)
+        _quantize_rows[(triton.cdiv(n, block_r),)](
+            rows, q, scale, n, *rows.stride(), *q.stride(), BLOCK_R=block_r, BLOCK_D=triton.next_power_of_2(D), D=D
+        )
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 
 # ---------------------------------------------------------------------------
 # 4. landing fetched rows in their slots, with the count read on the device
 # ---------------------------------------------------------------------------
+
 
 @triton.jit
 def _scatter_rows(SRC, DST, DST_IDX, WIDTH, sdr, sib, R, BLOCK: tl.constexpr):
@@ -378,8 +554,9 @@ def _scatter_rows(SRC, DST, DST_IDX, WIDTH, sdr, sib, R, BLOCK: tl.constexpr):
             tl.store(dst + offs, tl.load(src + offs, mask=m), mask=m)
 
 
-def scatter_rows(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, width: torch.Tensor,
-                 block: int = 1024) -> None:
+def scatter_rows(
+    dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, width: torch.Tensor, block: int = 1024
+) -> None:
     """dst[dst_idx[b, i]] = src[b * width + i] for i < width, every b (rows of the last
     dims). ``width`` is a one-element int32 device tensor, so the launch (grid sized for
     dst_idx's full width) can be captured once and replayed while the count changes: the
@@ -388,12 +565,15 @@ def scatter_rows(dst: torch.Tensor, src: torch.Tensor, dst_idx: torch.Tensor, wi
     assert src[0].numel() == R and dst.is_contiguous() and src.is_contiguous() and dst_idx.stride(-1) == 1
     B, M = dst_idx.shape
     if B and M:
-        _scatter_rows[(B, M)](src, dst, dst_idx, width, R, dst_idx.stride(0), R, BLOCK=min(block, triton.next_power_of_2(R)))
+        _scatter_rows[(B, M)](
+            src, dst, dst_idx, width, R, dst_idx.stride(0), R, BLOCK=min(block, triton.next_power_of_2(R))
+        )
 
 
 # ---------------------------------------------------------------------------
 # 5. gathering rows straight from pinned host memory (zero-copy, over PCIe)
 # ---------------------------------------------------------------------------
+
 
 @triton.jit
 def _copy_row(src, dst, R, BLOCK: tl.constexpr):
@@ -404,8 +584,20 @@ def _copy_row(src, dst, R, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
-                      PROGRAMS: tl.constexpr, BLOCK: tl.constexpr, DST_DENSE: tl.constexpr):
+def _gather_host_rows(
+    SRC,
+    DST,
+    SRC_IDX,
+    DST_IDX,
+    WIDTH,
+    n_seq,
+    sib,
+    dib,
+    R,
+    PROGRAMS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DST_DENSE: tl.constexpr,
+):
     # a few programs loop over the rows, so the gather leaves most SMs to the compute
     # stream's kernels while its loads wait on PCIe
     pid = tl.program_id(0)
@@ -415,7 +607,7 @@ def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
         b = r // width
         i = r - b * width
         src = SRC + tl.load(SRC_IDX + b * sib + i).to(tl.int64) * R
-        if DST_DENSE:
+        if DST_DENSE:  # noqa: SIM108 - a constexpr branch: the other one's load is never compiled
             dst = DST + r * R
         else:
             dst = DST + tl.load(DST_IDX + b * dib + i).to(tl.int64) * R
@@ -423,10 +615,30 @@ def _gather_host_rows(SRC, DST, SRC_IDX, DST_IDX, WIDTH, n_seq, sib, dib, R,
 
 
 @triton.jit
-def _gather_host_layer(KV_SRC, KV_DST, SC_SRC, SC_DST, KV_IDX, KV_W, X_SRC, X_DST, X_IDX, X_W,
-                       n_seq, kib, xib, R_KV, R_SC, R_X, PROGRAMS: tl.constexpr, BLOCK_KV: tl.constexpr,
-                       BLOCK_SC: tl.constexpr, BLOCK_X: tl.constexpr, HAS_SC: tl.constexpr,
-                       HAS_X: tl.constexpr):
+def _gather_host_layer(
+    KV_SRC,
+    KV_DST,
+    SC_SRC,
+    SC_DST,
+    KV_IDX,
+    KV_W,
+    X_SRC,
+    X_DST,
+    X_IDX,
+    X_W,
+    n_seq,
+    kib,
+    xib,
+    R_KV,
+    R_SC,
+    R_X,
+    PROGRAMS: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    BLOCK_SC: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    HAS_SC: tl.constexpr,
+    HAS_X: tl.constexpr,
+):
     # one launch for a layer's parts: the KV rows (with their INT8 scale rows, same ids),
     # then the inputs x; a program that runs out of KV rows goes on to x rows at once
     pid = tl.program_id(0)
@@ -434,7 +646,7 @@ def _gather_host_layer(KV_SRC, KV_DST, SC_SRC, SC_DST, KV_IDX, KV_W, X_SRC, X_DS
     for r in range(pid, n_seq * wk, PROGRAMS):
         b = r // wk
         row = tl.load(KV_IDX + b * kib + (r - b * wk)).to(tl.int64)
-        if HAS_SC:     # a scale row (BLOCK_SC covers it) is read beside its KV row, not after it
+        if HAS_SC:  # a scale row (BLOCK_SC covers it) is read beside its KV row, not after it
             so = tl.arange(0, BLOCK_SC)
             sv = tl.load(SC_SRC + row * R_SC + so, mask=so < R_SC)
         _copy_row(KV_SRC + row * R_KV, KV_DST + r * R_KV, R_KV, BLOCK_KV)
@@ -448,11 +660,18 @@ def _gather_host_layer(KV_SRC, KV_DST, SC_SRC, SC_DST, KV_IDX, KV_W, X_SRC, X_DS
             _copy_row(X_SRC + row * R_X, X_DST + r * R_X, R_X, BLOCK_X)
 
 
-def gather_host_layer(kv: tuple[torch.Tensor, torch.Tensor], kv_idx: torch.Tensor, kv_width: torch.Tensor,
-                      sc: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      x: tuple[torch.Tensor, torch.Tensor] | None = None, x_idx: torch.Tensor | None = None,
-                      x_width: torch.Tensor | None = None, programs: int = 8, block: int = 8192,
-                      num_warps: int = 8) -> None:
+def gather_host_layer(
+    kv: tuple[torch.Tensor, torch.Tensor],
+    kv_idx: torch.Tensor,
+    kv_width: torch.Tensor,
+    sc: tuple[torch.Tensor, torch.Tensor] | None = None,
+    x: tuple[torch.Tensor, torch.Tensor] | None = None,
+    x_idx: torch.Tensor | None = None,
+    x_width: torch.Tensor | None = None,
+    programs: int = 8,
+    block: int = 8192,
+    num_warps: int = 8,
+) -> None:
     """``gather_host_rows`` for all of a layer's parts in one launch: kv = (dst, src) rows
     by kv_idx [B, >= width] up to kv_width, sc = (dst, src) the INT8 scale rows of the same
     ids, x = (dst, src) the layer inputs by x_idx up to x_width; destinations dense
@@ -463,28 +682,57 @@ def gather_host_layer(kv: tuple[torch.Tensor, torch.Tensor], kv_idx: torch.Tenso
     parts = [(kv_dst, kv_src)] + ([sc] if sc is not None else []) + ([x] if x is not None else [])
     for d, s in parts:
         assert d[0].numel() == s[0].numel() and d.is_contiguous() and s.is_contiguous()
-    assert kv_idx.stride(-1) == 1 and (x is None or (x_idx is not None and x_width is not None
-                                                      and x_idx.stride(-1) == 1 and x_idx.shape[0] == B))
+    assert kv_idx.stride(-1) == 1 and (
+        x is None or (x_idx is not None and x_width is not None and x_idx.stride(-1) == 1 and x_idx.shape[0] == B)
+    )
     if not B:
         return
     sc_dst, sc_src = sc if sc is not None else (kv_dst, kv_src)
     x_dst, x_src = x if x is not None else (kv_dst, kv_src)
-    xi = x_idx if x is not None else kv_idx
-    xw = x_width if x is not None else kv_width
+    xi = x_idx if x is not None and x_idx is not None else kv_idx
+    xw = x_width if x is not None and x_width is not None else kv_width
     r_kv, r_sc, r_x = kv_src[0].numel(), sc_src[0].numel(), x_src[0].numel()
 
     def blk(r: int) -> int:
         return min(block, triton.next_power_of_2(r))
 
-    _gather_host_layer[(programs,)](kv_src, kv_dst, sc_src, sc_dst, kv_idx, kv_width, x_src, x_dst, xi, xw,
-                                    B, kv_idx.stride(0), xi.stride(0), r_kv, r_sc, r_x, PROGRAMS=programs,
-                                    BLOCK_KV=blk(r_kv), BLOCK_SC=triton.next_power_of_2(r_sc), BLOCK_X=blk(r_x),
-                                    HAS_SC=sc is not None, HAS_X=x is not None, num_warps=num_warps)
+    _gather_host_layer[(programs,)](
+        kv_src,
+        kv_dst,
+        sc_src,
+        sc_dst,
+        kv_idx,
+        kv_width,
+        x_src,
+        x_dst,
+        xi,
+        xw,
+        B,
+        kv_idx.stride(0),
+        xi.stride(0),
+        r_kv,
+        r_sc,
+        r_x,
+        PROGRAMS=programs,
+        BLOCK_KV=blk(r_kv),
+        BLOCK_SC=triton.next_power_of_2(r_sc),
+        BLOCK_X=blk(r_x),
+        HAS_SC=sc is not None,
+        HAS_X=x is not None,
+        num_warps=num_warps,
+    )
 
 
-def gather_host_rows(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor, width: torch.Tensor,
-                     dst_idx: torch.Tensor | None = None, programs: int = 16, block: int = 4096,
-                     num_warps: int = 8) -> None:
+def gather_host_rows(
+    dst: torch.Tensor,
+    src: torch.Tensor,
+    src_idx: torch.Tensor,
+    width: torch.Tensor,
+    dst_idx: torch.Tensor | None = None,
+    programs: int = 16,
+    block: int = 4096,
+    num_warps: int = 8,
+) -> None:
     """For every sequence b and i < width: dst row (b * width + i, or dst_idx[b, i]) =
     src[src_idx[b, i]], rows of the last dims. On a GPU, src may be pinned host memory:
     the kernel reads it directly over PCIe (unified addressing), so a token-level fetch
@@ -495,10 +743,22 @@ def gather_host_rows(dst: torch.Tensor, src: torch.Tensor, src_idx: torch.Tensor
     assert dst[0].numel() == R and dst.is_contiguous() and src.is_contiguous() and src_idx.stride(-1) == 1
     B = src_idx.shape[0]
     dense = dst_idx is None
-    if not dense:
+    if dst_idx is not None:
         assert dst_idx.stride(-1) == 1 and dst_idx.shape[0] == B
-    di = src_idx if dense else dst_idx
+    di = src_idx if dst_idx is None else dst_idx
     if B and src_idx.shape[-1]:
-        _gather_host_rows[(programs,)](src, dst, src_idx, di, width, B, src_idx.stride(0), di.stride(0), R,
-                                       PROGRAMS=programs, BLOCK=min(block, triton.next_power_of_2(R)),
-                                       DST_DENSE=dense, num_warps=num_warps)
+        _gather_host_rows[(programs,)](
+            src,
+            dst,
+            src_idx,
+            di,
+            width,
+            B,
+            src_idx.stride(0),
+            di.stride(0),
+            R,
+            PROGRAMS=programs,
+            BLOCK=min(block, triton.next_power_of_2(R)),
+            DST_DENSE=dense,
+            num_warps=num_warps,
+        )

@@ -31,7 +31,8 @@ D2H stream once per step).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -41,9 +42,16 @@ from .slot_cache import kv_rows
 
 
 class DecodeStep:
-    def __init__(self, dec: Decoder, batch: int, act_dtype: torch.dtype, device: torch.device,
-                 graphs: bool, pre_hook: Callable[[int], None] | None = None,
-                 attend_hook: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        dec: Decoder,
+        batch: int,
+        act_dtype: torch.dtype,
+        device: torch.device,
+        graphs: bool,
+        pre_hook: Callable[[int], None] | None = None,
+        attend_hook: Callable[[int], None] | None = None,
+    ) -> None:
         c = dec.cfg
         self.dec, self.B = dec, batch
         self.L = c.num_layers
@@ -55,8 +63,8 @@ class DecodeStep:
         self.o = torch.zeros(batch, c.num_heads, c.head_dim, dtype=torch.float16, device=device)
         self.tok = torch.zeros(batch, dtype=torch.long, device=device)
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.q: list[torch.Tensor] = [self.o] * self.L        # [B, Hq, d] fp16, per layer
-        self.rows: list[torch.Tensor] = [self.o] * self.L     # [B, 1, 2, Hkv, d] fp16
+        self.q: list[torch.Tensor] = [self.o] * self.L  # [B, Hq, d] fp16, per layer
+        self.rows: list[torch.Tensor] = [self.o] * self.L  # [B, 1, 2, Hkv, d] fp16
         self.pre_hook, self.attend_hook = pre_hook, attend_hook
         self._g: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.captured = False
@@ -91,8 +99,8 @@ class DecodeStep:
     def _bodies(self) -> list[tuple[tuple[str, int], Callable[[], None]]]:
         out: list[tuple[tuple[str, int], Callable[[], None]]] = [(("begin", 0), self._begin_body)]
         for l in range(self.L):
-            out.append((("pre", l), lambda l=l: self._pre_body(l)))
-            out.append((("post", l), lambda l=l: self._post_body(l)))
+            out.append((("pre", l), partial(self._pre_body, l)))
+            out.append((("post", l), partial(self._post_body, l)))
         out.append((("end", 0), self._end_body))
         return out
 

@@ -10,8 +10,9 @@ what lets the accuracy study and the real backend run SWA and its baselines on o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    family: str                 # "llama" | "opt"
+    family: str  # "llama" | "opt"
     num_layers: int
     hidden_size: int
     num_heads: int
@@ -29,7 +30,7 @@ class DecoderConfig:
     vocab_size: int
     norm_eps: float
     rope_theta: float = 10000.0
-    pos_offset: int = 2         # OPT's learned positions start at 2
+    pos_offset: int = 2  # OPT's learned positions start at 2
 
 
 def _rope_theta(cfg) -> float:  # transformers moved rope_theta into rope_parameters
@@ -51,23 +52,40 @@ class Decoder:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_hf(cls, model: torch.nn.Module) -> "Decoder":
-        c = model.config
+    def from_hf(cls, model: torch.nn.Module) -> Decoder:
+        c: Any = model.config  # a transformers PretrainedConfig: its fields depend on the model type
         mt = c.model_type
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         if mt in ("llama", "mistral", "qwen2"):
             hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-            cfg = DecoderConfig("llama", c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
-                                c.num_key_value_heads, hd, c.intermediate_size, c.vocab_size, c.rms_norm_eps,
-                                _rope_theta(c))
-            w = {"embed": sd["model.embed_tokens.weight"], "norm": sd["model.norm.weight"],
-                 "lm_head": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
+            cfg = DecoderConfig(
+                "llama",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                hd,
+                c.intermediate_size,
+                c.vocab_size,
+                c.rms_norm_eps,
+                _rope_theta(c),
+            )
+            w = {
+                "embed": sd["model.embed_tokens.weight"],
+                "norm": sd["model.norm.weight"],
+                "lm_head": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]),
+            }
             for i in range(cfg.num_layers):
                 p = f"model.layers.{i}."
                 w[f"{i}.ln1"] = sd[p + "input_layernorm.weight"]
                 w[f"{i}.ln2"] = sd[p + "post_attention_layernorm.weight"]
-                w[f"{i}.qkv"] = torch.cat([sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"],
-                                           sd[p + "self_attn.v_proj.weight"]])
+                w[f"{i}.qkv"] = torch.cat(
+                    [
+                        sd[p + "self_attn.q_proj.weight"],
+                        sd[p + "self_attn.k_proj.weight"],
+                        sd[p + "self_attn.v_proj.weight"],
+                    ]
+                )
                 w[f"{i}.o"] = sd[p + "self_attn.o_proj.weight"]
                 w[f"{i}.gate_up"] = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
                 w[f"{i}.down"] = sd[p + "mlp.down_proj.weight"]
@@ -75,13 +93,25 @@ class Decoder:
         if mt == "opt":
             if not c.do_layer_norm_before or c.word_embed_proj_dim != c.hidden_size:
                 raise ValueError("only pre-norm OPT without embedding projection (OPT >= 1.3B) is supported")
-            cfg = DecoderConfig("opt", c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
-                                c.num_attention_heads, c.hidden_size // c.num_attention_heads, c.ffn_dim,
-                                c.vocab_size, 1e-5)
+            cfg = DecoderConfig(
+                "opt",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_attention_heads,
+                c.hidden_size // c.num_attention_heads,
+                c.ffn_dim,
+                c.vocab_size,
+                1e-5,
+            )
             pre = "model.decoder."
-            w = {"embed": sd[pre + "embed_tokens.weight"], "pos": sd[pre + "embed_positions.weight"],
-                 "norm": sd[pre + "final_layer_norm.weight"], "norm_b": sd[pre + "final_layer_norm.bias"],
-                 "lm_head": sd.get("lm_head.weight", sd[pre + "embed_tokens.weight"])}
+            w = {
+                "embed": sd[pre + "embed_tokens.weight"],
+                "pos": sd[pre + "embed_positions.weight"],
+                "norm": sd[pre + "final_layer_norm.weight"],
+                "norm_b": sd[pre + "final_layer_norm.bias"],
+                "lm_head": sd.get("lm_head.weight", sd[pre + "embed_tokens.weight"]),
+            }
             for i in range(cfg.num_layers):
                 p = f"{pre}layers.{i}."
                 for dst, src in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
@@ -118,16 +148,22 @@ class Decoder:
             emb = emb[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor,
-              tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def _rope(
+        self, x: torch.Tensor, positions: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """x [B, H, T, d] rotated by position (rotate-half convention, as transformers);
         positions [T] shared by the batch, or [B, T] per sequence."""
         cos, sin = tables if tables is not None else self.rope_tables(positions, x.dtype)
-        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
-    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor,
-            rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer input x [B, T, h] -> (normed x, q [B,Hq,T,d], k [B,Hkv,T,d], v [B,Hkv,T,d])."""
         c = self.cfg
         B, T, _ = x.shape
@@ -135,8 +171,8 @@ class Decoder:
         y = F.linear(xn, self.w[f"{layer}.qkv"], self.w.get(f"{layer}.qkv_b"))
         qd, kd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         q = y[..., :qd].view(B, T, c.num_heads, c.head_dim).transpose(1, 2)
-        k = y[..., qd:qd + kd].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
-        v = y[..., qd + kd:].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        k = y[..., qd : qd + kd].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
+        v = y[..., qd + kd :].view(B, T, c.num_kv_heads, c.head_dim).transpose(1, 2)
         if c.family == "llama":
             q, k = self._rope(q, positions, rope), self._rope(k, positions, rope)
         return xn, q, k, v
@@ -179,8 +215,12 @@ class Decoder:
         return 1.0 / math.sqrt(self.cfg.head_dim)
 
     # -- whole passes -----------------------------------------------------------------------
-    def forward(self, ids: torch.Tensor, attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                start: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
         """Logits [B, T, V] for ids [B, T] at positions start.. ; `attend(layer, q, k, v)`
         returns attention [B, Hq, T, d] (default: dense causal over these T tokens)."""
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
@@ -204,7 +244,9 @@ def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 class KVCache:
     """Preallocated per-layer K/V [B, Hkv, N, d] with a fill length."""
 
-    def __init__(self, cfg: DecoderConfig, batch: int, max_tokens: int, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self, cfg: DecoderConfig, batch: int, max_tokens: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
         shape = (batch, cfg.num_kv_heads, max_tokens, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)]
@@ -212,7 +254,7 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, t = self.n[layer], k.shape[2]
-        self.k[layer][:, :, n:n + t] = k
-        self.v[layer][:, :, n:n + t] = v
+        self.k[layer][:, :, n : n + t] = k
+        self.v[layer][:, :, n : n + t] = v
         self.n[layer] = n + t
         return self.k[layer][:, :, : n + t], self.v[layer][:, :, : n + t]

@@ -8,8 +8,8 @@ thread and times come from the host clock; the executor's logic is the same.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,14 +21,25 @@ from alisa.sim.hardware import GB
 def require_cuda() -> torch.device:
     """The GPU, or a clear error (the CLI turns it into exit code 2)."""
     if not torch.cuda.is_available():
-        raise InputError("the real backend needs a CUDA GPU, and this machine has none that torch can use "
-                         f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
-                         "run the simulator instead (--backend sim)", field="--backend")
+        raise InputError(
+            "the real backend needs a CUDA GPU, and this machine has none that torch can use "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+            "run the simulator instead (--backend sim)",
+            field="--backend",
+        )
     return torch.device("cuda")
 
 
-def capture_graphs(dev: torch.device, bodies: dict[Any, Callable[[], None]], warmups: int = 2,
-                   shared_pool: bool = True) -> dict[Any, torch.cuda.CUDAGraph]:
+def present(t: torch.Tensor | None) -> torch.Tensor:
+    """A buffer that one of a cache's options allocates (INT8 scales, kept layer inputs):
+    callers reach it only where that option is on."""
+    assert t is not None
+    return t
+
+
+def capture_graphs(
+    dev: torch.device, bodies: dict[Any, Callable[[], None]], warmups: int = 2, shared_pool: bool = True
+) -> dict[Any, torch.cuda.CUDAGraph]:
     """Each body as a CUDA graph: warmed up on a side stream first (cuBLAS picks its
     kernels, Triton compiles, the allocator settles), then captured, by default into one
     memory pool (safe where the graphs replay one at a time)."""
@@ -58,9 +69,9 @@ class GpuOutOfMemory(InputError):
 @dataclass
 class Device:
     dev: torch.device
-    allocated: dict[str, int] = field(default_factory=dict)   # pool name -> bytes
+    allocated: dict[str, int] = field(default_factory=dict)  # pool name -> bytes
     pinned_bytes: int = 0
-    h2d_priority: int = 0      # CUDA stream priority of the copy stream: lower is higher, -1 the highest on an H100
+    h2d_priority: int = 0  # CUDA stream priority of the copy stream: lower is higher, -1 the highest on an H100
 
     def __post_init__(self) -> None:
         self.cuda = self.dev.type == "cuda"
@@ -68,12 +79,13 @@ class Device:
             self.compute = torch.cuda.current_stream(self.dev)
             self.h2d = torch.cuda.Stream(self.dev, priority=self.h2d_priority)
             self.d2h = torch.cuda.Stream(self.dev)
-        else:
-            self.compute = self.h2d = self.d2h = None
+        else:  # the CPU runs everything in order: no streams (every stream use is under `cuda`)
+            self.compute = self.h2d = self.d2h = None  # type: ignore[assignment]
 
     # -- memory -----------------------------------------------------------------------
-    def alloc(self, pool: str, shape: tuple[int, ...], dtype: torch.dtype, *, host: bool = False,
-              fill: float | None = None) -> torch.Tensor:
+    def alloc(
+        self, pool: str, shape: tuple[int, ...], dtype: torch.dtype, *, host: bool = False, fill: float | None = None
+    ) -> torch.Tensor:
         """A named buffer: on the GPU, or in pinned host memory (host=True). Running out
         names the pool, its size and what is already held."""
         n = 1
@@ -89,8 +101,11 @@ class Device:
             if fill is not None:
                 t.fill_(fill)
         except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e).lower() \
-                    and "cudaHostAlloc" not in str(e):
+            if (
+                not isinstance(e, torch.OutOfMemoryError)
+                and "out of memory" not in str(e).lower()
+                and "cudaHostAlloc" not in str(e)
+            ):
                 raise
             where = "pinned host memory" if host else "GPU memory"
             if host:
@@ -100,8 +115,11 @@ class Device:
                 held = f"{torch.cuda.memory_allocated(self.dev) / GB:.2f} GB allocated of {total / GB:.2f} GB"
             else:
                 held = f"{self.gpu_bytes_now() / GB:.2f} GB allocated"
-            raise GpuOutOfMemory(f"out of {where} allocating the {pool} ({nbytes / GB:.3f} GB; {held}); "
-                                 "lower the batch, the sequence length or the GPU KV budget", field=pool) from None
+            raise GpuOutOfMemory(
+                f"out of {where} allocating the {pool} ({nbytes / GB:.3f} GB; {held}); "
+                "lower the batch, the sequence length or the GPU KV budget",
+                field=pool,
+            ) from None
         self.allocated[pool] = self.allocated.get(pool, 0) + nbytes
         return t
 
@@ -123,10 +141,10 @@ class Device:
         return self.gpu_bytes_now()
 
     # -- streams ------------------------------------------------------------------------
-    def on(self, stream: Any) -> "_OnStream":
+    def on(self, stream: Any) -> _OnStream:
         """Issue on ``stream`` inside the block, then on the compute stream again. A cheap
         ``torch.cuda.stream``: its device checks cost tens of microseconds a call on the
-        H100 host (``benchmarks/debug/step_profile.py``), and the fetch switches per layer."""
+        H100 host (a step profile probe, since removed; see git history), and the fetch switches per layer."""
         return _OnStream(self, stream)
 
     def sync(self) -> None:

@@ -25,24 +25,25 @@ tokens: the newest sit in SWA's window, on the GPU, until the host has stored th
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from alisa.kernels.swa_triton import gather_host_layer, gather_host_rows
 
-from .device import capture_graphs
+from .device import capture_graphs, present
 
 if TYPE_CHECKING:
     from .slot_cache import SlotCache
 
-PROGRAMS = 8        # on the H100: ~43 GB/s with 16 KB rows; the GEMMs beside it ~20% slower (uva_gather.py)
-BLOCK = 8192        # elements per program iteration: a whole LLaMA-7B KV row
+PROGRAMS = 8  # on the H100: ~43 GB/s with 16 KB rows; the GEMMs beside it ~20% slower (uva_gather.py)
+BLOCK = 8192  # elements per program iteration: a whole LLaMA-7B KV row
 WARPS = 8
 
 
 class DeviceFetcher:
-    def __init__(self, cache: "SlotCache", graphs: bool, fused: bool = True, programs: int = PROGRAMS) -> None:
+    def __init__(self, cache: SlotCache, graphs: bool, fused: bool = True, programs: int = PROGRAMS) -> None:
         """fused: one kernel a layer for all its parts (``gather_host_layer``) instead of
         one per part (KV, INT8 scales, x); programs: the gather's programs (SMs held)."""
         c = cache
@@ -57,11 +58,11 @@ class DeviceFetcher:
         self._g: dict[int, torch.cuda.CUDAGraph] = {}
         B, M, N = c.B, c.M, c.N
         self.kv_row_bytes = c.host_kv[0, 0, 0].numel() * c.host_kv.element_size()
-        self.sc_row_bytes = c.host_scale[0, 0, 0].numel() * 2 if c.int8 else 0
-        self.x_row_bytes = c.h * c.host_x.element_size() if c.keep_inputs else 0
+        self.sc_row_bytes = present(c.host_scale)[0, 0, 0].numel() * 2 if c.int8 else 0
+        self.x_row_bytes = c.h * present(c.host_x).element_size() if c.keep_inputs else 0
         self._src_kv = [c.host_kv[l].view(N * B, -1) for l in range(c.L)]
-        self._src_sc = [c.host_scale[l].view(N * B, -1) for l in range(c.L)] if c.int8 else []
-        self._src_x = [c.host_x[l].view(N * B, c.h) for l in range(c.L)] if c.keep_inputs else []
+        self._src_sc = [present(c.host_scale)[l].view(N * B, -1) for l in range(c.L)] if c.int8 else []
+        self._src_x = [present(c.host_x)[l].view(N * B, c.h) for l in range(c.L)] if c.keep_inputs else []
         self._land_kv = [c.land_kv[p].view(B * M, -1) for p in range(2)]
         self._land_sc = [c.land_sc[p].view(B * M, -1) for p in range(2)] if c.int8 else []
 
@@ -70,24 +71,28 @@ class DeviceFetcher:
         """Layer l's rows from the host copy into the landing buffer of its parity; the
         counts are the selection's (``wk_buf``, ``rec_width``), read on the device."""
         c, s, p = self.c, self.sel, l % 2
-        kw = {"programs": self.programs, "block": BLOCK, "num_warps": WARPS}
+        kw: dict[str, Any] = {"programs": self.programs, "block": BLOCK, "num_warps": WARPS}
         if self.fused:
-            gather_host_layer((self._land_kv[p], self._src_kv[l]), s.kv_rows_dev[l], c.wk_buf[l],
-                              sc=(self._land_sc[p], self._src_sc[l]) if c.int8 else None,
-                              x=(c.land_x[p], self._src_x[l]) if c.keep_inputs else None,
-                              x_idx=s.x_rows_dev[l] if c.keep_inputs else None,
-                              x_width=s.rec_width[l:l + 1] if c.keep_inputs else None, **kw)
+            gather_host_layer(
+                (self._land_kv[p], self._src_kv[l]),
+                s.kv_rows_dev[l],
+                c.wk_buf[l],
+                sc=(self._land_sc[p], self._src_sc[l]) if c.int8 else None,
+                x=(c.land_x[p], self._src_x[l]) if c.keep_inputs else None,
+                x_idx=s.x_rows_dev[l] if c.keep_inputs else None,
+                x_width=s.rec_width[l : l + 1] if c.keep_inputs else None,
+                **kw,
+            )
             return
         gather_host_rows(self._land_kv[p], self._src_kv[l], s.kv_rows_dev[l], c.wk_buf[l], **kw)
         if c.int8:
             gather_host_rows(self._land_sc[p], self._src_sc[l], s.kv_rows_dev[l], c.wk_buf[l], **kw)
         if c.keep_inputs:
-            gather_host_rows(c.land_x[p], self._src_x[l], s.x_rows_dev[l], s.rec_width[l:l + 1], **kw)
+            gather_host_rows(c.land_x[p], self._src_x[l], s.x_rows_dev[l], s.rec_width[l : l + 1], **kw)
 
     def capture(self) -> None:
         if self.graphs and not self._g:
-            self._g = capture_graphs(self.d.dev, {l: (lambda l=l: self.body(l)) for l in range(self.c.L)},
-                                     warmups=1)
+            self._g = capture_graphs(self.d.dev, {l: partial(self.body, l) for l in range(self.c.L)}, warmups=1)
 
     # -- the host side -------------------------------------------------------------------------
     def start_step(self, after: Any = None) -> None:
@@ -95,6 +100,7 @@ class DeviceFetcher:
         for it (and for ``after``, a D2H mark: the prefill's rows reaching the host copy)."""
         if not self.d.cuda:
             return
+        assert self.selected is not None  # made on a CUDA device
         self.selected.record(self.d.compute)
         self.d.h2d.wait_event(self.selected)
         if after is not None:
@@ -107,7 +113,7 @@ class DeviceFetcher:
         d = self.d
         with d.on(d.h2d):
             if d.cuda and l >= 2:
-                d.h2d.wait_event(self.consumed_evt[l % 2])   # layer l - 2 has landed its rows
+                d.h2d.wait_event(self.consumed_evt[l % 2])  # layer l - 2 has landed its rows
             a = mark(d.h2d) if mark else None
             g = self._g.get(l)
             if g is not None:

@@ -9,7 +9,7 @@ copies). Two ways to run it:
 * ``thread``: a worker thread runs the jobs while the main thread issues layers. Both
   threads then trade the interpreter lock at every torch call: on the H100 host the
   worker's per-layer overhead was 150-250 us beyond its gathers and copies
-  (``benchmarks/debug/fetch_probe.py``), which is why inline is the default.
+  (a fetch probe, in git history), which is why inline is the default.
 
 Before a layer needs its rows the main thread waits for that layer's job; the compute
 stream waits on its copy's event. On the CPU (tests) jobs run inline, in order.
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -32,9 +33,9 @@ class LayerFetch:
     """What a job did for one layer: bytes copied, and times for the trace."""
 
     h2d_bytes: int = 0
-    gather_s: tuple[float, float] | None = None     # host clock
-    copy_marks: tuple[Any, Any] | None = None       # H2D stream marks
-    widths: tuple[int, int] = (0, 0)                # rows per sequence fetched as KV, as x
+    gather_s: tuple[float, float] | None = None  # host clock
+    copy_marks: tuple[Any, Any] | None = None  # H2D stream marks
+    widths: tuple[int, int] = (0, 0)  # rows per sequence fetched as KV, as x
     # host clock: job start, gather start/end, copies issued from/to (waits sit between)
     host_marks: tuple[float, float, float, float, float] | None = None
 
@@ -63,7 +64,7 @@ class HostFetcher:
         self.error: BaseException | None = None
         self.q: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self.thread: threading.Thread | None = None
-        self.ran = -1                                   # inline: the last layer whose job has run
+        self.ran = -1  # inline: the last layer whose job has run
         self.started = False
         self.threads = threads or fetch_threads_default()
         if device.cuda and mode == "thread":
@@ -75,7 +76,7 @@ class HostFetcher:
         try:
             torch.cuda.set_device(self.dev_index)
             torch.set_num_threads(self.threads)
-        except BaseException as e:  # noqa: BLE001 - surfaced in wait()
+        except BaseException as e:
             self.error = e
         while True:
             item = self.q.get()
@@ -86,26 +87,26 @@ class HostFetcher:
                 try:
                     if self.error is None:
                         fn()
-                except BaseException as e:  # noqa: BLE001 - surfaced in wait()
+                except BaseException as e:
                     self.error = e
                 continue
             try:
                 self._start_step()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 self.error = e
             for l in range(self.L):
                 try:
                     if self.error is None:
                         self._run_layer(fn, l)
-                except BaseException as e:  # noqa: BLE001 - surfaced in wait()
+                except BaseException as e:
                     self.error = e
                 self.ready[l].set()
 
     def _start_step(self) -> None:
         """Before a step's first gather (CUDA)."""
-        self.d.h2d.synchronize()          # last step's copies are out of the pinned staging
+        self.d.h2d.synchronize()  # last step's copies are out of the pinned staging
         if self.after is not None:
-            self.after.synchronize()      # the prefill's write-through has reached the host
+            self.after.synchronize()  # the prefill's write-through has reached the host
 
     def _run_layer(self, job: Job, l: int) -> None:
         """Layer l's gather and copy, issued on the H2D stream; ``done[l]`` marks the copy."""
@@ -163,7 +164,8 @@ class HostFetcher:
             if not self.thread.is_alive() or waited >= self.timeout_s:
                 raise self.error or RuntimeError(
                     f"host fetch of layer {layer} did not finish in {waited:.0f} s "
-                    f"(worker alive: {self.thread.is_alive()})")
+                    f"(worker alive: {self.thread.is_alive()})"
+                )
         if self.error is not None:
             raise self.error
         self.d.compute.wait_event(self.done[layer])

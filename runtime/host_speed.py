@@ -2,7 +2,7 @@
 
 On a shared cloud host the issuing thread's speed is a per-process draw: the lent H100's
 vCPUs each switch between two speeds about 1.7x apart over seconds
-(``benchmarks/debug/cpu_placement.py``), and the same host-bound ALISA run took 14-22 ms a
+(a CPU placement probe, in git history), and the same host-bound ALISA run took 14-22 ms a
 step from one process to the next. A simulated step that misses a measured one may then
 miss because the model is wrong, or because that process's host ran slower or faster
 than the calibration's. ``host_factor`` tells them apart: per decode step that both
@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 WAITS = frozenset({"wait selection", "throttle", "before gather", "before copy"})
-SIM_OWN = frozenset({("Host", "step"), ("Host", "round trip"), ("Host", "issue"), ("Host", "flush"),
-                     ("CPU", "gather")})
+SIM_OWN = frozenset({("Host", "step"), ("Host", "round trip"), ("Host", "issue"), ("Host", "flush"), ("CPU", "gather")})
 
 
 def _step_times(steps_csv: Path) -> dict[int, float]:

@@ -30,8 +30,18 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
 
 
 class PrefixCache:
-    def __init__(self, device: Device, *, layers: int, batch: int, max_tokens: int, gpu_tokens: int,
-                 cpu_max: int, kv_heads: int, head_dim: int) -> None:
+    def __init__(
+        self,
+        device: Device,
+        *,
+        layers: int,
+        batch: int,
+        max_tokens: int,
+        gpu_tokens: int,
+        cpu_max: int,
+        kv_heads: int,
+        head_dim: int,
+    ) -> None:
         self.d = device
         self.L, self.B, self.N, self.G = layers, batch, max_tokens, gpu_tokens
         self.cpu_max = cpu_max
@@ -78,7 +88,7 @@ class PrefixCache:
         return cpu_n * self.row_bytes
 
     # -- decode -------------------------------------------------------------------------------
-    def prefetch(self, layer: int, cpu_prev: int, mark) -> int:  # type: ignore[no-untyped-def]
+    def prefetch(self, layer: int, cpu_prev: int, mark) -> int:
         """Issue the H2D of the layer's host part (prefetch); returns bytes."""
         if not cpu_prev:
             return 0
@@ -86,7 +96,7 @@ class PrefixCache:
         d = self.d
         if d.cuda:
             d.h2d.wait_event(self.consumed[p])  # the compute stream is done with this buffer
-            d.h2d.wait_stream(d.d2h)             # last step's spilled tokens have reached the host
+            d.h2d.wait_stream(d.d2h)  # last step's spilled tokens have reached the host
             with d.on(d.h2d):
                 s = mark(d.h2d)
                 self.stage[p][:cpu_prev].copy_(self.host[layer][:cpu_prev], non_blocking=True)
@@ -109,18 +119,17 @@ class PrefixCache:
     def _idx(self, flat: torch.Tensor) -> torch.Tensor:
         return flat[None, None, :].expand(self.B, self.Hkv, flat.shape[0])
 
-    def attend_gpu_part(self, layer: int, q: torch.Tensor, rows: torch.Tensor, scale: float,
-                        out: torch.Tensor) -> None:
+    def attend_gpu_part(self, layer: int, q: torch.Tensor, rows: torch.Tensor, scale: float, out: torch.Tensor) -> None:
         """The new token's KV rows [B, 1, 2, Hkv, d] into the ring, then attention of q
         [B, Hq, d] over the GPU part (into out when there is no host part). Graph-safe."""
         self.ring[layer].index_copy_(0, self.new_slot, rows.transpose(0, 1))
         Kr, Vr = token_major_views(self.ring[layer])
         if not self.cpu_max:
-            sparse_decode_attention(q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale, out=out,
-                                    lengths_vary=True)
+            sparse_decode_attention(
+                q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale, out=out, lengths_vary=True
+            )
             return
-        o, lse, _ = sparse_decode_attention(q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale,
-                                            lengths_vary=True)
+        o, lse, _ = sparse_decode_attention(q, Kr, Vr, self._idx(self.ring_idx), self.len_gpu, scale, lengths_vary=True)
         self.part[layer] = (o, lse)
 
     def wait_fetched(self, layer: int) -> None:
@@ -133,9 +142,12 @@ class PrefixCache:
         if not self.cpu_max:
             return
         Ks, Vs = token_major_views(self.stage[layer % 2])
-        o2, lse2, _ = sparse_decode_attention(q, Ks, Vs, self._idx(self.stage_idx), self.len_host, scale,
-                                              lengths_vary=True)
-        o, lse = self.part[layer]
+        o2, lse2, _ = sparse_decode_attention(
+            q, Ks, Vs, self._idx(self.stage_idx), self.len_host, scale, lengths_vary=True
+        )
+        part = self.part[layer]
+        assert part is not None  # attend_gpu_part ran first, in the same graph
+        o, lse = part
         out.copy_(merge_attention(o, lse, o2, lse2))
 
     def release(self, layer: int) -> None:

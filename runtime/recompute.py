@@ -16,7 +16,9 @@ On the CPU (tests) the same body runs eagerly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,8 +33,9 @@ KvFromInput = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, to
 
 
 class Recompute:
-    def __init__(self, cache: "SlotCache", kv_from_input: KvFromInput, width: torch.Tensor,
-                 dst: torch.Tensor, pos: torch.Tensor) -> None:
+    def __init__(
+        self, cache: SlotCache, kv_from_input: KvFromInput, width: torch.Tensor, dst: torch.Tensor, pos: torch.Tensor
+    ) -> None:
         """width [L] int64: each layer's recomputed rows per sequence this step; dst, pos
         [L, B, K]: the rows' flat landing slots and positions (the selection fills all three)."""
         self.c, self.kv_from_input = cache, kv_from_input
@@ -48,8 +51,12 @@ class Recompute:
         x = c.land_x[layer % 2].index_select(0, src.reshape(-1)).view(B, wb, c.h)
         k, v = self.kv_from_input(layer, x, self.pos[layer, :, :wb])
         rows, sc = c._pack(k, v)
-        c._write_slots(layer, self.dst[layer, :, :wb].reshape(-1), rows.reshape(B * wb, 2, c.Hkv, c.hd),
-                       sc.reshape(B * wb, 2, c.Hkv) if sc is not None else None)
+        c._write_slots(
+            layer,
+            self.dst[layer, :, :wb].reshape(-1),
+            rows.reshape(B * wb, 2, c.Hkv, c.hd),
+            sc.reshape(B * wb, 2, c.Hkv) if sc is not None else None,
+        )
 
     def run(self, layer: int, rows: int) -> None:
         """Recompute this layer's ``rows`` rows per sequence (known on the host from the
@@ -71,4 +78,4 @@ class Recompute:
             return
         K = self.dst.shape[-1]
         keys = [(l, wb) for l in range(c.L) for wb in recompute_width_buckets(min(max_rows, K), K)]
-        self._g = capture_graphs(c.d.dev, {key: (lambda key=key: self.body(*key)) for key in keys}, warmups=1)
+        self._g = capture_graphs(c.d.dev, {key: partial(self.body, *key) for key in keys}, warmups=1)

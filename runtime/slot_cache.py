@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from alisa.kernels.swa_triton import importance_update, quantize_kv, scatter_rows, sparse_decode_attention
 from alisa.sim.models import prompt_importance_rows
 
-from .device import Device
+from .device import Device, present
 from .fetch import HostFetcher, LayerFetch
 from .spill_select import SpillSelector
 
@@ -56,20 +57,39 @@ class StepSelection:
     n: int
     a: int
     spills: bool = False
-    dst_x: torch.Tensor | None = None             # [L, B, K] flat slots of recomputed rows
-    pos_x: torch.Tensor | None = None             # [L, B, K] their positions
-    widths: torch.Tensor | None = None            # [L, 2] rows per sequence fetched as KV, as x
-    kv_rows: torch.Tensor | None = None           # [L, B, K] host rows (token * B + b) fetched as KV
-    x_rows: torch.Tensor | None = None            # [L, B, K] host rows whose inputs x are fetched
-    recomputed: int = 0                           # tokens recomputed, all layers and sequences
-    free_misses: float = 0.0       # mean misses per sequence and layer that pure SWA would have had
+    dst_x: torch.Tensor | None = None  # [L, B, K] flat slots of recomputed rows
+    pos_x: torch.Tensor | None = None  # [L, B, K] their positions
+    widths: torch.Tensor | None = None  # [L, 2] rows per sequence fetched as KV, as x
+    kv_rows: torch.Tensor | None = None  # [L, B, K] host rows (token * B + b) fetched as KV
+    x_rows: torch.Tensor | None = None  # [L, B, K] host rows whose inputs x are fetched
+    recomputed: int = 0  # tokens recomputed, all layers and sequences
+    free_misses: float = 0.0  # mean misses per sequence and layer that pure SWA would have had
 
 
 class SlotCache:
-    def __init__(self, device: Device, *, layers: int, batch: int, max_tokens: int, capacity: int,
-                 kv_heads: int, head_dim: int, hidden: int, int8: bool, write_through: bool,
-                 keep_inputs: bool, swa: bool, history: int, ring_tokens: int, max_fetch: int,
-                 act_dtype: torch.dtype, attend_max: int, selection: str = "plan", global_max: int = 0) -> None:
+    def __init__(
+        self,
+        device: Device,
+        *,
+        layers: int,
+        batch: int,
+        max_tokens: int,
+        capacity: int,
+        kv_heads: int,
+        head_dim: int,
+        hidden: int,
+        int8: bool,
+        write_through: bool,
+        keep_inputs: bool,
+        swa: bool,
+        history: int,
+        ring_tokens: int,
+        max_fetch: int,
+        act_dtype: torch.dtype,
+        attend_max: int,
+        selection: str = "plan",
+        global_max: int = 0,
+    ) -> None:
         self.d = device
         dev = device.dev
         L, B, N, C = layers, batch, max_tokens, capacity
@@ -77,7 +97,7 @@ class SlotCache:
         self.Hkv, self.hd, self.h = kv_heads, head_dim, hidden
         self.int8 = int8
         self.kv_dtype = torch.int8 if int8 else torch.float16
-        self.identity = C >= N      # every token keeps slot = token id; nothing ever moves
+        self.identity = C >= N  # every token keeps slot = token id; nothing ever moves
         self.write_through = write_through
         self.keep_inputs = keep_inputs and write_through
         self.swa = swa
@@ -92,10 +112,12 @@ class SlotCache:
             self.last_used = device.alloc("cache slot map", (L, B, self.S), torch.int64, fill=-1)
         if self.write_through:
             self.host_kv = device.alloc("host KV copy", (L, N, B, 2, kv_heads, head_dim), self.kv_dtype, host=True)
-            self.host_scale = (device.alloc("host KV copy", (L, N, B, 2, kv_heads), torch.float16, host=True)
-                               if int8 else None)
-            self.host_x = (device.alloc("host layer inputs", (L, N, B, hidden), act_dtype, host=True)
-                           if self.keep_inputs else None)
+            self.host_scale = (
+                device.alloc("host KV copy", (L, N, B, 2, kv_heads), torch.float16, host=True) if int8 else None
+            )
+            self.host_x = (
+                device.alloc("host layer inputs", (L, N, B, hidden), act_dtype, host=True) if self.keep_inputs else None
+            )
             M = max(1, max_fetch)
             self.M = M
             # the step's new rows of every layer, gathered on the GPU by ``place_new`` (in
@@ -104,8 +126,13 @@ class SlotCache:
             self.new_all = device.alloc("write-through buffer", (L, B, 2, kv_heads, head_dim), self.kv_dtype)
             self.new_sc_all = device.alloc("write-through buffer", (L, B, 2, kv_heads), torch.float16) if int8 else None
             self.x_all = device.alloc("write-through buffer", (L, B, hidden), act_dtype) if self.keep_inputs else None
-            self.wt_host = [[device.alloc("host write-through staging", tuple(t.shape), t.dtype, host=True)
-                             for t in self._wt_parts()] for _ in range(2)]
+            self.wt_host = [
+                [
+                    device.alloc("host write-through staging", tuple(t.shape), t.dtype, host=True)
+                    for t in self._wt_parts()
+                ]
+                for _ in range(2)
+            ]
             self.wt_flushed = [threading.Event(), threading.Event()]
             for e in self.wt_flushed:
                 e.set()
@@ -113,18 +140,24 @@ class SlotCache:
             # the rows per sequence of each layer, read by the scatter inside the graph
             self.dst_buf = device.alloc("step buffers", (L, B, M), torch.int64, fill=0)
             self.wk_buf = device.alloc("step buffers", (L, 1), torch.int32, fill=0)
-            self.stage_kv = [device.alloc("host fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype, host=True)
-                             for _ in range(2)]
-            self.land_kv = [device.alloc("GPU fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype)
-                            for _ in range(2)]
+            self.stage_kv = [
+                device.alloc("host fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype, host=True)
+                for _ in range(2)
+            ]
+            self.land_kv = [
+                device.alloc("GPU fetch staging", (B * M, 2, kv_heads, head_dim), self.kv_dtype) for _ in range(2)
+            ]
             if int8:
-                self.stage_sc = [device.alloc("host fetch staging", (B * M, 2, kv_heads), torch.float16, host=True)
-                                 for _ in range(2)]
-                self.land_sc = [device.alloc("GPU fetch staging", (B * M, 2, kv_heads), torch.float16)
-                                for _ in range(2)]
+                self.stage_sc = [
+                    device.alloc("host fetch staging", (B * M, 2, kv_heads), torch.float16, host=True) for _ in range(2)
+                ]
+                self.land_sc = [
+                    device.alloc("GPU fetch staging", (B * M, 2, kv_heads), torch.float16) for _ in range(2)
+                ]
             if self.keep_inputs:
-                self.stage_x = [device.alloc("host fetch staging", (B * M, hidden), act_dtype, host=True)
-                                for _ in range(2)]
+                self.stage_x = [
+                    device.alloc("host fetch staging", (B * M, hidden), act_dtype, host=True) for _ in range(2)
+                ]
                 self.land_x = [device.alloc("GPU fetch staging", (B * M, hidden), act_dtype) for _ in range(2)]
         if swa:
             self.score = device.alloc("SWA importance", (L, B, 1, N), torch.float32, fill=0.0)
@@ -138,10 +171,11 @@ class SlotCache:
         # so their launches can be captured once and replayed (``DecodeStep``)
         W = self.W = attend_max
         self.sel_buf = device.alloc("step buffers", (L, B, W), torch.int32, fill=0)
-        if self.identity and not swa:          # dense: token t in slot t, every token attended
+        if self.identity and not swa:  # dense: token t in slot t, every token attended
             self.sel_buf.copy_(torch.arange(W, device=dev, dtype=torch.int32).expand(L, B, W))
-        self.tok_buf = (device.alloc("step buffers", (L, B, W), torch.int32, fill=0)
-                        if swa and not self.identity else self.sel_buf)
+        self.tok_buf = (
+            device.alloc("step buffers", (L, B, W), torch.int32, fill=0) if swa and not self.identity else self.sel_buf
+        )
         self.lens_buf = device.alloc("step buffers", (B, kv_heads), torch.int32, fill=0)
         self.new_buf = device.alloc("step buffers", (L, B), torch.int64, fill=0)
         self.ring_slot = device.alloc("step buffers", (1,), torch.int32, fill=0)
@@ -188,7 +222,7 @@ class SlotCache:
         """rows [B*T, 2, Hkv, d] into slots flat_slots (b * S + slot)."""
         self.pool[layer].view(self.B * self.S, 2, self.Hkv, self.hd).index_copy_(0, flat_slots, rows)
         if sc is not None:
-            self.scale[layer].view(self.B * self.S, 2, self.Hkv).index_copy_(0, flat_slots, sc)
+            present(self.scale)[layer].view(self.B * self.S, 2, self.Hkv).index_copy_(0, flat_slots, sc)
 
     # -- prefill ----------------------------------------------------------------------------
     def prefill_layer(self, layer: int, k: torch.Tensor, v: torch.Tensor, x_in: torch.Tensor) -> int:
@@ -196,19 +230,19 @@ class SlotCache:
         write-through, every token's KV and input x to the host. Returns D2H bytes."""
         P = k.shape[2]
         keep = min(P, self.C)
-        rows, sc = self._pack(k, v)                               # [B, P, 2, Hkv, d]
-        self.pool[layer][:, :keep] = rows[:, P - keep:]
+        rows, sc = self._pack(k, v)  # [B, P, 2, Hkv, d]
+        self.pool[layer][:, :keep] = rows[:, P - keep :]
         if sc is not None:
-            self.scale[layer][:, :keep] = sc[:, P - keep:]
+            present(self.scale)[layer][:, :keep] = sc[:, P - keep :]
         if not self.write_through:
             return 0
         d2h = 0
-        tm = rows.transpose(0, 1).contiguous()                    # token-major [P, B, ...]
+        tm = rows.transpose(0, 1).contiguous()  # token-major [P, B, ...]
         parts = [(self.host_kv[layer][:P], tm)]
         if sc is not None:
-            parts.append((self.host_scale[layer][:P], sc.transpose(0, 1).contiguous()))
+            parts.append((present(self.host_scale)[layer][:P], sc.transpose(0, 1).contiguous()))
         if self.keep_inputs:
-            parts.append((self.host_x[layer][:P], x_in.transpose(0, 1).contiguous()))
+            parts.append((present(self.host_x)[layer][:P], x_in.transpose(0, 1).contiguous()))
         self._d2h(parts)
         for _, src in parts:
             d2h += src.numel() * src.element_size()
@@ -222,20 +256,20 @@ class SlotCache:
         keep = min(P, self.C)
         toks = torch.arange(P - keep, P, device=self.d.dev)
         self.slot_tok[:, :, :keep] = toks
-        self.tok_slot[:, :, P - keep:P] = torch.arange(keep, device=self.d.dev)
+        self.tok_slot[:, :, P - keep : P] = torch.arange(keep, device=self.d.dev)
         self.last_used[:, :, :keep] = 0
 
     def init_importance(self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         """Importance after the prompt: the attention of its last k query rows (the steps
         still inside the history), summed over all query heads."""
-        B, Hq, P, d = q.shape
+        _, Hq, P, _ = q.shape
         kk = prompt_importance_rows(self.k_hist, P)
         g = Hq // k.shape[1]
         kr = k.repeat_interleave(g, dim=1) if g > 1 else k
-        s = torch.matmul(q[:, :, P - kk:].float(), kr.float().transpose(-1, -2)) * scale   # [B, Hq, kk, P]
+        s = torch.matmul(q[:, :, P - kk :].float(), kr.float().transpose(-1, -2)) * scale  # [B, Hq, kk, P]
         rows = torch.arange(P - kk, P, device=q.device)
         s.masked_fill_(torch.arange(P, device=q.device)[None, :] > rows[:, None], NEG_INF)
-        w = torch.softmax(s, dim=-1).sum(1)                                                  # [B, kk, P]
+        w = torch.softmax(s, dim=-1).sum(1)  # [B, kk, P]
         self.score[layer, :, 0, :P] = w.sum(1)
         slots = rows % self.k_hist
         self.ring_idx[layer][:, 0, slots, :P] = torch.arange(P, device=q.device, dtype=torch.int32)
@@ -243,8 +277,18 @@ class SlotCache:
         self.ring_len[layer][:, 0, slots] = (rows + 1).to(torch.int32)
 
     # -- decode: selection and placement -------------------------------------------------------
-    def select(self, n: int, a: int, w: int, plan_misses: list[int], plan_rec: list[int],
-               recompute_ratio: float, mode: str, stamp: int, t: int) -> StepSelection:
+    def select(
+        self,
+        n: int,
+        a: int,
+        w: int,
+        plan_misses: list[int],
+        plan_rec: list[int],
+        recompute_ratio: float,
+        mode: str,
+        stamp: int,
+        t: int,
+    ) -> StepSelection:
         """Choose each layer's attended tokens for a step at context n (position t), place
         the incoming ones (the new token n-1 and the misses) in slots, and fill the fixed
         buffers the layer graphs read. A spilling step runs ``SpillSelector`` (one graph
@@ -284,15 +328,16 @@ class SlotCache:
 
     # -- decode: fetching rows ---------------------------------------------------------------------
 
-    def gather_job(self, sel: StepSelection, fetcher: HostFetcher,
-                   mark: Callable[[Any], Any] | None) -> Callable[[int], LayerFetch]:
+    def gather_job(
+        self, sel: StepSelection, fetcher: HostFetcher, mark: Callable[[Any], Any] | None
+    ) -> Callable[[int], LayerFetch]:
         """The host worker's job for this step: per layer, gather the KV rows of the misses
         fetched as KV and the x rows of those recomputed into pinned staging, and copy
         them to the GPU staging of the layer's parity. ``mark`` (traced steps only) puts
         events on the H2D stream around each layer's copies."""
         assert sel.widths is not None and sel.kv_rows is not None and sel.x_rows is not None
         B, d = self.B, self.d
-        wk_l = sel.widths[:, 0].tolist()       # plain ints: no tensor ops per layer but the gathers'
+        wk_l = sel.widths[:, 0].tolist()  # plain ints: no tensor ops per layer but the gathers'
         wx_l = sel.widths[:, 1].tolist() if self.keep_inputs else [0] * self.L
         kv_rows, x_rows = sel.kv_rows, sel.x_rows
 
@@ -308,15 +353,24 @@ class SlotCache:
             # 2-D row gathers (what calibration timed): one row per (token, sequence)
             n_rows, nx = B * wk, B * wx
             if wk:
-                kv_idx = kv_rows[l, :, :wk].reshape(-1)      # sequence-major, as the landing slots
-                torch.index_select(self.host_kv[l].view(self.N * B, -1), 0, kv_idx,
-                                   out=self.stage_kv[p][:n_rows].view(n_rows, -1))
+                kv_idx = kv_rows[l, :, :wk].reshape(-1)  # sequence-major, as the landing slots
+                torch.index_select(
+                    self.host_kv[l].view(self.N * B, -1), 0, kv_idx, out=self.stage_kv[p][:n_rows].view(n_rows, -1)
+                )
                 if self.int8:
-                    torch.index_select(self.host_scale[l].view(self.N * B, -1), 0, kv_idx,
-                                       out=self.stage_sc[p][:n_rows].view(n_rows, -1))
+                    torch.index_select(
+                        present(self.host_scale)[l].view(self.N * B, -1),
+                        0,
+                        kv_idx,
+                        out=self.stage_sc[p][:n_rows].view(n_rows, -1),
+                    )
             if wx:
-                torch.index_select(self.host_x[l].view(self.N * B, self.h), 0, x_rows[l, :, :wx].reshape(-1),
-                                   out=self.stage_x[p][:nx])
+                torch.index_select(
+                    present(self.host_x)[l].view(self.N * B, self.h),
+                    0,
+                    x_rows[l, :, :wx].reshape(-1),
+                    out=self.stage_x[p][:nx],
+                )
             t1 = time.perf_counter()
             fetcher.before_copy(l)
             t2 = time.perf_counter()
@@ -349,9 +403,9 @@ class SlotCache:
         if self.write_through:
             self.new_all[layer].copy_(rows[:, 0])
             if sc is not None:
-                self.new_sc_all[layer].copy_(sc[:, 0])
+                present(self.new_sc_all)[layer].copy_(sc[:, 0])
             if self.keep_inputs and x is not None:
-                self.x_all[layer].copy_(x[:, 0])
+                present(self.x_all)[layer].copy_(x[:, 0])
 
     def _wt_parts(self) -> list[torch.Tensor]:
         return [t for t in (self.new_all, self.new_sc_all, self.x_all) if t is not None]
@@ -369,18 +423,18 @@ class SlotCache:
             raise RuntimeError(f"the host never stored step parity {parity}'s write-through rows")
         flushed.clear()
         staging, parts = self.wt_host[parity], self._wt_parts()
-        self._d2h(list(zip(staging, parts)))
+        self._d2h(list(zip(staging, parts, strict=True)))
         copied = mark(self.d.d2h) if self.d.cuda else None
         dests = [self.host_kv[:, pos]]
         if self.int8:
-            dests.append(self.host_scale[:, pos])
+            dests.append(present(self.host_scale)[:, pos])
         if self.keep_inputs:
-            dests.append(self.host_x[:, pos])
+            dests.append(present(self.host_x)[:, pos])
 
         def flush() -> None:
             if copied is not None:
                 copied.synchronize()
-            for dst, src in zip(dests, staging):
+            for dst, src in zip(dests, staging, strict=True):
                 dst.copy_(src)
             flushed.set()
 
@@ -392,18 +446,34 @@ class SlotCache:
         Graph-safe: reads the step buffers."""
         if self.write_through:
             p, BS, BM = layer % 2, self.B * self.S, self.B * self.M
-            scatter_rows(self.pool[layer].view(BS, -1), self.land_kv[p].view(BM, -1), self.dst_buf[layer],
-                         self.wk_buf[layer])
+            scatter_rows(
+                self.pool[layer].view(BS, -1), self.land_kv[p].view(BM, -1), self.dst_buf[layer], self.wk_buf[layer]
+            )
             if self.int8:
-                scatter_rows(self.scale[layer].view(BS, -1), self.land_sc[p].view(BM, -1), self.dst_buf[layer],
-                             self.wk_buf[layer])
+                scatter_rows(
+                    present(self.scale)[layer].view(BS, -1),
+                    self.land_sc[p].view(BM, -1),
+                    self.dst_buf[layer],
+                    self.wk_buf[layer],
+                )
         K, V, ks, vs = self.kv_views(layer)
         idx = self.sel_buf[layer][:, None, :].expand(self.B, self.Hkv, self.W)
-        _, lse, scores = sparse_decode_attention(q, K, V, idx, self.lens_buf, scale, ks, vs,
-                                                 return_scores=self.swa, out=out, lengths_vary=True)
+        _, lse, scores = sparse_decode_attention(
+            q, K, V, idx, self.lens_buf, scale, ks, vs, return_scores=self.swa, out=out, lengths_vary=True
+        )
         if self.swa:
-            importance_update(self.score[layer], self.ring_idx[layer], self.ring_w[layer], self.ring_len[layer],
-                              self.ring_slot, self.tok_buf[layer][:, None, :], self.lens_buf[:, :1], scores, lse)
+            assert scores is not None  # return_scores=self.swa
+            importance_update(
+                self.score[layer],
+                self.ring_idx[layer],
+                self.ring_w[layer],
+                self.ring_len[layer],
+                self.ring_slot,
+                self.tok_buf[layer][:, None, :],
+                self.lens_buf[:, :1],
+                scores,
+                lse,
+            )
 
     def _d2h(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         d = self.d
@@ -424,8 +494,10 @@ class SlotCache:
             return 0
         per_tok = self.host_kv[0, 0].numel() * self.host_kv.element_size()
         if self.int8:
-            per_tok += self.host_scale[0, 0].numel() * 2
+            per_tok += present(self.host_scale)[0, 0].numel() * 2
         if self.keep_inputs:
-            per_tok += self.host_x[0, 0].numel() * self.host_x.element_size()
-        staging = sum(v for k, v in self.d.allocated.items() if k in ("host fetch staging", "host write-through staging"))
+            per_tok += present(self.host_x)[0, 0].numel() * present(self.host_x).element_size()
+        staging = sum(
+            v for k, v in self.d.allocated.items() if k in ("host fetch staging", "host write-through staging")
+        )
         return self.L * self.host_tokens_written * per_tok + staging

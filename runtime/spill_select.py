@@ -2,7 +2,7 @@
 on a GPU the whole of it is one CUDA graph.
 
 Issued eagerly, a step's selection is some hundred small torch calls: 2.6 ms of host time
-per LLaMA-7B step on the H100 host (``benchmarks/debug/step_profile.py``), the largest
+per LLaMA-7B step on the H100 host (a step profile probe, since removed; see git history), the largest
 host cost of a step and on its critical path (the gathers need its result). Here every
 tensor has the run's widest shape instead of the step's:
 
@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 NEG_INF = float("-inf")
 I64_MAX = torch.iinfo(torch.int64).max
-N_SCALARS = 7          # n, w, g, a, stamp, ring slot, recompute ratio x 1e9
+N_SCALARS = 7  # n, w, g, a, stamp, ring slot, recompute ratio x 1e9
 
 
 class SpillSelector:
-    def __init__(self, cache: "SlotCache", mode: str, g_max: int) -> None:
+    def __init__(self, cache: SlotCache, mode: str, g_max: int) -> None:
         c = cache
         dev = c.d.dev
         self.c, self.mode = c, mode
@@ -57,18 +57,19 @@ class SpillSelector:
         # landing slots and positions of the step's recomputed rows, read by the recompute
         self.dst_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.pos_x = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
-        self.rec_width = torch.zeros(L, dtype=torch.int64, device=dev)   # recomputed rows per sequence, per layer
+        self.rec_width = torch.zeros(L, dtype=torch.int64, device=dev)  # recomputed rows per sequence, per layer
         # host rows (token * B + b) of the misses fetched as KV and as x, for the device gather
         self.kv_rows_dev = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.x_rows_dev = torch.zeros(L, B, K, dtype=torch.int64, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     # -- the host side ---------------------------------------------------------------------
-    def set_inputs(self, n: int, w: int, g: int, a: int, stamp: int, ring: int, ratio: float,
-                   misses: list[int], recs: list[int]) -> None:
+    def set_inputs(
+        self, n: int, w: int, g: int, a: int, stamp: int, ring: int, ratio: float, misses: list[int], recs: list[int]
+    ) -> None:
         """The step's scalars into the input buffer: through pinned memory, without waiting
         for the GPU (the previous step's copy has been read: its resolve came first)."""
-        vals = [n, w, g, a, stamp, ring, round(ratio * 1e9)] + list(misses) + list(recs)
+        vals = [n, w, g, a, stamp, ring, round(ratio * 1e9), *misses, *recs]
         self.inp_host.copy_(torch.tensor(vals, dtype=torch.int64))
         self.inp.copy_(self.inp_host, non_blocking=self.c.d.cuda)
 
@@ -89,7 +90,7 @@ class SpillSelector:
         c = self.c
         if not c.d.cuda or self.graph is not None:
             return
-        self.set_inputs(1, 1, 0, 1, 0, 0, 0.0, [0] * c.L, [0] * c.L)   # a valid, empty step
+        self.set_inputs(1, 1, 0, 1, 0, 0, 0.0, [0] * c.L, [0] * c.L)  # a valid, empty step
         self.graph = capture_graphs(c.d.dev, {"select": self.body}, shared_pool=False)["select"]
         c.reset()
 
@@ -99,9 +100,9 @@ class SpillSelector:
         L, B, N, C = c.L, c.B, c.N, c.C
         x = self.inp
         n, w, g, a, stamp, ring = x[0], x[1], x[2], x[3], x[4], x[5]
-        m, r = x[N_SCALARS:N_SCALARS + L], x[N_SCALARS + L:]
+        m, r = x[N_SCALARS : N_SCALARS + L], x[N_SCALARS + L :]
         E = n - w
-        early = (self.pos < E).expand(L, B, N)      # tokens the global part may pick
+        early = (self.pos < E).expand(L, B, N)  # tokens the global part may pick
         sc = c.score[:, :, 0, :]
         tok_slot = c.tok_slot[:, :, :N]
         res = tok_slot >= 0
@@ -112,7 +113,7 @@ class SpillSelector:
             miss = (tok_slot.gather(-1, top) < 0) & in_g
             cnt = miss.sum(-1)
             order = torch.sort(miss.to(torch.int8), dim=-1, descending=True, stable=True).indices
-            glob = top.gather(-1, order)            # misses first, then hits, then padding
+            glob = top.gather(-1, order)  # misses first, then hits, then padding
             miss_tok = glob
             ratio = x[6].double() * 1e-9
             rec = torch.round(cnt.double() * ratio).long()
@@ -128,7 +129,7 @@ class SpillSelector:
             glob = cand.gather(-1, order)
             miss_tok = top_nr
             rec = torch.minimum(r[:, None], cnt)
-            free_top = sc.masked_fill(~early, NEG_INF).topk(K, dim=-1).indices   # what pure SWA would miss
+            free_top = sc.masked_fill(~early, NEG_INF).topk(K, dim=-1).indices  # what pure SWA would miss
             free = ((tok_slot.gather(-1, free_top) < 0) & in_g).sum()
         # the attended list: the window E..n-1, then the global part; padding is token N
         ja = self.ja
@@ -139,7 +140,7 @@ class SpillSelector:
         inc = torch.cat(((n - 1).expand(L, B, 1), miss_tok), dim=-1)
         valid = self.jv < (cnt + 1)[..., None]
         key = c.last_used.clone()
-        before = c.tok_slot.gather(-1, sel_tok)                  # -1 if not resident (or padding)
+        before = c.tok_slot.gather(-1, sel_tok)  # -1 if not resident (or padding)
         key.scatter_(-1, torch.where(before >= 0, before, C), I64_MAX)
         key[..., C] = I64_MAX
         vict = key.topk(K + 1, dim=-1, largest=False).indices
@@ -152,7 +153,7 @@ class SpillSelector:
         c.slot_tok[..., C] = -2
         c.tok_slot[..., N] = -1
         sel_slot = c.tok_slot.gather(-1, sel_tok)
-        sel_slot = torch.where(sel_slot >= 0, sel_slot, C)        # padding reads the trash slot
+        sel_slot = torch.where(sel_slot >= 0, sel_slot, C)  # padding reads the trash slot
         c.last_used.scatter_(-1, sel_slot, stamp.expand(L, B, sel_slot.shape[-1]))
         c.last_used[..., C] = -1
         new_slot = vict[..., 0]
@@ -179,8 +180,11 @@ class SpillSelector:
         self.x_rows_dev.copy_(x_rows)
         widths = torch.stack((nk.amax(-1), rec.amax(-1)), -1)
         self.rec_width.copy_(widths[:, 1])
-        self.out.copy_(torch.cat((widths.flatten(), rec.flatten(), kv_rows.flatten(), x_rows.flatten(),
-                                  free.reshape(1))).to(torch.int32))
+        self.out.copy_(
+            torch.cat((widths.flatten(), rec.flatten(), kv_rows.flatten(), x_rows.flatten(), free.reshape(1))).to(
+                torch.int32
+            )
+        )
 
     # -- reading the host part ------------------------------------------------------------
     def host_views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -194,9 +198,9 @@ class SpillSelector:
         b = self.out_host
         o = 2 * L
         widths = b[:o].view(L, 2)
-        rec = b[o:o + L * B].view(L, B)
+        rec = b[o : o + L * B].view(L, B)
         o += L * B
-        kv_rows = b[o:o + L * B * K].view(L, B, K)
+        kv_rows = b[o : o + L * B * K].view(L, B, K)
         o += L * B * K
-        x_rows = b[o:o + L * B * K].view(L, B, K)
+        x_rows = b[o : o + L * B * K].view(L, B, K)
         return widths, rec, kv_rows, x_rows, int(b[o + L * B * K])

@@ -12,9 +12,10 @@ import csv
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from alisa.sim.hardware import GB
 
@@ -58,16 +59,20 @@ def mean_step_s(result: dict[str, Any], phase: str) -> float | None:
 
 def compare(sim: dict[str, Any], real: dict[str, Any]) -> list[Metric]:
     reserved = sim["scenario"].get("gpu_reserved_bytes", 0)
-    out = [Metric("throughput_tokens_per_s", sim["throughput_tokens_per_s"], real["throughput_tokens_per_s"]),
-           Metric("prefill_time_s", sim["prefill_time_s"], real["prefill_time_s"])]
+    out = [
+        Metric("throughput_tokens_per_s", sim["throughput_tokens_per_s"], real["throughput_tokens_per_s"]),
+        Metric("prefill_time_s", sim["prefill_time_s"], real["prefill_time_s"]),
+    ]
     for ph in PHASES:
         s, r = mean_step_s(sim, ph), mean_step_s(real, ph)
         if s is not None and r is not None:
             out.append(Metric(f"step_time_phase_{ph}_s", s, r))
-    out += [Metric("h2d_bytes", sim["h2d_bytes"], real["h2d_bytes"]),
-            Metric("d2h_bytes", sim["d2h_bytes"], real["d2h_bytes"]),
-            Metric("peak_gpu_bytes", sim["peak_gpu_bytes"] - reserved, real["peak_gpu_bytes"]),
-            Metric("peak_cpu_bytes", sim["peak_cpu_bytes"], real["peak_cpu_bytes"])]
+    out += [
+        Metric("h2d_bytes", sim["h2d_bytes"], real["h2d_bytes"]),
+        Metric("d2h_bytes", sim["d2h_bytes"], real["d2h_bytes"]),
+        Metric("peak_gpu_bytes", sim["peak_gpu_bytes"] - reserved, real["peak_gpu_bytes"]),
+        Metric("peak_cpu_bytes", sim["peak_cpu_bytes"], real["peak_cpu_bytes"]),
+    ]
     return out
 
 
@@ -92,19 +97,33 @@ def step_series_median(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]
     return [{"step": k, "time_s": statistics.median(b[k] for b in by)} for k in common]
 
 
-def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str, Any]], title: str,
-                     repeats: list[list[dict[str, Any]]] | None = None) -> bytes:
+def step_time_figure(
+    sim_steps: list[dict[str, Any]],
+    real_steps: list[dict[str, Any]],
+    title: str,
+    repeats: list[list[dict[str, Any]]] | None = None,
+) -> bytes:
     """Simulated and measured step time over a run, and the error per step. With
     ``repeats`` (several measured runs), each is drawn thin and ``real_steps`` (their
     median) is the measured line the error is taken against."""
-    from alisa.sim.plots import png_bytes, plt
+    from alisa.sim.plots import plt, png_bytes
 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     for i, run in enumerate(repeats or []):
-        ax.plot([r["step"] for r in run], [1e3 * r["time_s"] for r in run], lw=0.4, color="0.6", alpha=0.7,
-                label="measured runs" if i == 0 else None)
-    ax.plot([r["step"] for r in real_steps], [1e3 * r["time_s"] for r in real_steps], lw=0.8,
-            label="measured (median of runs)" if repeats else "measured")
+        ax.plot(
+            [r["step"] for r in run],
+            [1e3 * r["time_s"] for r in run],
+            lw=0.4,
+            color="0.6",
+            alpha=0.7,
+            label="measured runs" if i == 0 else None,
+        )
+    ax.plot(
+        [r["step"] for r in real_steps],
+        [1e3 * r["time_s"] for r in real_steps],
+        lw=0.8,
+        label="measured (median of runs)" if repeats else "measured",
+    )
     ax.plot([r["step"] for r in sim_steps], [1e3 * r["time_s"] for r in sim_steps], lw=0.8, label="simulated")
     ax.set_ylabel("step time (ms)")
     ax.set_title(title, fontsize=9)
@@ -123,8 +142,9 @@ def step_time_figure(sim_steps: list[dict[str, Any]], real_steps: list[dict[str,
     return png_bytes(fig)
 
 
-def _median_worst(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None],
-                  name: str) -> dict[str, Any]:
+def _median_worst(
+    rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None], name: str
+) -> dict[str, Any]:
     """Per metric, over the scenarios where ``value`` gives a number: how many, its median
     and worst (as ``median_<name>``, ``worst_<name>``), and the worst scenario."""
     by: dict[str, list[tuple[float, str]]] = {}
@@ -133,10 +153,14 @@ def _median_worst(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], 
         if v is not None and math.isfinite(v):
             by.setdefault(r["metric"], []).append((v, r["scenario"]))
     out = {}
-    for k, v in by.items():
-        worst = max(v)
-        out[k] = {"n": len(v), f"median_{name}": statistics.median(e for e, _ in v), f"worst_{name}": worst[0],
-                  "worst_scenario": worst[1]}
+    for k, vals in by.items():
+        worst = max(vals)
+        out[k] = {
+            "n": len(vals),
+            f"median_{name}": statistics.median(e for e, _ in vals),
+            f"worst_{name}": worst[0],
+            "worst_scenario": worst[1],
+        }
     return out
 
 
@@ -149,8 +173,11 @@ def summarize_spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The measured side's own spread per metric, where points were measured more than
     once: (max - min) / median of the runs, its median and worst over the points. An
     error smaller than this spread cannot be told from run-to-run variation."""
-    return _median_worst(rows, lambda r: (r["real_max"] - r["real_min"]) / abs(r["real"])
-                         if r.get("repeats", 1) > 1 and r["real"] else None, "spread")
+    return _median_worst(
+        rows,
+        lambda r: (r["real_max"] - r["real_min"]) / abs(r["real"]) if r.get("repeats", 1) > 1 and r["real"] else None,
+        "spread",
+    )
 
 
 def fmt_value(name: str, v: float) -> str:

@@ -23,13 +23,22 @@ REAL_WEIGHTS = ("smollm2-135m",)
 @dataclass(frozen=True)
 class LoadedModel:
     decoder: Decoder
-    source: str            # "random (seed N)" or where real weights came from
+    source: str  # "random (seed N)" or where real weights came from
     tokenizer: object | None = None
 
 
 def decoder_config(m: ModelSpec) -> DecoderConfig:
-    return DecoderConfig(m.family, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim,
-                         m.ffn_dim, m.vocab_size, 1e-5 if m.norm == "layernorm" else 1e-6)
+    return DecoderConfig(
+        m.family,
+        m.num_layers,
+        m.hidden_size,
+        m.num_heads,
+        m.num_kv_heads,
+        m.head_dim,
+        m.ffn_dim,
+        m.vocab_size,
+        1e-5 if m.norm == "layernorm" else 1e-6,
+    )
 
 
 def random_weights(m: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> dict[str, torch.Tensor]:
@@ -80,14 +89,12 @@ def count_params(w: dict[str, torch.Tensor]) -> int:
     return n
 
 
-def load_model(m: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int,
-               weights: str = "auto") -> LoadedModel:
+def load_model(m: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int, weights: str = "auto") -> LoadedModel:
     """weights: "auto" (real where bundled, else random), "random" or "real"."""
     use_real = weights == "real" or (weights == "auto" and m.name in REAL_WEIGHTS)
     if use_real:
         if m.name not in REAL_WEIGHTS:
-            raise InputError(f"no real weights ship for '{m.name}' (only {', '.join(REAL_WEIGHTS)})",
-                             field="--weights")
+            raise InputError(f"no real weights ship for '{m.name}' (only {', '.join(REAL_WEIGHTS)})", field="--weights")
         from alisa.accuracy.models import load
 
         hf, tok = load(m.name)
@@ -100,6 +107,7 @@ def load_model(m: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int
     expected = param_count(m)
     got = count_params(w)
     if got != expected:  # the catalog's byte formulas and the tensors built here must agree
-        raise AssertionError(f"random {m.name}: {got} parameters, the catalog formula says {expected} "
-                             f"({layer_param_count(m)} per layer)")
+        raise AssertionError(
+            f"random {m.name}: {got} parameters, the catalog formula says {expected} ({layer_param_count(m)} per layer)"
+        )
     return LoadedModel(Decoder(decoder_config(m), w), f"random (seed {seed}, std 0.02)")

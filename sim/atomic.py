@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import InputError
 
@@ -54,8 +54,9 @@ def check_output_folder(folder: Path) -> None:
     except (OSError, ValueError) as e:
         raise _output_error(folder, e) from None
     if blocker is not None:
-        raise InputError(f"cannot write the output here: {blocker} is a file, not a folder", file=str(folder),
-                         field="--out")
+        raise InputError(
+            f"cannot write the output here: {blocker} is a file, not a folder", file=str(folder), field="--out"
+        )
 
 
 def make_dirs(folder: Path) -> list[Path]:

@@ -13,17 +13,50 @@ from .models import ModelSpec
 
 
 def _opt(name: str, layers: int, hidden: int, heads: int) -> dict[str, Any]:
-    return dict(name=name, family="opt", num_layers=layers, hidden_size=hidden, num_heads=heads,
-                num_kv_heads=heads, head_dim=hidden // heads, ffn_dim=4 * hidden, vocab_size=50272,
-                activation="relu", norm="layernorm", max_positions=2048, tie_embeddings=True)
+    return dict(
+        name=name,
+        family="opt",
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        ffn_dim=4 * hidden,
+        vocab_size=50272,
+        activation="relu",
+        norm="layernorm",
+        max_positions=2048,
+        tie_embeddings=True,
+    )
 
 
-def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int,
-           max_pos: int, tie: bool = False, head_dim: int | None = None) -> dict[str, Any]:
-    return dict(name=name, family="llama", num_layers=layers, hidden_size=hidden, num_heads=heads,
-                num_kv_heads=kv_heads, head_dim=head_dim or hidden // heads, ffn_dim=ffn,
-                vocab_size=vocab, activation="silu", norm="rmsnorm", max_positions=max_pos,
-                tie_embeddings=tie)
+def _llama(
+    name: str,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    ffn: int,
+    vocab: int,
+    max_pos: int,
+    tie: bool = False,
+    head_dim: int | None = None,
+) -> dict[str, Any]:
+    return dict(
+        name=name,
+        family="llama",
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim or hidden // heads,
+        ffn_dim=ffn,
+        vocab_size=vocab,
+        activation="silu",
+        norm="rmsnorm",
+        max_positions=max_pos,
+        tie_embeddings=tie,
+    )
 
 
 _CATALOG: dict[str, dict[str, Any]] = {
@@ -47,8 +80,14 @@ _CATALOG: dict[str, dict[str, Any]] = {
     ]
 }
 
-_ALIASES = {"llama-30b": "llama-33b", "llama2-7b": "llama-2-7b", "llama2-13b": "llama-2-13b",
-            "llama2-70b": "llama-2-70b", "llama3-8b": "llama-3-8b", "llama3-70b": "llama-3-70b"}
+_ALIASES = {
+    "llama-30b": "llama-33b",
+    "llama2-7b": "llama-2-7b",
+    "llama2-13b": "llama-2-13b",
+    "llama2-70b": "llama-2-70b",
+    "llama3-8b": "llama-3-8b",
+    "llama3-70b": "llama-3-70b",
+}
 
 
 def model_names() -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .hardware import GB, HardwareProfile, OpTable
@@ -25,9 +26,10 @@ class _Interp:
     y: tuple[float, ...]
 
     @classmethod
-    def of(cls, t: OpTable) -> "_Interp":
-        return cls(tuple(math.log(v) for v in t.size), tuple(math.log(v) for v in t.seconds),
-                   tuple(t.size), tuple(t.seconds))
+    def of(cls, t: OpTable) -> _Interp:
+        return cls(
+            tuple(math.log(v) for v in t.size), tuple(math.log(v) for v in t.seconds), tuple(t.size), tuple(t.seconds)
+        )
 
     def __call__(self, size: float) -> float:
         if size <= 0:
@@ -167,7 +169,7 @@ class CostModel:
             return 0.0
         return self.zero_copy_layer_s([(nbytes, row_bytes)])
 
-    def zero_copy_layer_s(self, parts: list[tuple[float, float | None]]) -> float:
+    def zero_copy_layer_s(self, parts: Sequence[tuple[float, float | None]]) -> float:
         """One device-gather kernel reading a layer's parts, (bytes, row bytes) each: its
         programs go from one part's rows to the next's, so the fixed cost is paid once and
         each part reads at its rows' rate."""
@@ -178,7 +180,7 @@ class CostModel:
         rates = [z.rate_gbps(rb) for _, rb in parts]
         if min(rates) <= 0:
             return self.h2d_s(sum(n for n, _ in parts), pinned=True)
-        return z.fixed_us * 1e-6 + sum(n / (r * GB) for (n, _), r in zip(parts, rates))
+        return z.fixed_us * 1e-6 + sum(n / (r * GB) for (n, _), r in zip(parts, rates, strict=True))
 
     def cpu_gather_s(self, nbytes: float) -> float:
         """Gather scattered KV rows into a pinned staging buffer on the CPU."""

@@ -41,8 +41,10 @@ def missing(module: str, purpose: str, detail: str | None = None) -> MissingDepe
     top = module.split(".")[0]
     dist = OPTIONAL.get(top, (top, ""))[0]
     why = f" ({detail.splitlines()[0]})" if detail else ""
-    return MissingDependency(f"{purpose} needs the Python package '{dist}', which is not installed"
-                             f" or does not import{why}; {install_hint(top)}")
+    return MissingDependency(
+        f"{purpose} needs the Python package '{dist}', which is not installed"
+        f" or does not import{why}; {install_hint(top)}"
+    )
 
 
 def require(*modules: str, purpose: str) -> None:

@@ -37,8 +37,8 @@ from .policies.base import Policy
 from .step_cost import LayerTimes, StepCoster
 
 LANES = ("GPU compute", "H2D", "D2H", "CPU", "Host")
-STAGING_DEPTH = 2      # fetch staging buffers per side (pinned host, GPU landing)
-RUN_AHEAD_LAYERS = 2   # the issuing thread stays at most this many layers ahead of the GPU
+STAGING_DEPTH = 2  # fetch staging buffers per side (pinned host, GPU landing)
+RUN_AHEAD_LAYERS = 2  # the issuing thread stays at most this many layers ahead of the GPU
 
 
 @dataclass
@@ -65,9 +65,9 @@ class StepRecord:
 
 @dataclass
 class EngineResult:
-    steps: list[StepRecord]              # prefill first (step -1), then decode steps
+    steps: list[StepRecord]  # prefill first (step -1), then decode steps
     events: list[tuple[str, str, float, float, dict[str, Any]]]  # lane, name, start, dur, args
-    memory_log: list[tuple[float, float, float]]                 # time, gpu bytes, cpu bytes
+    memory_log: list[tuple[float, float, float]]  # time, gpu bytes, cpu bytes
     oom: OutOfMemory | None
     peak_gpu_bytes: float
     peak_cpu_bytes: float
@@ -94,7 +94,7 @@ class Engine:
         self.records: list[StepRecord] = []
         self.oom: OutOfMemory | None = None
         self._d2h_tail: simpy.Event | None = None
-        self._host_free = 0.0     # when the host has issued everything so far
+        self._host_free = 0.0  # when the host has issued everything so far
         self._trace_cut: int | None = None
         self._peak_gpu = 0.0
         self._peak_cpu = 0.0
@@ -111,17 +111,33 @@ class Engine:
     def _apply_memory(self, plan: StepPlan) -> OutOfMemory | None:
         lay, c = self.policy.layout, self.coster
         per_layer_seq = plan.batch * self.policy.model.num_layers
-        gpu = plan.gpu_bytes if plan.gpu_bytes is not None else (
-            lay.gpu_static_bytes + per_layer_seq * plan.gpu_kv_tokens * c.kv_bytes + plan.gpu_extra_bytes)
-        cpu = plan.cpu_bytes if plan.cpu_bytes is not None else (
-            lay.cpu_static_bytes + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes
-                                                    + plan.cpu_hidden_tokens * c.hidden_bytes))
+        gpu = (
+            plan.gpu_bytes
+            if plan.gpu_bytes is not None
+            else (lay.gpu_static_bytes + per_layer_seq * plan.gpu_kv_tokens * c.kv_bytes + plan.gpu_extra_bytes)
+        )
+        cpu = (
+            plan.cpu_bytes
+            if plan.cpu_bytes is not None
+            else (
+                lay.cpu_static_bytes
+                + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes + plan.cpu_hidden_tokens * c.hidden_bytes)
+            )
+        )
         if gpu > self.gpu_mem.capacity:
-            return OutOfMemory("gpu", f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; "
-                                      f"capacity {self.gpu_mem.capacity / 1e9:.2f} GB", plan.step)
+            return OutOfMemory(
+                "gpu",
+                f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; "
+                f"capacity {self.gpu_mem.capacity / 1e9:.2f} GB",
+                plan.step,
+            )
         if cpu > self.cpu_mem.capacity:
-            return OutOfMemory("cpu", f"step {plan.step} needs {cpu / 1e9:.2f} GB of host memory; "
-                                      f"capacity {self.cpu_mem.capacity / 1e9:.2f} GB", plan.step)
+            return OutOfMemory(
+                "cpu",
+                f"step {plan.step} needs {cpu / 1e9:.2f} GB of host memory; "
+                f"capacity {self.cpu_mem.capacity / 1e9:.2f} GB",
+                plan.step,
+            )
         self._set_level(self.gpu_mem, gpu)
         self._set_level(self.cpu_mem, cpu)
         self._peak_gpu = max(self._peak_gpu, gpu)
@@ -162,7 +178,7 @@ class Engine:
         self._host_free = issued_s + flush_s
         self._trace("Host", "flush", issued_s, flush_s, {"step": step})
 
-    def _run_step(self, plan: StepPlan):  # type: ignore[no-untyped-def]
+    def _run_step(self, plan: StepPlan):
         env = self.env
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
         m_head = plan.batch  # logits for the last position of each sequence
@@ -171,13 +187,16 @@ class Engine:
             self._trace_cut = plan.step
         start = env.now
         h0 = self._host_start(plan)
-        flush = self.coster.flush_s(times, plan.phase == "prefill")   # the host stores the write-through rows
+        flush = self.coster.flush_s(times, plan.phase == "prefill")  # the host stores the write-through rows
         moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
         # a spilling step whose host does not wait for it (the device gather) still runs
         # the selection first on the GPU; its fetches need the selection's row ids
-        sel_s = (self.coster.selection_s(True) if getattr(self.coster, "device_gather", False)
-                 and plan.phase != "prefill" and not plan.host_round_trip else 0.0)
-        sel_end = max(start, h0) + sel_s if sel_s else start    # issued as the host starts the step
+        sel_s = (
+            self.coster.selection_s(True)
+            if getattr(self.coster, "device_gather", False) and plan.phase != "prefill" and not plan.host_round_trip
+            else 0.0
+        )
+        sel_end = max(start, h0) + sel_s if sel_s else start  # issued as the host starts the step
         if sel_s:
             self._trace("GPU compute", "select", sel_end - sel_s, sel_s, {"step": plan.step})
         if not moves:
@@ -204,15 +223,15 @@ class Engine:
         gathered = [env.event() for _ in range(L)]
         loaded = [env.event() for _ in range(L)]
         computed = [env.event() for _ in range(L)]
-        issue_end = [0.0] * L          # when the host has issued all of layer l
+        issue_end = [0.0] * L  # when the host has issued all of layer l
         issuing = [env.event() for _ in range(L)]
 
         def cpu_proc():
             if plan.host_round_trip and h0 > env.now:
-                yield env.timeout(h0 - env.now)   # the gather job is submitted after the round trip
+                yield env.timeout(h0 - env.now)  # the gather job is submitted after the round trip
             for l, t in enumerate(times):
                 if t.gather_s > 0 and l >= STAGING_DEPTH and staged[l]:
-                    yield loaded[l - STAGING_DEPTH]    # its pinned buffer's last copy is out
+                    yield loaded[l - STAGING_DEPTH]  # its pinned buffer's last copy is out
                 if t.gather_s > 0:
                     s = env.now
                     yield env.timeout(t.gather_s)
@@ -223,7 +242,7 @@ class Engine:
             h = h0
             for l, t in enumerate(times):
                 if t.gather_s > 0 or t.h2d_s > 0:
-                    yield gathered[l]          # the main thread waits for the worker's rows
+                    yield gathered[l]  # the main thread waits for the worker's rows
                     h = max(h, env.now)
                 if h > env.now:
                     yield env.timeout(h - env.now)
@@ -234,7 +253,7 @@ class Engine:
             self._host_done(h, flush, plan.step)
 
         sync = [lp.sync_fetch for lp in plan.layers]
-        staged = [not lp.contiguous_fetch for lp in plan.layers]   # token gathers go through staging
+        staged = [not lp.contiguous_fetch for lp in plan.layers]  # token gathers go through staging
 
         def h2d_proc():
             if sel_end > env.now:
@@ -270,7 +289,7 @@ class Engine:
                 yield env.timeout(h0 - env.now)
             nxt = 0
 
-            def gather(j: int):  # type: ignore[no-untyped-def]
+            def gather(j: int):
                 t = times[j]
                 if t.gather_s > 0 and j >= STAGING_DEPTH and staged[j]:
                     yield loaded[j - STAGING_DEPTH]
@@ -279,11 +298,12 @@ class Engine:
                     yield env.timeout(t.gather_s)
                     self._trace("CPU", f"gather L{j}", s, t.gather_s, {"step": plan.step})
                 gathered[j].succeed()
+
             if times[0].gather_s > 0 or times[0].h2d_s > 0:
                 yield from gather(0)
                 nxt = 1
             for l, t in enumerate(times):
-                while nxt <= l:            # a layer not fetched ahead: its own rows first
+                while nxt <= l:  # a layer not fetched ahead: its own rows first
                     yield from gather(nxt)
                     nxt += 1
                 issue_end[l] = env.now + t.host_s
@@ -326,16 +346,26 @@ class Engine:
     def _record(self, plan: StepPlan, start: float) -> None:
         times = [self.coster.layer_times(lp) for lp in plan.layers]
         b = plan.batch
-        self.records.append(StepRecord(
-            step=plan.step, phase=plan.phase, start_s=start, end_s=self.env.now, context_len=plan.context_len,
-            attended_tokens=plan.attended_tokens,
-            h2d_bytes=sum(t.h2d_bytes for t in times), d2h_bytes=sum(t.d2h_bytes for t in times),
-            recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
-            recompute_ratio=plan.recompute_ratio,
-            gpu_bytes=self.gpu_mem.level, cpu_bytes=self.cpu_mem.level, tokens_out=plan.generated,
-            batch=plan.batch))
+        self.records.append(
+            StepRecord(
+                step=plan.step,
+                phase=plan.phase,
+                start_s=start,
+                end_s=self.env.now,
+                context_len=plan.context_len,
+                attended_tokens=plan.attended_tokens,
+                h2d_bytes=sum(t.h2d_bytes for t in times),
+                d2h_bytes=sum(t.d2h_bytes for t in times),
+                recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
+                recompute_ratio=plan.recompute_ratio,
+                gpu_bytes=self.gpu_mem.level,
+                cpu_bytes=self.cpu_mem.level,
+                tokens_out=plan.generated,
+                batch=plan.batch,
+            )
+        )
 
-    def _main(self):  # type: ignore[no-untyped-def]
+    def _main(self):
         oom = self.policy.static_check()
         if oom:
             self.oom = oom
@@ -360,7 +390,15 @@ class Engine:
         self.env.run()
         wall = time.perf_counter() - wall0
         return EngineResult(
-            steps=self.records, events=self.events, memory_log=self.memory_log, oom=self.oom,
-            peak_gpu_bytes=self._peak_gpu, peak_cpu_bytes=self._peak_cpu, total_time_s=self.env.now,
-            sim_events=self._sim_events, sim_wall_s=wall, trace_truncated_at_step=self._trace_cut,
-            policy_summary=self.policy.summary())
+            steps=self.records,
+            events=self.events,
+            memory_log=self.memory_log,
+            oom=self.oom,
+            peak_gpu_bytes=self._peak_gpu,
+            peak_cpu_bytes=self._peak_cpu,
+            total_time_s=self.env.now,
+            sim_events=self._sim_events,
+            sim_wall_s=wall,
+            trace_truncated_at_step=self._trace_cut,
+            policy_summary=self.policy.summary(),
+        )

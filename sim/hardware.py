@@ -8,12 +8,12 @@ analytic roofline terms where present.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, Tuple, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
 from .bundled import package_dir
 from .errors import InputError
@@ -31,17 +31,17 @@ class OpTable(BaseModel):
     fit_rel_error: float | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "OpTable":
+    def _check(self) -> OpTable:
         if len(self.size) != len(self.seconds) or len(self.size) < 2:
             raise ValueError("size and seconds must have the same length, at least 2")
-        if any(b <= a for a, b in zip(self.size, self.size[1:])):
+        if any(b <= a for a, b in pairwise(self.size)):
             raise ValueError("size must be strictly increasing")
         if any(s <= 0 for s in self.size) or any(t <= 0 for t in self.seconds):
             raise ValueError("sizes and times must be positive")
         return self
 
 
-UsOrLine = Union[NonNegativeFloat, Tuple[float, float]]
+UsOrLine = NonNegativeFloat | tuple[float, float]
 
 
 class HostIssue(BaseModel):
@@ -58,28 +58,52 @@ class HostIssue(BaseModel):
     prefill_layer_us: UsOrLine = Field(0.0, description="one prefill layer")
     layer_us: UsOrLine = Field(0.0, description="one decode layer: graph replays, the new token's KV, attention")
     importance_us: UsOrLine = Field(0.0, description="SWA's importance update, per decode layer")
-    spill_layer_us: UsOrLine = Field(0.0, description="per decode layer of a run whose KV spills: write-through "
-                                                      "to the host, waiting for and landing fetched rows")
+    spill_layer_us: UsOrLine = Field(
+        0.0,
+        description="per decode layer of a run whose KV spills: write-through "
+        "to the host, waiting for and landing fetched rows",
+    )
     recompute_us: UsOrLine = Field(0.0, description="per decode layer with Phase III recompute")
-    prefix_us: UsOrLine = Field(0.0, description="per decode layer fetching a host KV prefix (FlexGen-like): "
-                                                 "its copy, the stream waits, the spill")
+    prefix_us: UsOrLine = Field(
+        0.0,
+        description="per decode layer fetching a host KV prefix (FlexGen-like): its copy, the stream waits, the spill",
+    )
     step_us: UsOrLine = Field(0.0, description="per decode step: embedding, LM head, bookkeeping")
-    fetch_layer_us: UsOrLine = Field(0.0, description="the host fetch worker, per decode layer that gathers rows: "
-                                                      "its index lists and copy issue, beyond the gather itself")
-    fetch_part_us: UsOrLine = Field(0.0, description="per further part a fetching layer gathers and copies (Phase "
-                                                     "III layers fetch KV rows and layer inputs x: two gathers, two "
-                                                     "copies), beyond ``fetch_layer_us``")
-    gather_part_us: NonNegativeFloat = Field(0.0, description="the executor's own gather of host rows into pinned "
-                                                             "staging, per part (KV rows, inputs x): fixed cost")
-    gather_gbps: NonNegativeFloat = Field(0.0, description="... and its rate; 0: gathers are timed by the profile's "
-                                                           "``cpu_gather`` microbenchmark")
-    flush_us: NonNegativeFloat = Field(0.0, description="a spilling step's store of its write-through rows (every "
-                                                        "layer's new K, V and x) into the host copy: fixed cost")
-    flush_gbps: NonNegativeFloat = Field(0.0, description="... and its rate; 0: not measured apart, so the probes' "
-                                                          "per-layer fields hold it and the store adds nothing")
-    round_trip_us: UsOrLine = Field(0.0, description="per decode step that needs the GPU's selection on the host "
-                                                     "(ALISA with spilled KV): beyond the selection graph's GPU time "
-                                                     "(``selection``), the wake-up, the copy, the gathers' start")
+    fetch_layer_us: UsOrLine = Field(
+        0.0,
+        description="the host fetch worker, per decode layer that gathers rows: "
+        "its index lists and copy issue, beyond the gather itself",
+    )
+    fetch_part_us: UsOrLine = Field(
+        0.0,
+        description="per further part a fetching layer gathers and copies (Phase "
+        "III layers fetch KV rows and layer inputs x: two gathers, two "
+        "copies), beyond ``fetch_layer_us``",
+    )
+    gather_part_us: NonNegativeFloat = Field(
+        0.0,
+        description="the executor's own gather of host rows into pinned "
+        "staging, per part (KV rows, inputs x): fixed cost",
+    )
+    gather_gbps: NonNegativeFloat = Field(
+        0.0, description="... and its rate; 0: gathers are timed by the profile's ``cpu_gather`` microbenchmark"
+    )
+    flush_us: NonNegativeFloat = Field(
+        0.0,
+        description="a spilling step's store of its write-through rows (every "
+        "layer's new K, V and x) into the host copy: fixed cost",
+    )
+    flush_gbps: NonNegativeFloat = Field(
+        0.0,
+        description="... and its rate; 0: not measured apart, so the probes' "
+        "per-layer fields hold it and the store adds nothing",
+    )
+    round_trip_us: UsOrLine = Field(
+        0.0,
+        description="per decode step that needs the GPU's selection on the host "
+        "(ALISA with spilled KV): beyond the selection graph's GPU time "
+        "(``selection``), the wake-up, the copy, the gathers' start",
+    )
 
     def at(self, name: str, batch: int) -> float:
         """Field ``name`` at batch size ``batch``, in microseconds (never below zero)."""
@@ -133,20 +157,30 @@ class ZeroCopyGather(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fixed_us: NonNegativeFloat = Field(0.0, description="per layer's gather: launch and first-row latency")
-    gbps: NonNegativeFloat = Field(0.0, description="rows read from pinned host memory per second (decimal GB), "
-                                                    "for rows of other sizes than ``row_gbps`` has; 0: the pinned "
-                                                    "H2D copy's rate")
-    row_gbps: dict[int, PositiveFloat] = Field(default_factory=dict,
-                                               description="the rate by row size in bytes (a program copies a row "
-                                                           "per iteration: small rows keep fewer bytes in flight); "
-                                                           "a size between two measured ones takes the smaller's")
-    compute_slowdown: NonNegativeFloat = Field(0.0, description="extra share of GPU compute time while a gather "
-                                                                "runs beside it (the SMs and memory it holds)")
-    gather_slowdown: NonNegativeFloat = Field(0.0, description="extra share of the gather's time while the decode "
-                                                               "layers run beside it (their kernels hold the SMs "
-                                                               "and memory its reads wait on)")
-    issue_us: NonNegativeFloat = Field(0.0, description="host time to issue one layer's gather (graph replay, "
-                                                        "stream events)")
+    gbps: NonNegativeFloat = Field(
+        0.0,
+        description="rows read from pinned host memory per second (decimal GB), "
+        "for rows of other sizes than ``row_gbps`` has; 0: the pinned "
+        "H2D copy's rate",
+    )
+    row_gbps: dict[int, PositiveFloat] = Field(
+        default_factory=dict,
+        description="the rate by row size in bytes (a program copies a row "
+        "per iteration: small rows keep fewer bytes in flight); "
+        "a size between two measured ones takes the smaller's",
+    )
+    compute_slowdown: NonNegativeFloat = Field(
+        0.0, description="extra share of GPU compute time while a gather runs beside it (the SMs and memory it holds)"
+    )
+    gather_slowdown: NonNegativeFloat = Field(
+        0.0,
+        description="extra share of the gather's time while the decode "
+        "layers run beside it (their kernels hold the SMs "
+        "and memory its reads wait on)",
+    )
+    issue_us: NonNegativeFloat = Field(
+        0.0, description="host time to issue one layer's gather (graph replay, stream events)"
+    )
     fit_rel_error: float | None = Field(None, description="mean |relative error| of the bytes fit")
 
     def rate_gbps(self, row_bytes: float | None) -> float:
@@ -193,42 +227,57 @@ class HardwareProfile(BaseModel):
     gpu_reserved_gb: float = Field(1.0, ge=0, description="CUDA context, allocator slack")
     tables: dict[str, OpTable] = Field(default_factory=dict)
     host: HostIssue = Field(default_factory=HostIssue, description="host issue costs of the real backend")
-    zero_copy: ZeroCopyGather = Field(default_factory=ZeroCopyGather,
-                                      description="the device gather of fetched rows over PCIe (policy.gather)")
-    selection: SelectionCost = Field(default_factory=SelectionCost,
-                                     description="GPU time of the real backend's spilling selection, per step")
-    recompute_layer_us: dict[str, Tuple[float, float]] = Field(
+    zero_copy: ZeroCopyGather = Field(
+        default_factory=ZeroCopyGather, description="the device gather of fetched rows over PCIe (policy.gather)"
+    )
+    selection: SelectionCost = Field(
+        default_factory=SelectionCost, description="GPU time of the real backend's spilling selection, per step"
+    )
+    recompute_layer_us: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="GPU time of one layer's Phase III recompute beyond its K/V GEMM (norm, RoPE, packing, "
-                    "slot writes) as [fixed, per recomputed row] microseconds (rows: sequences x the width bucket), "
-                    "keyed by model family; measured by replaying the real backend's recompute graphs. Absent: "
-                    "the K/V GEMM alone")
-    decode_layer_us: dict[str, Tuple[float, float]] = Field(
+        "slot writes) as [fixed, per recomputed row] microseconds (rows: sequences x the width bucket), "
+        "keyed by model family; measured by replaying the real backend's recompute graphs. Absent: "
+        "the K/V GEMM alone",
+    )
+    decode_layer_us: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="GPU time of one decode layer beyond its GEMMs and attention (norms, RoPE, activations, "
-                    "residuals, cache writes, the kernels' fixed cost), as [fixed, per sequence] microseconds, "
-                    "keyed 'family/cache' (cache: slots, swa, spill, prefix); measured by replaying the real backend's "
-                    "decode graphs. Absent: one pass over the activations plus launch latencies")
-    prefill_layer_gpu_us: dict[str, Tuple[float, float]] = Field(
+        "residuals, cache writes, the kernels' fixed cost), as [fixed, per sequence] microseconds, "
+        "keyed 'family/cache' (cache: slots, swa, spill, prefix); measured by replaying the real backend's "
+        "decode graphs. Absent: one pass over the activations plus launch latencies",
+    )
+    prefill_layer_gpu_us: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="GPU time of one prefill layer beyond its GEMMs and causal attention (RoPE, norms, "
-                    "activations, the cache's prompt placement and copies down), as [fixed, per prompt token] "
-                    "microseconds (tokens: sequences x prompt), keyed 'family/cache' as decode_layer_us; measured "
-                    "by running the real backend's prefill. Absent: one pass over the activations")
+        "activations, the cache's prompt placement and copies down), as [fixed, per prompt token] "
+        "microseconds (tokens: sequences x prompt), keyed 'family/cache' as decode_layer_us; measured "
+        "by running the real backend's prefill. Absent: one pass over the activations",
+    )
     prefill_importance_ps: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="a SWA prefill layer's importance of the prompt (the attention of its last `rows` query "
-                    "positions, rows = min(importance history, prompt)), in picoseconds per element: sequences x "
-                    "query heads x rows x prompt tokens, keyed 'family/cache' (swa, spill); measured as the "
-                    "prefill layer's growth between two importance histories. prefill_layer_gpu_us is then the "
-                    "rest. Absent: folded into prefill_layer_gpu_us at the calibration probe's history")
+        "positions, rows = min(importance history, prompt)), in picoseconds per element: sequences x "
+        "query heads x rows x prompt tokens, keyed 'family/cache' (swa, spill); measured as the "
+        "prefill layer's growth between two importance histories. prefill_layer_gpu_us is then the "
+        "rest. Absent: folded into prefill_layer_gpu_us at the calibration probe's history",
+    )
     meta: dict[str, Any] = Field(default_factory=dict, description="device, driver, versions, date")
 
     @field_validator("tables")
     @classmethod
     def _known_tables(cls, v: dict[str, OpTable]) -> dict[str, OpTable]:
-        plain = {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable", "cpu_gather",
-                 "attention_decode", "quantize_int8", "h2d_d2h_concurrent", "h2d_fetch"}
+        plain = {
+            "h2d_pinned",
+            "d2h_pinned",
+            "h2d_pageable",
+            "d2h_pageable",
+            "cpu_gather",
+            "attention_decode",
+            "quantize_int8",
+            "h2d_d2h_concurrent",
+            "h2d_fetch",
+        }
         for key in v:
             if key not in plain and not key.startswith("gemm:"):
                 raise ValueError(f"unknown table '{key}' (known: {sorted(plain)} and gemm:NxK)")
@@ -284,8 +333,9 @@ def read_yaml(path: Path) -> Any:
         raise InputError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", file=str(path)) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
         # a tag's value that its constructor rejects (!!timestamp 2020-13-45, !!float x)
-        raise InputError(f"malformed YAML: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                         file=str(path)) from None
+        raise InputError(
+            f"malformed YAML: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=str(path)
+        ) from None
 
 
 def profile_config(name_or_path: str) -> dict[str, Any]:

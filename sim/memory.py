@@ -16,12 +16,12 @@ PREFILL_CHUNK_TOKENS = 8192  # prefill runs in chunks of this many tokens; bound
 class MemoryLayout:
     gpu_capacity_bytes: float
     cpu_capacity_bytes: float
-    reserved_bytes: float          # CUDA context, allocator slack
-    workspace_bytes: float         # activations, logits, recompute buffers
+    reserved_bytes: float  # CUDA context, allocator slack
+    workspace_bytes: float  # activations, logits, recompute buffers
     weights_gpu_bytes: float
     weights_cpu_bytes: float
-    offloaded_layers: int          # layers whose weights stream from host every step
-    kv_budget_bytes: float         # GPU memory for KV
+    offloaded_layers: int  # layers whose weights stream from host every step
+    kv_budget_bytes: float  # GPU memory for KV
 
     @property
     def gpu_static_bytes(self) -> float:
@@ -40,9 +40,17 @@ def workspace_bytes(model: ModelSpec, batch: int, prompt_len: int) -> float:
     return tokens * per_token + logits
 
 
-def plan_memory(model: ModelSpec, batch: int, prompt_len: int, gpu_bytes: float, cpu_bytes: float,
-                reserved_bytes: float, kv_budget_bytes: float | None, min_kv_bytes: float,
-                allow_weight_offload: bool) -> MemoryLayout:
+def plan_memory(
+    model: ModelSpec,
+    batch: int,
+    prompt_len: int,
+    gpu_bytes: float,
+    cpu_bytes: float,
+    reserved_bytes: float,
+    kv_budget_bytes: float | None,
+    min_kv_bytes: float,
+    allow_weight_offload: bool,
+) -> MemoryLayout:
     """Place weights and size the KV budget.
 
     With an explicit budget, weights get what the budget leaves and the rest stream from

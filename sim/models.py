@@ -34,11 +34,9 @@ class ModelSpec(BaseModel):
     dtype_bytes: PositiveInt = Field(2, description="bytes per weight/activation element (fp16/bf16)")
 
     @model_validator(mode="after")
-    def _check_heads(self) -> "ModelSpec":
+    def _check_heads(self) -> ModelSpec:
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         return self
 
     @property
@@ -63,6 +61,7 @@ class ModelSpec(BaseModel):
 # ---------------------------------------------------------------------------
 # Byte formulas (the single definition used everywhere)
 # ---------------------------------------------------------------------------
+
 
 def kv_bytes_per_token_per_layer(model: ModelSpec, kv_dtype_bytes: int | None = None) -> int:
     """K and V of one token in one layer: 2 x kv_heads x head_dim x bytes per element."""

@@ -7,9 +7,9 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .engine import EngineResult  # noqa: E402
+from .engine import EngineResult
 
 PHASE_COLORS = {"prefill": "#dddddd", "I": "#d8ecd8", "II": "#fbe7c6", "III": "#f6cccc"}
 

@@ -18,8 +18,20 @@ from .models import kv_bytes_per_token, weight_bytes
 from .scenario import Scenario
 
 SCHEMA_VERSION = 1
-STEP_FIELDS = ("step", "phase", "start_s", "time_s", "context_len", "attended_tokens", "h2d_bytes",
-               "d2h_bytes", "recomputed_tokens", "recompute_ratio", "gpu_bytes", "cpu_bytes")
+STEP_FIELDS = (
+    "step",
+    "phase",
+    "start_s",
+    "time_s",
+    "context_len",
+    "attended_tokens",
+    "h2d_bytes",
+    "d2h_bytes",
+    "recomputed_tokens",
+    "recompute_ratio",
+    "gpu_bytes",
+    "cpu_bytes",
+)
 
 
 def scenario_summary(sc: Scenario) -> dict[str, Any]:
@@ -80,9 +92,22 @@ def steps_csv(er: EngineResult) -> str:
     for r in er.steps:
         if r.phase == "prefill":
             continue
-        w.writerow([r.step, r.phase, f"{r.start_s:.9g}", f"{r.time_s:.9g}", r.context_len, r.attended_tokens,
-                    int(r.h2d_bytes), int(r.d2h_bytes), r.recomputed_tokens, f"{r.recompute_ratio:.4g}",
-                    int(r.gpu_bytes), int(r.cpu_bytes)])
+        w.writerow(
+            [
+                r.step,
+                r.phase,
+                f"{r.start_s:.9g}",
+                f"{r.time_s:.9g}",
+                r.context_len,
+                r.attended_tokens,
+                int(r.h2d_bytes),
+                int(r.d2h_bytes),
+                r.recomputed_tokens,
+                f"{r.recompute_ratio:.4g}",
+                int(r.gpu_bytes),
+                int(r.cpu_bytes),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -91,17 +116,28 @@ def chrome_trace(er: EngineResult, title: str) -> str:
     tid = {lane: i for i, lane in enumerate(LANES)}
     ev: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": title}}]
     ev += [{"name": "thread_name", "ph": "M", "pid": 0, "tid": i, "args": {"name": lane}} for lane, i in tid.items()]
-    ev += [{"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": i, "args": {"sort_index": i}} for i in tid.values()]
+    ev += [
+        {"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": i, "args": {"sort_index": i}} for i in tid.values()
+    ]
     for lane, name, start, dur, args in er.events:
-        ev.append({"name": name, "ph": "X", "pid": 0, "tid": tid[lane], "ts": start * 1e6, "dur": dur * 1e6,
-                   "args": args})
+        ev.append(
+            {"name": name, "ph": "X", "pid": 0, "tid": tid[lane], "ts": start * 1e6, "dur": dur * 1e6, "args": args}
+        )
     # one span per step on its own lane, so the whole run is visible even when layer events were cut
     steps_tid = len(LANES)
     ev.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": steps_tid, "args": {"name": "steps"}})
     for r in er.steps:
-        ev.append({"name": "prefill" if r.phase == "prefill" else f"step {r.step} ({r.phase})", "ph": "X", "pid": 0,
-                   "tid": steps_tid, "ts": r.start_s * 1e6, "dur": r.time_s * 1e6,
-                   "args": {"phase": r.phase, "context_len": r.context_len}})
+        ev.append(
+            {
+                "name": "prefill" if r.phase == "prefill" else f"step {r.step} ({r.phase})",
+                "ph": "X",
+                "pid": 0,
+                "tid": steps_tid,
+                "ts": r.start_s * 1e6,
+                "dur": r.time_s * 1e6,
+                "args": {"phase": r.phase, "context_len": r.context_len},
+            }
+        )
     return json.dumps({"traceEvents": ev, "displayTimeUnit": "ms"})
 
 

@@ -25,12 +25,15 @@ def render_plots(sc: Scenario, er: EngineResult) -> dict[str, bytes]:
     from .plots import memory_plot, step_time_plot  # matplotlib only when plotting
 
     title = f"{sc.name}: {sc.model.name}, {sc.policy.name}, {sc.hardware.name}"
-    return {"memory.png": memory_plot(er, title, sc.hardware.gpu_memory_bytes, sc.hardware.cpu_memory_bytes),
-            "step_time.png": step_time_plot(er, title)}
+    return {
+        "memory.png": memory_plot(er, title, sc.hardware.gpu_memory_bytes, sc.hardware.cpu_memory_bytes),
+        "step_time.png": step_time_plot(er, title),
+    }
 
 
-def run_scenario(sc: Scenario, out: Path | None, plots: bool = True,
-                 timing: HardwareProfile | None = None) -> dict[str, Any]:
+def run_scenario(
+    sc: Scenario, out: Path | None, plots: bool = True, timing: HardwareProfile | None = None
+) -> dict[str, Any]:
     result, er = simulate(sc, timing)
     if out is not None:
         write_outputs(out, result, er, render_plots(sc, er) if plots else {})

@@ -11,11 +11,19 @@ from __future__ import annotations
 import copy
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from .catalog import model_config
 from .errors import InputError
@@ -37,7 +45,8 @@ class _PolicyBase(BaseModel):
 
     int8_kv: bool = False
     gpu_kv_budget_gb: PositiveFloat | None = Field(
-        None, description="GPU memory for KV; default: what weights and workspace leave")
+        None, description="GPU memory for KV; default: what weights and workspace leave"
+    )
 
 
 class AlisaPolicyConfig(_PolicyBase):
@@ -46,25 +55,35 @@ class AlisaPolicyConfig(_PolicyBase):
     local_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of attended budget in the recent window")
     recompute: bool = True
     recompute_ratio: float | Literal["auto"] = Field(
-        "auto", description="share of host-resident selected tokens recomputed; auto = per-step optimum")
+        "auto", description="share of host-resident selected tokens recomputed; auto = per-step optimum"
+    )
     selection_trace: str | None = Field(None, description="path to a selection trace (.npz)")
     selection_churn: float = Field(
-        0.2, ge=0.0, le=1.0,
-        description="without a trace: share of the global selection replaced each step (our choice)")
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="without a trace: share of the global selection replaced each step (our choice)",
+    )
     gpu_kv_budget_tokens: PositiveInt | None = Field(
-        None, description="GPU-resident KV per sequence and layer, in tokens (instead of gpu_kv_budget_gb); "
-                          "fetch staging and importance scores come on top")
+        None,
+        description="GPU-resident KV per sequence and layer, in tokens (instead of gpu_kv_budget_gb); "
+        "fetch staging and importance scores come on top",
+    )
     importance_history: PositiveInt | None = Field(
-        None, description="steps of attention summed into a token's importance; default: the window "
-                          "length at the longest context (our choice)")
+        None,
+        description="steps of attention summed into a token's importance; default: the window "
+        "length at the longest context (our choice)",
+    )
     gather: Literal["host", "device"] = Field(
-        "host", description="who gathers a step's fetched token rows: host = the CPU into pinned staging, then "
-                            "one H2D copy per layer (ALISA's design); device = a GPU kernel reads them straight "
-                            "from pinned host memory over PCIe (zero-copy), so the host neither gathers nor "
-                            "waits for the selection")
+        "host",
+        description="who gathers a step's fetched token rows: host = the CPU into pinned staging, then "
+        "one H2D copy per layer (ALISA's design); device = a GPU kernel reads them straight "
+        "from pinned host memory over PCIe (zero-copy), so the host neither gathers nor "
+        "waits for the selection",
+    )
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "AlisaPolicyConfig":
+    def _one_budget(self) -> AlisaPolicyConfig:
         if self.gpu_kv_budget_gb is not None and self.gpu_kv_budget_tokens is not None:
             raise ValueError("give gpu_kv_budget_gb or gpu_kv_budget_tokens, not both")
         return self
@@ -92,7 +111,9 @@ class FlexGenPolicyConfig(_PolicyBase):
     gpu_batch_size: PositiveInt | None = Field(None, description="fixed; default: searched")
     weights_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
     cache_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
-    cpu_cache_compute: bool | Literal["auto"] = Field("auto", description="attention on the CPU for host KV; auto = searched")
+    cpu_cache_compute: bool | Literal["auto"] = Field(
+        "auto", description="attention on the CPU for host KV; auto = searched"
+    )
     compress_weight: bool = False
     compress_cache: bool = False
 
@@ -106,16 +127,24 @@ class VllmPolicyConfig(_PolicyBase):
     gen_len_spread: float = Field(0.0, ge=0.0, lt=1.0, description="gen lengths uniform in gen_len x (1 +- spread)")
 
 
-PolicyConfig = Annotated[Union[AlisaPolicyConfig, DenseGpuPolicyConfig, H2OPolicyConfig, AcceleratePolicyConfig,
-                               ZeroInferencePolicyConfig, FlexGenPolicyConfig, VllmPolicyConfig],
-                         Field(discriminator="name")]
+PolicyConfig = Annotated[
+    AlisaPolicyConfig
+    | DenseGpuPolicyConfig
+    | H2OPolicyConfig
+    | AcceleratePolicyConfig
+    | ZeroInferencePolicyConfig
+    | FlexGenPolicyConfig
+    | VllmPolicyConfig,
+    Field(discriminator="name"),
+]
 
 
 class OutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trace_max_layer_events: NonNegativeInt = Field(
-        250_000, description="layer-level trace events kept; later steps are traced per step only")
+        250_000, description="layer-level trace events kept; later steps are traced per step only"
+    )
 
 
 class Scenario(BaseModel):
@@ -144,6 +173,7 @@ POLICY_NAMES = ("alisa", "dense-gpu", "flexgen", "vllm", "accelerate", "zero-inf
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
+
 
 def _resolve_names(raw: dict[str, Any], file: str) -> dict[str, Any]:
     data = copy.deepcopy(raw)
@@ -190,7 +220,7 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, *, file: str, strict
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-            raise InputError(f"no such field (at '{'.'.join(parts[:i + 1])}')", file=file, field=dotted)
+            raise InputError(f"no such field (at '{'.'.join(parts[: i + 1])}')", file=file, field=dotted)
         node = node[part]
     last = parts[-1]
     if not isinstance(node, dict):
@@ -207,7 +237,9 @@ def check_runnable(s: Scenario, file: str) -> None:
     if need > have:
         raise InputError(
             f"model weights ({need / 1e9:.1f} GB) exceed GPU + CPU memory ({have / 1e9:.1f} GB)",
-            file=file, field="model")
+            file=file,
+            field="model",
+        )
     # every policy keeps a sequence's KV (H2O its budget's share of it) somewhere: where
     # one sequence's alone cannot fit GPU + host memory, no batch size can run
     keep = s.policy.kv_budget if isinstance(s.policy, H2OPolicyConfig) else 1.0
@@ -216,12 +248,17 @@ def check_runnable(s: Scenario, file: str) -> None:
     if one_seq > have:
         raise InputError(
             f"one sequence's KV cache at {context} tokens ({one_seq / 1e9:.1f} GB) exceeds GPU + CPU memory "
-            f"({have / 1e9:.1f} GB)", file=file, field="workload.gen_len")
+            f"({have / 1e9:.1f} GB)",
+            file=file,
+            field="workload.gen_len",
+        )
     budget = s.policy.gpu_kv_budget_gb
     if budget is not None and budget > s.hardware.gpu_memory_gb:
         raise InputError(
             f"GPU KV budget {budget} GB exceeds the GPU's memory ({s.hardware.gpu_memory_gb} GB)",
-            file=file, field="policy.gpu_kv_budget_gb")
+            file=file,
+            field="policy.gpu_kv_budget_gb",
+        )
     trace = getattr(s.policy, "selection_trace", None)
     if trace:
         from .selection import read_trace
@@ -232,14 +269,17 @@ def check_runnable(s: Scenario, file: str) -> None:
 def build_scenario(resolved: dict[str, Any], file: str) -> Scenario:
     policy = resolved.get("policy")
     if isinstance(policy, dict) and policy.get("name") not in POLICY_NAMES:
-        raise InputError(f"unknown policy '{policy.get('name')}'; known: {', '.join(POLICY_NAMES)}",
-                         file=file, field="policy.name")
+        raise InputError(
+            f"unknown policy '{policy.get('name')}'; known: {', '.join(POLICY_NAMES)}", file=file, field="policy.name"
+        )
     try:
         scenario = validate_model(Scenario, resolved, file=file)
     except InputError as e:
         if e.field and e.field.startswith("policy.") and e.reason.startswith("unknown field"):
             pname = policy.get("name") if isinstance(policy, dict) else "?"
-            e = InputError(f"not a parameter of policy '{pname}'", file=file, field=e.field.replace(f"policy.{pname}.", "policy."))
+            e = InputError(
+                f"not a parameter of policy '{pname}'", file=file, field=e.field.replace(f"policy.{pname}.", "policy.")
+            )
         elif e.field and isinstance(policy, dict):
             e = InputError(e.reason, file=file, field=e.field.replace(f"policy.{policy.get('name')}.", "policy."))
         raise e from None
@@ -287,20 +327,21 @@ def expand_sweep(path: str | Path, overrides: list[str] | None = None) -> list[t
     for combo in itertools.product(*(sweep[k] for k in keys)):
         point = copy.deepcopy(data)
         point["sweep"] = None
-        for k, v in zip(keys, combo):
+        for k, v in zip(keys, combo, strict=True):
             try:
                 set_path(point, k, v, file=file, strict=False)
             except InputError as e:
                 raise InputError(f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}") from None
             if k in ("model", "hardware"):
                 point = _resolve_names(point, file)
-        params = dict(zip(keys, combo))
+        params = dict(zip(keys, combo, strict=True))
         try:
             scenario = build_scenario(point, file)
         except InputError as e:
             if e.field in keys and e.reason.startswith(("unknown field", "not a parameter")):
-                raise InputError(f"sweep over a missing field ({e.reason})", file=file,
-                                 field=f"sweep.{e.field}") from None
+                raise InputError(
+                    f"sweep over a missing field ({e.reason})", file=file, field=f"sweep.{e.field}"
+                ) from None
             raise
         points.append((params, scenario))
     return points

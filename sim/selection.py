@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,10 +37,10 @@ _REQUIRED = ("format", "context_len", "window", "global_selected", "global_chang
 
 @dataclass(frozen=True)
 class SelectionTrace:
-    context_len: np.ndarray      # [S]
-    window: np.ndarray           # [S]
+    context_len: np.ndarray  # [S]
+    window: np.ndarray  # [S]
     global_selected: np.ndarray  # [S, L]
-    global_changed: np.ndarray   # [S, L]
+    global_changed: np.ndarray  # [S, L]
     indices_offsets: np.ndarray | None = None
     indices: np.ndarray | None = None
 
@@ -62,20 +63,24 @@ class SelectionTrace:
         if self.indices is None or self.indices_offsets is None:
             raise ValueError("this trace holds counts only, no indices")
         row = step * self.num_layers + layer
-        return self.indices[self.indices_offsets[row]:self.indices_offsets[row + 1]]
+        return self.indices[self.indices_offsets[row] : self.indices_offsets[row + 1]]
 
 
 def write_trace(path: str | Path, trace: SelectionTrace) -> None:
     """Write atomically (temp file then rename)."""
     from .atomic import atomic_path
 
-    arrays = dict(format=np.array(TRACE_FORMAT), context_len=trace.context_len, window=trace.window,
-                  global_selected=trace.global_selected, global_changed=trace.global_changed)
+    arrays: dict[str, Any] = dict(
+        format=np.array(TRACE_FORMAT),
+        context_len=trace.context_len,
+        window=trace.window,
+        global_selected=trace.global_selected,
+        global_changed=trace.global_changed,
+    )
     if trace.indices is not None:
         arrays.update(indices_offsets=trace.indices_offsets, indices=trace.indices)
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def read_trace(path: str | Path) -> SelectionTrace:
@@ -91,8 +96,9 @@ def read_trace(path: str | Path) -> SelectionTrace:
             if k not in data:
                 raise InputError("missing array in selection trace", file=str(p), field=k)
         if str(data["format"]) != TRACE_FORMAT:
-            raise InputError(f"unsupported trace format '{data['format']}', expected '{TRACE_FORMAT}'",
-                             file=str(p), field="format")
+            raise InputError(
+                f"unsupported trace format '{data['format']}', expected '{TRACE_FORMAT}'", file=str(p), field="format"
+            )
         sel, chg = data["global_selected"], data["global_changed"]
         ctx, win = data["context_len"], data["window"]
         if sel.ndim != 2 or sel.shape != chg.shape or ctx.shape != (sel.shape[0],) or win.shape != ctx.shape:
@@ -101,10 +107,11 @@ def read_trace(path: str | Path) -> SelectionTrace:
             raise InputError("trace has no steps", file=str(p), field="context_len")
         if (chg > sel).any() or (chg < 0).any():
             raise InputError("global_changed must lie in [0, global_selected]", file=str(p), field="global_changed")
-        offs = data["indices_offsets"] if "indices_offsets" in data else None
-        idx = data["indices"] if "indices" in data else None
-        return SelectionTrace(ctx.astype(np.int64), win.astype(np.int64), sel.astype(np.int64),
-                              chg.astype(np.int64), offs, idx)
+        offs = data.get("indices_offsets", None)
+        idx = data.get("indices", None)
+        return SelectionTrace(
+            ctx.astype(np.int64), win.astype(np.int64), sel.astype(np.int64), chg.astype(np.int64), offs, idx
+        )
 
 
 class ChurnModel:

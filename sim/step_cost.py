@@ -17,9 +17,18 @@ from typing import Any
 
 from .costs import CostModel, SelectionShape
 from .hardware import HardwareProfile
-from .models import (ModelSpec, hidden_bytes_per_token_per_layer, int8_scale_bytes_per_token_per_layer,
-                     kv_bytes_per_token_per_layer, kv_recompute_gemm_shape, layer_gemm_shapes, lm_head_gemm_shape,
-                     prompt_importance_elements, recompute_width_bucket, stored_kv_bytes_per_token_per_layer)
+from .models import (
+    ModelSpec,
+    hidden_bytes_per_token_per_layer,
+    int8_scale_bytes_per_token_per_layer,
+    kv_bytes_per_token_per_layer,
+    kv_recompute_gemm_shape,
+    layer_gemm_shapes,
+    lm_head_gemm_shape,
+    prompt_importance_elements,
+    recompute_width_bucket,
+    stored_kv_bytes_per_token_per_layer,
+)
 from .plan import LayerPlan
 
 
@@ -42,11 +51,11 @@ class StepCoster:
     batch: int
     cost: CostModel
     int8_kv: bool = False
-    swa: bool = False              # decode layers update SWA's importance scores
-    cache: str = "slots"           # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
-    selection: SelectionShape | None = None   # a spilling run's selection graph (its GPU time starts each step)
-    device_gather: bool = False    # a GPU kernel reads fetched rows from pinned host memory (policy.gather: device)
-    importance_history: int = 0    # SWA: steps summed into importance (the prefill's prompt importance rows)
+    swa: bool = False  # decode layers update SWA's importance scores
+    cache: str = "slots"  # the real backend's cache layout: slots, swa, spill, prefix (decode_layer_us key)
+    selection: SelectionShape | None = None  # a spilling run's selection graph (its GPU time starts each step)
+    device_gather: bool = False  # a GPU kernel reads fetched rows from pinned host memory (policy.gather: device)
+    importance_history: int = 0  # SWA: steps summed into importance (the prefill's prompt importance rows)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +112,8 @@ class StepCoster:
     def lm_head_s(self, m: int) -> float:
         n, k = lm_head_gemm_shape(self.model)
         return self.cost.gemm_s(m, n, k, self.model.dtype_bytes) + self.cost.elementwise_s(
-            m * self.model.hidden_size * self.model.dtype_bytes)
+            m * self.model.hidden_size * self.model.dtype_bytes
+        )
 
     def recompute_s(self, tokens_total: int) -> float:
         """GPU time of one layer's recompute of ``tokens_total`` rows (all sequences)."""
@@ -150,7 +160,8 @@ class StepCoster:
         if not lp.contiguous_fetch and parts and not device_gather:
             h = self.cost.hw.host
             gather = sum(self.gather_part_s(n) for n, _ in parts) + 1e-6 * (
-                h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b))
+                h.at("fetch_layer_us", b) + (len(parts) - 1) * h.at("fetch_part_us", b)
+            )
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
@@ -164,15 +175,18 @@ class StepCoster:
             # row, so KV rows move as one part). While the two overlap (at most the shorter
             # of them) each slows the other: the compute by the SMs the gather holds, the
             # gather by the SMs and memory the compute holds
-            dev_parts = [(b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
-                         (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes)]
+            dev_parts = [
+                (b * lp.h2d_kv_tokens * self.kv_bytes, self.kv_bytes),
+                (b * lp.recompute_tokens * self.hidden_bytes, self.hidden_bytes),
+            ]
             h2d = c.zero_copy_layer_s(dev_parts) + c.h2d_s(w_bytes, pinned=pinned)
             overlap = min(compute, h2d)
             compute += c.hw.zero_copy.compute_slowdown * overlap
             h2d += c.hw.zero_copy.gather_slowdown * overlap
         else:
-            h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) \
-                + c.h2d_s(w_bytes, pinned=pinned)
+            h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) + c.h2d_s(
+                w_bytes, pinned=pinned
+            )
         if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
             compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)

@@ -6,9 +6,10 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .atomic import write_folder
 from .errors import InputError
@@ -16,14 +17,30 @@ from .results import scenario_summary
 from .runner import simulate
 from .scenario import Scenario
 
-METRICS = ("policy", "oom", "oom_reason", "throughput_tokens_per_s", "total_time_s", "prefill_time_s",
-           "decode_time_s", "phase_I_steps", "phase_II_steps", "phase_III_steps", "peak_gpu_bytes",
-           "peak_cpu_bytes", "h2d_bytes", "d2h_bytes", "recomputed_tokens", "sim_wall_s")
+METRICS = (
+    "policy",
+    "oom",
+    "oom_reason",
+    "throughput_tokens_per_s",
+    "total_time_s",
+    "prefill_time_s",
+    "decode_time_s",
+    "phase_I_steps",
+    "phase_II_steps",
+    "phase_III_steps",
+    "peak_gpu_bytes",
+    "peak_cpu_bytes",
+    "h2d_bytes",
+    "d2h_bytes",
+    "recomputed_tokens",
+    "sim_wall_s",
+)
 
 
 def flat_row(params: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {f"param:{k}": (v.get("name", json.dumps(v)) if isinstance(v, dict) else v)
-                           for k, v in params.items()}
+    row: dict[str, Any] = {
+        f"param:{k}": (v.get("name", json.dumps(v)) if isinstance(v, dict) else v) for k, v in params.items()
+    }
     for k in METRICS:
         if k.startswith("phase_"):
             _, ph, _ = k.split("_")
@@ -39,15 +56,30 @@ def _run_point(i: int, sc: Scenario) -> tuple[int, dict[str, Any]]:
     try:
         result, _ = simulate(sc)
     except InputError as e:
-        result = {"scenario": scenario_summary(sc), "policy": sc.policy.name, "oom": True, "oom_pool": "plan",
-                  "oom_reason": e.reason, "throughput_tokens_per_s": 0.0, "total_time_s": 0.0, "prefill_time_s": 0.0,
-                  "decode_time_s": 0.0, "phases": {p: {"steps": 0, "time_s": 0.0} for p in ("I", "II", "III")},
-                  "peak_gpu_bytes": 0, "peak_cpu_bytes": 0, "h2d_bytes": 0, "d2h_bytes": 0, "recomputed_tokens": 0,
-                  "sim_wall_s": 0.0}
+        result = {
+            "scenario": scenario_summary(sc),
+            "policy": sc.policy.name,
+            "oom": True,
+            "oom_pool": "plan",
+            "oom_reason": e.reason,
+            "throughput_tokens_per_s": 0.0,
+            "total_time_s": 0.0,
+            "prefill_time_s": 0.0,
+            "decode_time_s": 0.0,
+            "phases": {p: {"steps": 0, "time_s": 0.0} for p in ("I", "II", "III")},
+            "peak_gpu_bytes": 0,
+            "peak_cpu_bytes": 0,
+            "h2d_bytes": 0,
+            "d2h_bytes": 0,
+            "recomputed_tokens": 0,
+            "sim_wall_s": 0.0,
+        }
     return i, result
 
 
-def run_points(points: list[tuple[dict[str, Any], Scenario]], jobs: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def run_points(
+    points: list[tuple[dict[str, Any], Scenario]], jobs: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (index, result) as points finish. jobs=1 runs in this process."""
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1 or len(points) == 1:
@@ -60,8 +92,12 @@ def run_points(points: list[tuple[dict[str, Any], Scenario]], jobs: int | None =
             yield f.result()
 
 
-def run_sweep(points: list[tuple[dict[str, Any], Scenario]], out: Path, jobs: int | None = None,
-              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+    points: list[tuple[dict[str, Any], Scenario]],
+    out: Path,
+    jobs: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> list[dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     for i, res in run_points(points, jobs):
         results[i] = res
@@ -72,8 +108,10 @@ def run_sweep(points: list[tuple[dict[str, Any], Scenario]], out: Path, jobs: in
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    files = {"sweep.csv": buf.getvalue().encode(),
-             "sweep.json": json.dumps([results[i] for i in range(len(points))], indent=1).encode()}
+    files = {
+        "sweep.csv": buf.getvalue().encode(),
+        "sweep.json": json.dumps([results[i] for i in range(len(points))], indent=1).encode(),
+    }
     png = grouped_bars(rows, str(out.name))
     if png:
         files["sweep.png"] = png
@@ -104,7 +142,7 @@ def grouped_bars(rows: list[dict[str, Any]], title: str) -> bytes | None:
             v = [r["throughput_tokens_per_s"] for r in rows if r["policy"] == pol and label(r) == g]
             ys.append(v[0] if v else 0.0)
         bars = ax.bar(x + (j - (len(policies) - 1) / 2) * width, ys, width, label=pol)
-        for b, y in zip(bars, ys):
+        for b, y in zip(bars, ys, strict=True):
             if y == 0:
                 ax.text(b.get_x() + b.get_width() / 2, 0, "OOM", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.set_xticks(x, groups, fontsize=7)

@@ -26,8 +26,7 @@ BASE: dict[str, Any] = {
     "model": "opt-6.7b",
     "hardware": "v100-32gb",
     "workload": {"batch_size": 8, "prompt_len": 128, "gen_len": 64},
-    "policy": {"name": "alisa", "kv_sparsity": 0.8, "local_fraction": 0.5, "recompute": True,
-               "gpu_kv_budget_gb": 2},
+    "policy": {"name": "alisa", "kv_sparsity": 0.8, "local_fraction": 0.5, "recompute": True, "gpu_kv_budget_gb": 2},
     "seed": 0,
 }
 
@@ -52,4 +51,5 @@ def write_yaml(tmp_path: Path):
         p = tmp_path / name
         p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
         return p
+
     return _w

@@ -12,18 +12,21 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from alisa.cli import main  # noqa: E402
-from alisa.sim.selection import read_trace  # noqa: E402
+from alisa.cli import main
+from alisa.sim.selection import read_trace
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--policies", "dense,magic"], "unknown policy 'magic'"),
-    (["--budgets", "0.2,1.5"], "must lie in (0, 1]"),
-    (["--budgets", "0"], "must lie in (0, 1]"),
-    (["--budgets", "x"], "not a number"),
-    (["--model", "tiny-llama", "--tokens", "10000000"], "more than the text holds"),
-    (["--model", "gpt-17"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--policies", "dense,magic"], "unknown policy 'magic'"),
+        (["--budgets", "0.2,1.5"], "must lie in (0, 1]"),
+        (["--budgets", "0"], "must lie in (0, 1]"),
+        (["--budgets", "x"], "not a number"),
+        (["--model", "tiny-llama", "--tokens", "10000000"], "more than the text holds"),
+        (["--model", "gpt-17"], "unknown model"),
+    ],
+)
 def test_bad_input_exit_2(args, words, capsys, tmp_path):
     assert main(["accuracy", "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err
@@ -43,8 +46,28 @@ def test_smollm2_short_run(tmp_path, capsys):
     pytest.importorskip("gguf")
     out = tmp_path / "acc"
     trace = tmp_path / "t.npz"
-    assert main(["accuracy", "--model", "smollm2-135m", "--policies", "dense,swa", "--budgets", "0.3",
-                 "--tokens", "200", "--prefill", "32", "--out", str(out), "--trace-out", str(trace)]) == 0
+    assert (
+        main(
+            [
+                "accuracy",
+                "--model",
+                "smollm2-135m",
+                "--policies",
+                "dense,swa",
+                "--budgets",
+                "0.3",
+                "--tokens",
+                "200",
+                "--prefill",
+                "32",
+                "--out",
+                str(out),
+                "--trace-out",
+                str(trace),
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out / "accuracy.json").read_text())
     dense, swa = rec["rows"]
     assert dense["policy"] == "dense" and dense["top1_agreement"] == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from alisa.sim.engine import Engine
@@ -13,10 +15,20 @@ from alisa.sim.runner import simulate
 from .conftest import scenario
 
 
-def _problem(**kw) -> PlacementProblem:
-    base = dict(compute_s=0.001, compute_attn_cpu_s=0.0, weight_layer_bytes=1e8, kv_layer_bytes=1e8,
-                h2d_s_per_byte=1e-10, cpu_attn_s_per_byte=1e-10, cpu_cache_compute=False, gpu_free_bytes=1.5e9,
-                cpu_free_bytes=1e12, weights_total_bytes=1e9, kv_total_bytes=1e9)
+def _problem(**kw: Any) -> PlacementProblem:
+    base: dict[str, Any] = dict(
+        compute_s=0.001,
+        compute_attn_cpu_s=0.0,
+        weight_layer_bytes=1e8,
+        kv_layer_bytes=1e8,
+        h2d_s_per_byte=1e-10,
+        cpu_attn_s_per_byte=1e-10,
+        cpu_cache_compute=False,
+        gpu_free_bytes=1.5e9,
+        cpu_free_bytes=1e12,
+        weights_total_bytes=1e9,
+        kv_total_bytes=1e9,
+    )
     base.update(kw)
     return PlacementProblem(**base)
 
@@ -40,9 +52,14 @@ def test_lp_respects_memory_limits_and_reports_infeasible():
 
 
 def test_flexgen_search_respects_memory_in_the_simulation():
-    sc = scenario(policy={"name": "flexgen"}, workload__batch_size=16, workload__prompt_len=512, workload__gen_len=32,
-                  model="opt-13b")
-    r, er = simulate(sc)
+    sc = scenario(
+        policy={"name": "flexgen"},
+        workload__batch_size=16,
+        workload__prompt_len=512,
+        workload__gen_len=32,
+        model="opt-13b",
+    )
+    r, _ = simulate(sc)
     fp = r["policy_details"]["flexgen_policy"]
     assert not r["oom"] and 0 <= fp["weights_gpu_percent"] <= 100 and fp["cache_gpu_percent"] < 100
     assert r["peak_gpu_bytes"] <= sc.hardware.gpu_memory_bytes and r["peak_cpu_bytes"] <= sc.hardware.cpu_memory_bytes
@@ -59,22 +76,32 @@ def test_flexgen_all_on_gpu_matches_dense_gpu():
 
 def test_flexgen_infeasible_is_input_error():
     with pytest.raises(InputError) as ei:
-        simulate(scenario(policy={"name": "flexgen"}, model="opt-66b", workload__batch_size=64,
-                          workload__prompt_len=2048, hardware__cpu_memory_gb=140))
+        simulate(
+            scenario(
+                policy={"name": "flexgen"},
+                model="opt-66b",
+                workload__batch_size=64,
+                workload__prompt_len=2048,
+                hardware__cpu_memory_gb=140,
+            )
+        )
     assert ei.value.field == "policy" and "infeasible" in ei.value.reason
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 def test_vllm_preempts_only_when_blocks_run_out_and_finishes_everything(mode):
-    sc = scenario(policy={"name": "vllm", "gpu_kv_budget_gb": 0.6, "requests": 12, "gen_len_spread": 0.5,
-                          "preemption": mode}, workload__batch_size=8, workload__gen_len=200)
+    sc = scenario(
+        policy={"name": "vllm", "gpu_kv_budget_gb": 0.6, "requests": 12, "gen_len_spread": 0.5, "preemption": mode},
+        workload__batch_size=8,
+        workload__gen_len=200,
+    )
     pol = make_policy(sc)
     er = Engine(pol).run()
     assert er.oom is None
-    assert pol.preemptions > 0                                     # the budget forces some
-    assert all(need > free for need, free in pol.preempt_log)    # only when blocks ran out
+    assert pol.preemptions > 0  # the budget forces some
+    assert all(need > free for need, free in pol.preempt_log)  # only when blocks ran out
     assert pol.peak_used_blocks <= pol.total_blocks
-    assert sorted(pol.finished) == list(range(12))               # nobody is lost...
+    assert sorted(pol.finished) == list(range(12))  # nobody is lost...
     assert all(pol.finished[r.rid] == r.target for r in pol.reqs)  # ...or cut short
     # each token counted once: a re-prefill after preemption emits the *next* token
     assert sum(s.tokens_out for s in er.steps) == sum(r.target for r in pol.reqs)

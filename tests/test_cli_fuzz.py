@@ -24,23 +24,59 @@ from hypothesis import strategies as st
 from alisa.cli import main
 
 BASE: dict[str, Any] = {
-    "name": "fuzz", "model": "smollm2-135m", "hardware": "v100-32gb",
+    "name": "fuzz",
+    "model": "smollm2-135m",
+    "hardware": "v100-32gb",
     "workload": {"batch_size": 2, "prompt_len": 16, "gen_len": 4},
     "policy": {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_gb": 0.001},
 }
-PATHS = ["name", "model", "hardware", "workload", "workload.batch_size", "workload.prompt_len", "workload.gen_len",
-         "policy", "policy.name", "policy.kv_sparsity", "policy.gpu_kv_budget_gb", "policy.recompute",
-         "policy.int8_kv", "policy.gather", "policy.selection_trace", "hardware.pcie_h2d_gbps",
-         "hardware.gpu_memory_gb", "model.num_layers", "model.hidden_size", "sweep", "seed", "output"]
+PATHS = [
+    "name",
+    "model",
+    "hardware",
+    "workload",
+    "workload.batch_size",
+    "workload.prompt_len",
+    "workload.gen_len",
+    "policy",
+    "policy.name",
+    "policy.kv_sparsity",
+    "policy.gpu_kv_budget_gb",
+    "policy.recompute",
+    "policy.int8_kv",
+    "policy.gather",
+    "policy.selection_trace",
+    "hardware.pcie_h2d_gbps",
+    "hardware.gpu_memory_gb",
+    "model.num_layers",
+    "model.hidden_size",
+    "sweep",
+    "seed",
+    "output",
+]
 POLICIES = ["alisa", "dense-gpu", "flexgen", "vllm", "accelerate", "zero-inference", "h2o", "x"]
 
 NO_DIGITS = st.text(alphabet=st.characters(blacklist_categories=("Nd", "Cs")), max_size=10)
-LEAF = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(), NO_DIGITS,
-                 st.sampled_from(POLICIES + ["opt-6.7b", "l4", "/dev/null", "../x", "a/b", ""]))
-VALUE = st.recursive(LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                   st.dictionaries(NO_DIGITS, inner, max_size=3)), max_leaves=6)
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "60")), deadline=None, derandomize=not __import__("os").environ.get("FUZZ_EXAMPLES"), database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(),
+    NO_DIGITS,
+    st.sampled_from([*POLICIES, "opt-6.7b", "l4", "/dev/null", "../x", "a/b", ""]),
+)
+VALUE = st.recursive(
+    LEAF,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(NO_DIGITS, inner, max_size=3)),
+    max_leaves=6,
+)
+SETTINGS = settings(
+    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    derandomize=not __import__("os").environ.get("FUZZ_EXAMPLES"),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -66,7 +102,7 @@ def scenario_edits(draw: st.DrawFn) -> dict[str, Any]:
         elif kind == "add":
             _put(d, draw(NO_DIGITS) or "k", draw(VALUE))
         else:
-            d["sweep"] = {draw(st.sampled_from(PATHS + ["x.y"])): draw(st.lists(LEAF, max_size=3))}
+            d["sweep"] = {draw(st.sampled_from([*PATHS, "x.y"])): draw(st.lists(LEAF, max_size=3))}
     return d
 
 
@@ -74,8 +110,7 @@ SET_EXPR = st.one_of(
     NO_DIGITS,
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(PATHS), st.one_of(NO_DIGITS, st.integers(-3, 300))),
 )
-SOURCE = st.one_of(st.binary(max_size=200).map(lambda b: ("bytes", b)),
-                   scenario_edits().map(lambda d: ("yaml", d)))
+SOURCE = st.one_of(st.binary(max_size=200).map(lambda b: ("bytes", b)), scenario_edits().map(lambda d: ("yaml", d)))
 
 
 def _invoke(cmd: str, source: tuple[str, Any], sets: list[str]) -> None:

@@ -18,14 +18,28 @@ def _pair(family: str):
 def _tiny(family: str):
     torch.manual_seed(0)
     if family == "llama":
-        cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
-                                       rms_norm_eps=1e-5)
+        cfg = transformers.LlamaConfig(
+            vocab_size=97,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rms_norm_eps=1e-5,
+        )
         m = transformers.LlamaForCausalLM(cfg)
     else:
-        cfg = transformers.OPTConfig(vocab_size=97, hidden_size=64, ffn_dim=96, num_hidden_layers=2,
-                                     num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
-                                     do_layer_norm_before=True)
+        cfg = transformers.OPTConfig(
+            vocab_size=97,
+            hidden_size=64,
+            ffn_dim=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            word_embed_proj_dim=64,
+            do_layer_norm_before=True,
+        )
         m = transformers.OPTForCausalLM(cfg)
     return m.eval().float()
 
@@ -48,8 +62,10 @@ def test_token_by_token_decode_matches_transformers(family):
         ref = m(ids).logits
     cache = KVCache(dec.cfg, 1, 30, torch.float32, "cpu")
     for t in range(30):
+
         def attend(layer, q, k, v):
             K, V = cache.append(layer, k, v)
             return dense_causal(q, K, V, dec.scale)
-        logits = dec.forward(ids[:, t:t + 1], attend, start=t)
+
+        logits = dec.forward(ids[:, t : t + 1], attend, start=t)
         assert (logits[0, -1] - ref[0, t]).abs().max() < 1e-4, t

@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import assume, HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from alisa.sim.costs import CostModel
@@ -41,24 +41,41 @@ def test_same_seed_same_result():
 
 
 def test_large_budget_stays_in_phase_one():
-    r, er = simulate(scenario(policy__gpu_kv_budget_gb=4))
+    r, _ = simulate(scenario(policy__gpu_kv_budget_gb=4))
     assert r["phases"]["I"]["steps"] == 63 and r["phases"]["II"]["steps"] == r["phases"]["III"]["steps"] == 0
     assert r["h2d_bytes"] == 0 and r["d2h_bytes"] == 0 and r["recomputed_tokens"] == 0
 
 
 def test_small_budget_reaches_all_three_phases():
-    r, _ = simulate(scenario(workload__gen_len=512, policy__gpu_kv_budget_gb=1.0, policy__selection_churn=0.4,
-                             hardware__pcie_h2d_gbps=2.0))
+    r, _ = simulate(
+        scenario(
+            workload__gen_len=512,
+            policy__gpu_kv_budget_gb=1.0,
+            policy__selection_churn=0.4,
+            hardware__pcie_h2d_gbps=2.0,
+        )
+    )
     assert all(r["phases"][p]["steps"] > 0 for p in ("I", "II", "III")), r["phases"]
     assert r["recomputed_tokens"] > 0
 
 
 @FAST
-@given(batch=st.integers(1, 16), budget=st.floats(0.15, 3.0), s=st.floats(0.0, 0.95),
-       churn=st.floats(0.0, 1.0), int8=st.booleans())
+@given(
+    batch=st.integers(1, 16),
+    budget=st.floats(0.15, 3.0),
+    s=st.floats(0.0, 0.95),
+    churn=st.floats(0.0, 1.0),
+    int8=st.booleans(),
+)
 def test_memory_within_capacity_at_every_event(batch, budget, s, churn, int8):
-    sc = scenario(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__kv_sparsity=s,
-                  policy__selection_churn=churn, policy__int8_kv=int8, hardware__cpu_memory_gb=3)
+    sc = scenario(
+        workload__batch_size=batch,
+        policy__gpu_kv_budget_gb=budget,
+        policy__kv_sparsity=s,
+        policy__selection_churn=churn,
+        policy__int8_kv=int8,
+        hardware__cpu_memory_gb=3,
+    )
     r, er = simulate(sc)
     for _, gpu, cpu in er.memory_log:
         assert gpu <= sc.hardware.gpu_memory_bytes
@@ -68,11 +85,21 @@ def test_memory_within_capacity_at_every_event(batch, budget, s, churn, int8):
 
 
 @FAST
-@given(batch=st.integers(1, 16), budget=st.floats(0.2, 2.0), s=st.floats(0.5, 0.95),
-       churn=st.floats(0.05, 1.0), recompute=st.booleans())
+@given(
+    batch=st.integers(1, 16),
+    budget=st.floats(0.2, 2.0),
+    s=st.floats(0.5, 0.95),
+    churn=st.floats(0.05, 1.0),
+    recompute=st.booleans(),
+)
 def test_doubling_pcie_never_lowers_alisa_throughput(batch, budget, s, churn, recompute):
-    base = dict(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__kv_sparsity=s,
-                policy__selection_churn=churn, policy__recompute=recompute)
+    base = dict(
+        workload__batch_size=batch,
+        policy__gpu_kv_budget_gb=budget,
+        policy__kv_sparsity=s,
+        policy__selection_churn=churn,
+        policy__recompute=recompute,
+    )
     slow, _ = simulate(scenario(**base))
     fast, _ = simulate(scenario(**base, hardware__pcie_h2d_gbps=2 * 15.75, hardware__pcie_d2h_gbps=2 * 15.75))
     if slow["oom"]:
@@ -81,8 +108,13 @@ def test_doubling_pcie_never_lowers_alisa_throughput(batch, budget, s, churn, re
 
 
 @FAST
-@given(batch=st.integers(1, 16), budget=st.floats(0.2, 2.0), s=st.floats(0.01, 0.9),
-       ds=st.floats(0.01, 0.09), churn=st.floats(0.0, 1.0))
+@given(
+    batch=st.integers(1, 16),
+    budget=st.floats(0.2, 2.0),
+    s=st.floats(0.01, 0.9),
+    ds=st.floats(0.01, 0.09),
+    churn=st.floats(0.0, 1.0),
+)
 def test_more_sparsity_never_moves_more_bytes(batch, budget, s, ds, churn):
     # s > 0 on both sides: going from dense (s = 0) to SWA adds the importance scores to
     # the GPU budget, which can shrink the cache; among SWA settings they only shrink.
@@ -91,8 +123,12 @@ def test_more_sparsity_never_moves_more_bytes(batch, budget, s, ds, churn):
     # and more sparsity, leaving more tokens unselected, rightly allows more new ones
     # (hypothesis found batch 16, 1.56 GB, s 0.059 -> 0.090, churn 1.0: +1.2% bytes)
     assume(churn <= s)
-    base = dict(workload__batch_size=batch, policy__gpu_kv_budget_gb=budget, policy__selection_churn=churn,
-                policy__recompute=False)
+    base = dict(
+        workload__batch_size=batch,
+        policy__gpu_kv_budget_gb=budget,
+        policy__selection_churn=churn,
+        policy__recompute=False,
+    )
     lo, _ = simulate(scenario(**base, policy__kv_sparsity=s))
     hi, _ = simulate(scenario(**base, policy__kv_sparsity=s + ds))
     if lo["oom"] or hi["oom"]:
@@ -116,12 +152,20 @@ def test_dense_gpu_oom_is_reported_not_raised():
 
 # -- the engine's pipeline against a hand-computed schedule -------------------------
 
+
 class _FixedCoster:
     kv_bytes = 1
     hidden_bytes = 1
 
-    def __init__(self, times: dict[int, LayerTimes], head_s: float, step_s: float = 0.0,
-                 round_trip_s: float = 0.0, select_s: float = 0.0, flush_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        times: dict[int, LayerTimes],
+        head_s: float,
+        step_s: float = 0.0,
+        round_trip_s: float = 0.0,
+        select_s: float = 0.0,
+        flush_s: float = 0.0,
+    ) -> None:
         self.times, self.head_s = times, head_s
         self.step_s, self.round_trip_s, self.select_s, self.flush = step_s, round_trip_s, select_s, flush_s
 
@@ -177,37 +221,45 @@ def test_engine_pipeline_matches_hand_schedule():
     assert lanes == {"CPU", "H2D", "GPU compute", "D2H"}
 
 
-@pytest.mark.parametrize("compute, host, round_trip, select, ends", [
-    # host-bound: each layer ends when the host has issued it; the host runs on from 4.5
-    (1.0, 2.0, False, 0.25, (5.0, 9.5)),
-    # the same with a round trip: the host's step time (0.5 s, from 5.5) overlaps the GPU's
-    # head; then it waits for the GPU (free at 6.0) and takes 1.0 s before issuing
-    (1.0, 2.0, True, 0.0, (6.0, 11.5)),
-    # ... and first for the step's selection on the GPU (0.25 s): 0.25 later each step
-    (1.0, 2.0, True, 0.25, (6.25, 12.0)),
-    # GPU-bound: the host issues ahead and its time is hidden after the first layer
-    (3.0, 1.0, False, 0.25, (7.0, 13.5)),
-])
+@pytest.mark.parametrize(
+    "compute, host, round_trip, select, ends",
+    [
+        # host-bound: each layer ends when the host has issued it; the host runs on from 4.5
+        (1.0, 2.0, False, 0.25, (5.0, 9.5)),
+        # the same with a round trip: the host's step time (0.5 s, from 5.5) overlaps the GPU's
+        # head; then it waits for the GPU (free at 6.0) and takes 1.0 s before issuing
+        (1.0, 2.0, True, 0.0, (6.0, 11.5)),
+        # ... and first for the step's selection on the GPU (0.25 s): 0.25 later each step
+        (1.0, 2.0, True, 0.25, (6.25, 12.0)),
+        # GPU-bound: the host issues ahead and its time is hidden after the first layer
+        (3.0, 1.0, False, 0.25, (7.0, 13.5)),
+    ],
+)
 def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
-    coster = _FixedCoster({1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0,
-                          select_s=select)
+    coster = _FixedCoster(
+        {1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0, select_s=select
+    )
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=round_trip)
     er = Engine(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
     assert "Host" in {e[0] for e in er.events}
 
 
-@pytest.mark.parametrize("flush, ends", [
-    # the host's flush (1.0) outlasts the GPU's last layer and head (the host is free at
-    # 5.75 + 1.0 = 6.75, the GPU at 6.25): the next selection starts at 6.75, not 6.25
-    (1.0, (6.25, 13.0)),
-    # a flush done before the GPU is (5.75 + 0.25 < 6.25) costs nothing, and the step's
-    # own host time (0.5) overlaps the GPU's tail: the selection starts at 6.0 + 0.5 = 6.5
-    (0.25, (6.25, 12.25)),
-])
+@pytest.mark.parametrize(
+    "flush, ends",
+    [
+        # the host's flush (1.0) outlasts the GPU's last layer and head (the host is free at
+        # 5.75 + 1.0 = 6.75, the GPU at 6.25): the next selection starts at 6.75, not 6.25
+        (1.0, (6.25, 13.0)),
+        # a flush done before the GPU is (5.75 + 0.25 < 6.25) costs nothing, and the step's
+        # own host time (0.5) overlaps the GPU's tail: the selection starts at 6.0 + 0.5 = 6.5
+        (0.25, (6.25, 12.25)),
+    ],
+)
 def test_engine_flush_delays_next_selection(flush, ends):
-    coster = _FixedCoster({1: LayerTimes(0, 0, 1.0, 0, 0, 0, 2.0)}, head_s=0.5, step_s=0.5, round_trip_s=1.0,
-                          select_s=0.25, flush_s=flush)
+    coster = _FixedCoster(
+        {1: LayerTimes(0, 0, 1.0, 0, 0, 0, 2.0)}, head_s=0.5, step_s=0.5, round_trip_s=1.0, select_s=0.25, flush_s=flush
+    )
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=True)
     er = Engine(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
@@ -231,29 +283,41 @@ def test_engine_fetch_staging_is_double_buffered():
     # h2d L0 [0,1] L1 [1,2] L2 [2,3] L3 waits for L1's compute (ends 8) -> [8,14];
     # compute L0 [1,2] L1 [2,8] L2 [8,9] L3 [14,15]; head [15, 15.5]. Without the
     # staging limit L3 would copy over [3,9] and the step would end at 10.5.
-    times = {1: LayerTimes(0, 1, 1, 0, 0, 0), 2: LayerTimes(0, 1, 6, 0, 0, 0), 3: LayerTimes(0, 1, 1, 0, 0, 0),
-             4: LayerTimes(0, 6, 1, 0, 0, 0)}
+    times = {
+        1: LayerTimes(0, 1, 1, 0, 0, 0),
+        2: LayerTimes(0, 1, 6, 0, 0, 0),
+        3: LayerTimes(0, 1, 1, 0, 0, 0),
+        4: LayerTimes(0, 6, 1, 0, 0, 0),
+    }
     step = StepPlan(0, "II", 1, 1, tuple(LayerPlan(attended_tokens=i) for i in (1, 2, 3, 4)), 0, 0)
     er = Engine(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
     assert er.steps[0].end_s == pytest.approx(15.5)
     # the pinned side: with gathers of 1 and a long first copy, L2's gather waits for L0's copy
-    times = {1: LayerTimes(1, 5, 1, 0, 0, 0), 2: LayerTimes(1, 1, 1, 0, 0, 0), 3: LayerTimes(1, 1, 1, 0, 0, 0),
-             4: LayerTimes(1, 1, 1, 0, 0, 0)}
+    times = {
+        1: LayerTimes(1, 5, 1, 0, 0, 0),
+        2: LayerTimes(1, 1, 1, 0, 0, 0),
+        3: LayerTimes(1, 1, 1, 0, 0, 0),
+        4: LayerTimes(1, 1, 1, 0, 0, 0),
+    }
     er = Engine(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
     gathers = sorted((e[2], e[1]) for e in er.events if e[0] == "CPU")
-    assert [g[0] for g in gathers] == pytest.approx([0.0, 1.0, 6.0, 7.0])   # L2 after L0's copy [1, 6]
+    assert [g[0] for g in gathers] == pytest.approx([0.0, 1.0, 6.0, 7.0])  # L2 after L0's copy [1, 6]
     # a host prefix fetched whole (FlexGen-like) has no staging: L3 copies right after L2
-    flex = StepPlan(0, "II", 1, 1, tuple(LayerPlan(attended_tokens=i, contiguous_fetch=True) for i in (1, 2, 3, 4)),
-                    0, 0)
-    times = {1: LayerTimes(0, 1, 1, 0, 0, 0), 2: LayerTimes(0, 1, 6, 0, 0, 0), 3: LayerTimes(0, 1, 1, 0, 0, 0),
-             4: LayerTimes(0, 6, 1, 0, 0, 0)}
+    flex = StepPlan(
+        0, "II", 1, 1, tuple(LayerPlan(attended_tokens=i, contiguous_fetch=True) for i in (1, 2, 3, 4)), 0, 0
+    )
+    times = {
+        1: LayerTimes(0, 1, 1, 0, 0, 0),
+        2: LayerTimes(0, 1, 6, 0, 0, 0),
+        3: LayerTimes(0, 1, 1, 0, 0, 0),
+        4: LayerTimes(0, 6, 1, 0, 0, 0),
+    }
     er = Engine(_OnePlanPolicy([flex], _FixedCoster(times, head_s=0.5))).run()
     assert er.steps[0].end_s == pytest.approx(10.5)
 
 
-
 class _InlineCoster(_FixedCoster):
-    inline_fetch = True       # the issuing thread gathers (the real backend's inline fetch)
+    inline_fetch = True  # the issuing thread gathers (the real backend's inline fetch)
 
 
 def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu():
@@ -269,12 +333,28 @@ def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu():
     assert [issue[f"issue L{l}"] for l in range(4)] == pytest.approx([0.1, 0.4, 0.6, 3.2])
     assert er.steps[0].end_s == pytest.approx(12.7)
 
+
 # -- cost model against hand-computed values -------------------------------------------
 
+
 def _hw(**kw) -> HardwareProfile:
-    base = dict(name="h", source="datasheet", provenance="test", gpu_memory_gb=80, hbm_gbps=1000,
-                fp16_tflops=100, pcie_h2d_gbps=10, pcie_d2h_gbps=20, pcie_latency_us=10, cpu_memory_gb=100,
-                cpu_gather_gbps=5, kernel_launch_us=5, gemm_efficiency=1, hbm_efficiency=1, pcie_efficiency=1)
+    base = dict(
+        name="h",
+        source="datasheet",
+        provenance="test",
+        gpu_memory_gb=80,
+        hbm_gbps=1000,
+        fp16_tflops=100,
+        pcie_h2d_gbps=10,
+        pcie_d2h_gbps=20,
+        pcie_latency_us=10,
+        cpu_memory_gb=100,
+        cpu_gather_gbps=5,
+        kernel_launch_us=5,
+        gemm_efficiency=1,
+        hbm_efficiency=1,
+        pcie_efficiency=1,
+    )
     base.update(kw)
     return HardwareProfile(**base)
 
@@ -287,9 +367,9 @@ def test_cost_model_hand_values():
     # pageable at 0.4 of pinned
     assert c.h2d_s(1e9, pinned=False) == pytest.approx(0.25 + 10e-6)
     # GEMV-like GEMM is bandwidth-bound: (4096 + 4096*4096 + 4096) * 2 B / 1e12 B/s + 5 us
-    assert c.gemm_s(1, 4096, 4096) == pytest.approx((2 * 4096 + 4096 ** 2) * 2 / 1e12 + 5e-6)
+    assert c.gemm_s(1, 4096, 4096) == pytest.approx((2 * 4096 + 4096**2) * 2 / 1e12 + 5e-6)
     # big GEMM is compute-bound: 2 * 8192^3 / 1e14
-    assert c.gemm_s(8192, 8192, 8192) == pytest.approx(2 * 8192 ** 3 / 1e14 + 5e-6)
+    assert c.gemm_s(8192, 8192, 8192) == pytest.approx(2 * 8192**3 / 1e14 + 5e-6)
 
 
 def test_measured_table_overrides_and_interpolates():
@@ -297,13 +377,14 @@ def test_measured_table_overrides_and_interpolates():
     c = CostModel(_hw(tables={"h2d_pinned": t}))
     assert c.h2d_s(1e6) == pytest.approx(1e-4)
     # log-log midpoint between 1e6 and 1e9 bytes
-    assert c.h2d_s(10 ** 7.5) == pytest.approx(10 ** ((-4 + -1) / 2))
+    assert c.h2d_s(10**7.5) == pytest.approx(10 ** ((-4 + -1) / 2))
     # beyond the grid: the last segment's incremental rate
     assert c.h2d_s(2e9) == pytest.approx(0.1 + (0.1 - 1e-4) / (1e9 - 1e6) * 1e9)
     assert c.d2h_s(1e6) == pytest.approx(10e-6 + 1e6 / 20e9)  # no table for d2h: analytic
 
 
 # -- selection traces drive Phase II traffic -----------------------------------------------
+
 
 def _trace(tmp_path, churn: float, layers: int = 3, steps: int = 20):
     import numpy as np
@@ -339,12 +420,13 @@ def test_bad_trace_is_input_error(tmp_path):
 
 # -- the device gather (policy.gather: device) -------------------------------------------
 
+
 def test_device_gather_layer_times_by_hand():
     """No CPU gather; one kernel a layer at the measured zero-copy rate; the compute beside
     it slower by the measured share for as long as they overlap; its issue on the host."""
+    from alisa.sim.catalog import get_model
     from alisa.sim.models import hidden_bytes_per_token_per_layer, stored_kv_bytes_per_token_per_layer
     from alisa.sim.step_cost import StepCoster
-    from alisa.sim.catalog import get_model
 
     m = get_model("llama-7b")
     zc = dict(fixed_us=10.0, gbps=40.0, compute_slowdown=0.25, gather_slowdown=0.5, issue_us=15.0)
@@ -355,9 +437,9 @@ def test_device_gather_layer_times_by_hand():
     th, td = host.layer_times(lp), dev.layer_times(lp)
     kv = 8 * 20 * stored_kv_bytes_per_token_per_layer(m, False)
     x = 8 * 10 * hidden_bytes_per_token_per_layer(m)
-    h2d = 10e-6 + kv / 40e9 + x / 40e9          # one kernel for the layer's parts
+    h2d = 10e-6 + kv / 40e9 + x / 40e9  # one kernel for the layer's parts
     assert td.gather_s == 0.0 and th.gather_s > 0
-    overlap = min(th.compute_s, h2d)             # each slows the other while both run
+    overlap = min(th.compute_s, h2d)  # each slows the other while both run
     assert td.h2d_s == pytest.approx(h2d + 0.5 * overlap)
     assert td.compute_s == pytest.approx(th.compute_s + 0.25 * overlap)
     assert td.host_s == pytest.approx(th.host_s + 15e-6)
@@ -368,8 +450,10 @@ def test_device_gather_layer_times_by_hand():
     assert tp.h2d_s == pytest.approx(CostModel(_hw()).h2d_s(kv + x))
     # INT8 KV: a scale row is read beside its KV row, so the KV rows (8 KiB values and 128 B
     # of scales for LLaMA-7B) read at the 8 KiB rate; the host gather takes them as two parts
-    hw8 = _hw(zero_copy={**zc, "row_gbps": {8192: 30.0, 16384: 45.0}, "gather_slowdown": 0.0},
-              host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0, "fetch_part_us": 4.0})
+    hw8 = _hw(
+        zero_copy={**zc, "row_gbps": {8192: 30.0, 16384: 45.0}, "gather_slowdown": 0.0},
+        host={"layer_us": 30.0, "spill_layer_us": 5.0, "recompute_us": 7.0, "fetch_part_us": 4.0},
+    )
     c8 = {"swa": True, "cache": "spill", "int8_kv": True}
     t8 = StepCoster(m, 8, CostModel(hw8), device_gather=True, **c8).layer_times(lp)
     assert t8.h2d_s == pytest.approx(10e-6 + 8 * 20 * (8192 + 128) / 30e9 + x / 30e9)
@@ -377,8 +461,9 @@ def test_device_gather_layer_times_by_hand():
     h8 = StepCoster(m, 8, CostModel(hw8), **c8)
     t8h = h8.layer_times(lp)
     parts = (8 * 20 * 8192, 8 * 20 * 128, x)
-    assert t8h.gather_s == pytest.approx(sum(h8.gather_part_s(n) for n in parts)
-                                         + 1e-6 * (hw8.host.at("fetch_layer_us", 8) + 2 * 4.0))
+    assert t8h.gather_s == pytest.approx(
+        sum(h8.gather_part_s(n) for n in parts) + 1e-6 * (hw8.host.at("fetch_layer_us", 8) + 2 * 4.0)
+    )
 
 
 def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():
@@ -388,18 +473,29 @@ def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():
 
     runs, trips = {}, {}
     for gather in ("host", "device"):
-        sc = scenario(hardware="h100-80gb-measured", workload__batch_size=8, workload__prompt_len=512,
-                      workload__gen_len=16, model="llama-7b",
-                      policy={"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 320,
-                              "recompute_ratio": 0.0, "selection_churn": 0.6, "gather": gather})
+        sc = scenario(
+            hardware="h100-80gb-measured",
+            workload__batch_size=8,
+            workload__prompt_len=512,
+            workload__gen_len=16,
+            model="llama-7b",
+            policy={
+                "name": "alisa",
+                "kv_sparsity": 0.8,
+                "gpu_kv_budget_tokens": 320,
+                "recompute_ratio": 0.0,
+                "selection_churn": 0.6,
+                "gather": gather,
+            },
+        )
         runs[gather] = simulate(sc)[1]
         trips[gather] = {p.host_round_trip for p in make_policy(sc).plans() if p.phase != "prefill"}
     host, dev = runs["host"], runs["device"]
     assert trips == {"host": {True}, "device": {False}}
     assert [r.h2d_bytes for r in host.steps] == [r.h2d_bytes for r in dev.steps]
-    assert not any(e[0] == "CPU" for e in dev.events)        # nothing gathered on the CPU
+    assert not any(e[0] == "CPU" for e in dev.events)  # nothing gathered on the CPU
     selects = [e for e in dev.events if e[0] == "GPU compute" and e[1] == "select"]
-    assert len(selects) == len(dev.steps) - 1                 # every decode step, not the prefill
-    for e in selects:                                         # before the step's first layer
+    assert len(selects) == len(dev.steps) - 1  # every decode step, not the prefill
+    for e in selects:  # before the step's first layer
         first = min(f[2] for f in dev.events if f[0] == "GPU compute" and f[1] == "L0" and f[4] == e[4])
         assert e[2] + e[3] <= first + 1e-12

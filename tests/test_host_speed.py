@@ -1,5 +1,6 @@
 """A measured run's host speed against the simulator's (runtime/host_speed.py), the host
 costs scaled by it (HostIssue.scaled), and the same plans re-timed (simulate(timing=))."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ LANES = {"GPU compute": 0, "H2D": 1, "CPU": 3, "Host": 4}
 def _trace(path: Path, spans: list[tuple[str, str, float, float, int]]) -> Path:
     """A Chrome trace as both backends write it: lanes by thread name, spans in µs."""
     ev = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": t, "args": {"name": n}} for n, t in LANES.items()]
-    ev += [{"name": name, "ph": "X", "pid": 0, "tid": LANES[lane], "ts": ts, "dur": dur, "args": {"step": step}}
-           for lane, name, ts, dur, step in spans]
+    ev += [
+        {"name": name, "ph": "X", "pid": 0, "tid": LANES[lane], "ts": ts, "dur": dur, "args": {"step": step}}
+        for lane, name, ts, dur, step in spans
+    ]
     path.write_text(json.dumps({"traceEvents": ev}))
     return path
 
@@ -30,11 +33,21 @@ def _real(path: Path, scale: float) -> Path:
     # selection 200, throttle 50, before copy 30, all x scale): own 720 x scale µs. The
     # GPU's own "select" and the prefill (step -1) do not count.
     s = scale
-    return _trace(path, [("Host", "select", 0, 100 * s, 0), ("Host", "wait selection", 100 * s, 200 * s, 0),
-                         ("GPU compute", "select", 0, 5000, 0), ("Host", "issue L0", 300 * s, 100 * s, 0),
-                         ("CPU", "gather L0", 400 * s, 100 * s, 0), ("CPU", "before copy L0", 500 * s, 30 * s, 0),
-                         ("Host", "throttle L0", 600 * s, 50 * s, 0), ("Host", "end", 900 * s, 100 * s, 0),
-                         ("Host", "select", -9000, 100, -1), ("Host", "end", -100, 50, -1)])
+    return _trace(
+        path,
+        [
+            ("Host", "select", 0, 100 * s, 0),
+            ("Host", "wait selection", 100 * s, 200 * s, 0),
+            ("GPU compute", "select", 0, 5000, 0),
+            ("Host", "issue L0", 300 * s, 100 * s, 0),
+            ("CPU", "gather L0", 400 * s, 100 * s, 0),
+            ("CPU", "before copy L0", 500 * s, 30 * s, 0),
+            ("Host", "throttle L0", 600 * s, 50 * s, 0),
+            ("Host", "end", 900 * s, 100 * s, 0),
+            ("Host", "select", -9000, 100, -1),
+            ("Host", "end", -100, 50, -1),
+        ],
+    )
 
 
 def test_real_own_time_is_the_cycle_less_its_waits(tmp_path: Path) -> None:
@@ -42,9 +55,17 @@ def test_real_own_time_is_the_cycle_less_its_waits(tmp_path: Path) -> None:
 
 
 def test_sim_own_time_sums_the_host_and_gather_spans(tmp_path: Path) -> None:
-    sim = _trace(tmp_path / "s.json", [("Host", "step", 0, 100, 0), ("Host", "issue L0", 100, 120, 0),
-                                       ("CPU", "gather L0", 220, 80, 0), ("Host", "flush", 300, 60, 0),
-                                       ("GPU compute", "L0", 0, 4000, 0), ("H2D", "L0", 0, 900, 0)])
+    sim = _trace(
+        tmp_path / "s.json",
+        [
+            ("Host", "step", 0, 100, 0),
+            ("Host", "issue L0", 100, 120, 0),
+            ("CPU", "gather L0", 220, 80, 0),
+            ("Host", "flush", 300, 60, 0),
+            ("GPU compute", "L0", 0, 4000, 0),
+            ("H2D", "L0", 0, 900, 0),
+        ],
+    )
     assert sim_host_own_s(sim) == {0: pytest.approx(360e-6)}
 
 
@@ -66,7 +87,8 @@ def test_host_factor_is_the_median_over_runs_of_measured_over_simulated(tmp_path
     assert host_factor(runs, _trace(tmp_path / "empty.json", [])) is None
     # traced, step 0 ran 360 µs longer than its neighbours: that much less own time
     slow = _run(tmp_path / "slow", 1.0, {0: 0.01036, 1: 0.01, 2: 0.01})
-    assert host_factor([slow], sim)["factor"] == pytest.approx(1.0)
+    got = host_factor([slow], sim)
+    assert got is not None and got["factor"] == pytest.approx(1.0)
 
 
 def test_tracing_cost_against_untraced_neighbours() -> None:
@@ -97,9 +119,18 @@ def test_same_plans_retimed_with_a_slower_host() -> None:
     # a spilling ALISA run on a profile with a measured host: twice the host's costs move
     # the same bytes (the same plans) and cannot make it faster; the same profile changes nothing
     sc = scenario(workload__gen_len=128, policy__gpu_kv_budget_gb=0.4)
-    hw = sc.hardware.model_copy(update={"host": HostIssue(layer_us=40.0, spill_layer_us=30.0, step_us=200.0,
-                                                          fetch_layer_us=30.0, gather_part_us=20.0,
-                                                          gather_gbps=10.0)})
+    hw = sc.hardware.model_copy(
+        update={
+            "host": HostIssue(
+                layer_us=40.0,
+                spill_layer_us=30.0,
+                step_us=200.0,
+                fetch_layer_us=30.0,
+                gather_part_us=20.0,
+                gather_gbps=10.0,
+            )
+        }
+    )
     sc = sc.model_copy(update={"hardware": hw})
     base, _ = simulate(sc)
     same, _ = simulate(sc, hw)

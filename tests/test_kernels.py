@@ -10,14 +10,28 @@ import random
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from alisa.kernels.reference import (dequantize_kv_ref, importance_update_ref, quantize_kv_ref,  # noqa: E402
-                                     scatter_rows_ref, sparse_decode_attention_ref, gather_rows_ref)
-from alisa.kernels.swa_triton import (attention_weights, importance_update, quantize_kv,  # noqa: E402
-                                      scatter_rows, sparse_decode_attention, gather_host_rows,
-                                      gather_host_layer)
+import torch
+
+from alisa.kernels.reference import (
+    dequantize_kv_ref,
+    gather_rows_ref,
+    importance_update_ref,
+    quantize_kv_ref,
+    scatter_rows_ref,
+    sparse_decode_attention_ref,
+)
+from alisa.kernels.swa_triton import (
+    attention_weights,
+    gather_host_layer,
+    gather_host_rows,
+    importance_update,
+    quantize_kv,
+    scatter_rows,
+    sparse_decode_attention,
+)
 
 SEED = random.SystemRandom().randrange(2**31)
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU the same tests run compiled
@@ -33,8 +47,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _case(gen: torch.Generator, B: int, Hkv: int, G: int, N: int, D: int, I: int, lengths_kind: str,
-          dtype=torch.float16):
+def _case(
+    gen: torch.Generator, B: int, Hkv: int, G: int, N: int, D: int, I: int, lengths_kind: str, dtype=torch.float16
+):
     q = torch.randn(B, Hkv * G, D, generator=gen).to(dtype)
     k = torch.randn(B, Hkv, N, D, generator=gen).to(dtype)
     v = torch.randn(B, Hkv, N, D, generator=gen).to(dtype)
@@ -63,12 +78,19 @@ def test_gather_host_rows_matches_reference_for_each_width(dtype, row, dense):
     idx = torch.randint(0, N * B, (B, K), generator=gen)
     for width in (0, 1, 4, K):
         dst = (torch.randn(S if not dense else B * K, *row, generator=gen) * 50).to(dtype)
-        slots = None if dense else torch.randperm(S, generator=gen)[:B * K].view(B, K)   # distinct, as the cache's
+        slots = None if dense else torch.randperm(S, generator=gen)[: B * K].view(B, K)  # distinct, as the cache's
         ref = dst.clone()
         gather_rows_ref(ref, src, idx, width, slots)
         d = dst.to(DEV)
-        gather_host_rows(d, src, idx.to(DEV), torch.tensor([width], dtype=torch.int32, device=DEV),
-                         None if slots is None else slots.to(DEV), programs=2, block=16)
+        gather_host_rows(
+            d,
+            src,
+            idx.to(DEV),
+            torch.tensor([width], dtype=torch.int32, device=DEV),
+            None if slots is None else slots.to(DEV),
+            programs=2,
+            block=16,
+        )
         assert torch.equal(d.cpu(), ref), f"seed {SEED} width {width}"
 
 
@@ -89,8 +111,10 @@ def test_gather_host_layer_matches_reference_per_part(int8, with_x):
     kv_idx = torch.randint(0, N * B, (B, K), generator=gen)
     x_idx = torch.randint(0, N * B, (B, K), generator=gen)
     for wk, wx in ((0, 0), (0, 4), (2, 0), (1, K), (K, 3), (K, K)):
-        ref = {n: torch.full((B * K, *s.shape[1:]), 7).to(s.dtype) for n, s in
-               (("kv", kv_src), ("sc", sc_src), ("x", x_src))}
+        ref = {
+            n: torch.full((B * K, *s.shape[1:]), 7).to(s.dtype)
+            for n, s in (("kv", kv_src), ("sc", sc_src), ("x", x_src))
+        }
         got = {n: t.clone().to(DEV) for n, t in ref.items()}
         gather_rows_ref(ref["kv"], kv_src, kv_idx, wk)
         if int8:
@@ -98,10 +122,17 @@ def test_gather_host_layer_matches_reference_per_part(int8, with_x):
         if with_x:
             gather_rows_ref(ref["x"], x_src, x_idx, wx)
         i32 = lambda v: torch.tensor([v], dtype=torch.int32, device=DEV)  # noqa: E731
-        gather_host_layer((got["kv"], kv_src), kv_idx.to(DEV), i32(wk),
-                          sc=(got["sc"], sc_src) if int8 else None,
-                          x=(got["x"], x_src) if with_x else None, x_idx=x_idx.to(DEV) if with_x else None,
-                          x_width=i32(wx) if with_x else None, programs=2, block=16)
+        gather_host_layer(
+            (got["kv"], kv_src),
+            kv_idx.to(DEV),
+            i32(wk),
+            sc=(got["sc"], sc_src) if int8 else None,
+            x=(got["x"], x_src) if with_x else None,
+            x_idx=x_idx.to(DEV) if with_x else None,
+            x_width=i32(wx) if with_x else None,
+            programs=2,
+            block=16,
+        )
         for n in ref:
             assert torch.equal(got[n].cpu(), ref[n]), f"seed {SEED} part {n} widths {(wk, wx)}"
 
@@ -113,14 +144,19 @@ def test_sparse_decode_attention_matches_reference(G, lengths_kind, lengths_vary
     gen = torch.Generator().manual_seed(SEED + G)
     rnd = random.Random(SEED + G)
     B, Hkv = rnd.randint(1, 3), rnd.choice([1, 2])
-    N = rnd.randint(20, 150)            # not a multiple of the block
+    N = rnd.randint(20, 150)  # not a multiple of the block
     D = rnd.choice([16, 32, 64])
     I = rnd.randint(1, N)
     q, k, v, idx, lengths = _case(gen, B, Hkv, G, N, D, I, lengths_kind)
     poisoned = torch.full(q.shape, float("nan"), dtype=q.dtype, device=DEV)
-    out, lse, scores = sparse_decode_attention(*dev(q, k, v, idx, lengths), return_scores=True,
-                                               num_splits=rnd.choice([1, 2, 3]), block_n=16, out=poisoned,
-                                               lengths_vary=lengths_vary)
+    out, lse, scores = sparse_decode_attention(
+        *dev(q, k, v, idx, lengths),
+        return_scores=True,
+        num_splits=rnd.choice([1, 2, 3]),
+        block_n=16,
+        out=poisoned,
+        lengths_vary=lengths_vary,
+    )
     assert out.data_ptr() == poisoned.data_ptr()
     out, lse, scores = out.cpu(), lse.cpu(), scores.cpu()
     ref_o, ref_lse, ref_w = sparse_decode_attention_ref(q, k, v, idx, lengths)
@@ -167,7 +203,7 @@ def test_scatter_rows_matches_reference_for_each_width(dtype, row):
     src = (torch.randn(B * M, *row, generator=gen) * 50).to(dtype)
     for width in (0, 1, 4, M):
         dst = (torch.randn(S, *row, generator=gen) * 50).to(dtype)
-        idx = torch.randperm(S, generator=gen)[:B * M].view(B, M)   # distinct slots, as the cache's are
+        idx = torch.randperm(S, generator=gen)[: B * M].view(B, M)  # distinct slots, as the cache's are
         ref = dst.clone()
         scatter_rows_ref(ref, src, idx, width)
         d = dst.to(DEV)
@@ -181,13 +217,14 @@ def test_sparse_decode_int8_kv(G):
     q, k, v, idx, lengths = _case(gen, 2, 2, G, 90, 64, 50, "ragged")
     kq, ks = (t.cpu() for t in quantize_kv(k.to(DEV)))
     vq, vs = (t.cpu() for t in quantize_kv(v.to(DEV)))
-    out, _, _ = sparse_decode_attention(*dev(q, kq, vq, idx, lengths), k_scale=ks.to(DEV), v_scale=vs.to(DEV),
-                                        block_n=16)
+    out, _, _ = sparse_decode_attention(
+        *dev(q, kq, vq, idx, lengths), k_scale=ks.to(DEV), v_scale=vs.to(DEV), block_n=16
+    )
     out = out.cpu()
-    ref, _, _ = sparse_decode_attention_ref(q, k, v, idx, lengths)          # against fp16 K/V
+    ref, _, _ = sparse_decode_attention_ref(q, k, v, idx, lengths)  # against fp16 K/V
     assert _rel(out, ref) < 2e-2, f"seed {SEED}"
     ref_q, _, _ = sparse_decode_attention_ref(q, kq, vq, idx, lengths, k_scale=ks, v_scale=vs)
-    assert _rel(out, ref_q) < 1e-3, f"seed {SEED}"                         # same math as the dequantised ref
+    assert _rel(out, ref_q) < 1e-3, f"seed {SEED}"  # same math as the dequantised ref
 
 
 @pytest.mark.parametrize("G", [1, 4])
@@ -217,7 +254,7 @@ def test_importance_update_matches_reference_over_steps(G):
         for b in range(B):
             for hk in range(Hkv):
                 n = int(lengths[b, hk])
-                want[b, hk].index_add_(0, idx[b, hk, :n].long(), w[b, hk * G:(hk + 1) * G, :n].sum(0))
+                want[b, hk].index_add_(0, idx[b, hk, :n].long(), w[b, hk * G : (hk + 1) * G, :n].sum(0))
     assert torch.allclose(score.cpu(), want, atol=1e-4), f"seed {SEED}"
 
 
@@ -225,7 +262,10 @@ def test_rejects_bad_inputs():
     q = torch.randn(1, 3, 16, device=DEV).half()
     k = torch.randn(1, 2, 8, 16, device=DEV).half()
     with pytest.raises(ValueError):
-        sparse_decode_attention(q, k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV), torch.ones(1, 2, device=DEV))
+        sparse_decode_attention(
+            q, k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV), torch.ones(1, 2, device=DEV)
+        )
     with pytest.raises(TypeError):
-        sparse_decode_attention(q.float()[:, :2], k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV),
-                                torch.ones(1, 2, device=DEV))
+        sparse_decode_attention(
+            q.float()[:, :2], k, k, torch.zeros(1, 2, 4, dtype=torch.int32, device=DEV), torch.ones(1, 2, device=DEV)
+        )

@@ -18,11 +18,15 @@ def _one_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("module, dist, extra", [("triton", "triton", "kernels"), ("torch", "torch", "kernels")])
-@pytest.mark.parametrize("argv", [
-    ["run", "--backend", "real", "--no-plots"],
-    ["validate", "default"],
-    ["calibrate", "--quick"],
-], ids=["run-real", "validate", "calibrate"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--backend", "real", "--no-plots"],
+        ["validate", "default"],
+        ["calibrate", "--quick"],
+    ],
+    ids=["run-real", "validate", "calibrate"],
+)
 def test_kernels_packages_missing(monkeypatch, capsys, tmp_path, module, dist, extra, argv):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if not installed
     out = tmp_path / "out"
@@ -53,8 +57,10 @@ def test_validate_from_saved_runs_needs_no_torch(monkeypatch, capsys, tmp_path):
 def test_any_missing_package_is_one_line(tmp_path):
     """The net under the explicit checks: a core package that fails to import mid-command."""
     out = tmp_path / "o"
-    code = ("import sys; sys.modules['simpy'] = None; from alisa.cli import main; "
-            f"sys.exit(main(['run', '--no-plots', '--out', {str(out)!r}]))")
+    code = (
+        "import sys; sys.modules['simpy'] = None; from alisa.cli import main; "
+        f"sys.exit(main(['run', '--no-plots', '--out', {str(out)!r}]))"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr[-800:]
     line = _one_error_line(p.stderr)

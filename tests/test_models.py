@@ -1,8 +1,13 @@
 """Byte formulas against hand-computed values from the public configs."""
 
 from alisa.sim.catalog import get_model, model_names
-from alisa.sim.models import (hidden_bytes_per_token_per_layer, kv_bytes_per_token, param_count,
-                              stored_kv_bytes_per_token_per_layer, weight_bytes)
+from alisa.sim.models import (
+    hidden_bytes_per_token_per_layer,
+    kv_bytes_per_token,
+    param_count,
+    stored_kv_bytes_per_token_per_layer,
+    weight_bytes,
+)
 
 
 def test_opt13b_kv_bytes_per_token():
@@ -47,8 +52,23 @@ def test_llama3_8b_and_smollm_param_counts():
 
 
 def test_catalog_complete():
-    want = {"opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "llama-7b", "llama-13b", "llama-33b", "llama-65b",
-            "llama-2-7b", "llama-2-13b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "mistral-7b", "smollm2-135m"}
+    want = {
+        "opt-6.7b",
+        "opt-13b",
+        "opt-30b",
+        "opt-66b",
+        "llama-7b",
+        "llama-13b",
+        "llama-33b",
+        "llama-65b",
+        "llama-2-7b",
+        "llama-2-13b",
+        "llama-2-70b",
+        "llama-3-8b",
+        "llama-3-70b",
+        "mistral-7b",
+        "smollm2-135m",
+    }
     assert want <= set(model_names())
 
 
@@ -56,10 +76,20 @@ def test_recompute_width_buckets_by_hand():
     from alisa.sim.models import recompute_width_bucket, recompute_width_buckets
 
     # multiples of 16 up to 64, then of a quarter of the power of two below: 80, 96, ..., 160, 192
-    assert [recompute_width_bucket(r) for r in (0, 1, 16, 17, 64, 65, 91, 128, 129, 300)] == \
-        [0, 16, 16, 32, 64, 80, 96, 128, 160, 320]
+    assert [recompute_width_bucket(r) for r in (0, 1, 16, 17, 64, 65, 91, 128, 129, 300)] == [
+        0,
+        16,
+        16,
+        32,
+        64,
+        80,
+        96,
+        128,
+        160,
+        320,
+    ]
     assert recompute_width_bucket(50, cap=58) == 58 and recompute_width_bucket(40, cap=58) == 48
-    assert recompute_width_bucket(70, cap=58) == 70          # never below the rows themselves
+    assert recompute_width_bucket(70, cap=58) == 70  # never below the rows themselves
     assert recompute_width_buckets(91) == [16, 32, 48, 64, 80, 96]
     assert recompute_width_buckets(58, cap=58) == [16, 32, 48, 58]
     assert recompute_width_buckets(0) == []

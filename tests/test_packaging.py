@@ -28,8 +28,11 @@ def _lock_tool():  # .ci/lock.py, a script rather than a package
 
 def _top_level_folders() -> list[str]:
     skip = {"build", "results", "docs"}
-    return sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name.isidentifier()
-                  and not p.name.startswith(".") and p.name not in skip)
+    return sorted(
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir() and p.name.isidentifier() and not p.name.startswith(".") and p.name not in skip
+    )
 
 
 def test_code_folders_are_namespace_packages():
@@ -51,13 +54,22 @@ def test_bare_names_resolve_to_installed_distributions(tmp_path):
         (site / n / "__init__.py").write_text("ORIGIN = 'installed'\n")
         (site / f"{n}-1.0.dist-info").mkdir()
         (site / f"{n}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {n}\nVersion: 1.0\n")
-    code = "import importlib, sys; bad = [n for n in sys.argv[1:] if getattr(importlib.import_module(n), 'ORIGIN', None) != 'installed']; print(bad); sys.exit(1 if bad else 0)"
+    code = (
+        "import importlib, sys; "
+        "bad = [n for n in sys.argv[1:] if getattr(importlib.import_module(n), 'ORIGIN', None) != 'installed']; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     p = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, env=env, capture_output=True, text=True)
     assert p.returncode == 0, f"shadowed by the checkout: {p.stdout.strip()} {p.stderr[-500:]}"
     # and alisa itself still imports from there, its parts included
-    p = subprocess.run([sys.executable, "-c", "import alisa.sim.engine, alisa.kernels.reference, alisa.cli"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", "import alisa.sim.engine, alisa.kernels.reference, alisa.cli"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr[-800:]
 
 
@@ -65,22 +77,28 @@ def test_no_installed_distribution_is_shadowed_by_a_folder():
     """What is installed in this environment now (transformers brings `kernels`)."""
     dists = packages_distributions()
     for name in [n for n in _top_level_folders() if n in dists and n != "alisa"]:
-        p = subprocess.run([sys.executable, "-c", f"import {name}; print(list({name}.__path__))"], cwd=ROOT,
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [sys.executable, "-c", f"import {name}; print(list({name}.__path__))"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert p.returncode == 0, p.stderr[-500:]
         assert str(ROOT / name) not in p.stdout, f"{name} (installed by {dists[name]}) resolves to the checkout"
 
 
 def test_transformers_imports_from_the_repository_root():
     pytest.importorskip("transformers")
-    p = subprocess.run([sys.executable, "-c", "import transformers.integrations.hub_kernels"], cwd=ROOT,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", "import transformers.integrations.hub_kernels"], cwd=ROOT, capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stderr[-800:]
 
 
 # ---------------------------------------------------------------------------------------
 # the lock
 # ---------------------------------------------------------------------------------------
+
 
 def test_lock_matches_pyproject():
     lock = _lock_tool()
@@ -100,8 +118,9 @@ def test_lock_check_catches_a_changed_dependency(tmp_path):
     lines = (tmp_path / "requirements.lock").read_text().splitlines()
     header, _ = lock.read_lock(tmp_path / "requirements.lock")
     new_hash = lock.inputs_hash(lock.inputs(py, header["extras"].split(",")))
-    (tmp_path / "requirements.lock").write_text("\n".join(
-        f"# inputs-sha256: {new_hash}" if ln.startswith("# inputs-sha256:") else ln for ln in lines) + "\n")
+    (tmp_path / "requirements.lock").write_text(
+        "\n".join(f"# inputs-sha256: {new_hash}" if ln.startswith("# inputs-sha256:") else ln for ln in lines) + "\n"
+    )
     problems = lock.check(py, tmp_path / "requirements.lock")
     assert len(problems) == 1 and "does not admit the locked numpy" in problems[0]
 
@@ -111,8 +130,13 @@ def test_compare_installed_names_each_difference(tmp_path):
     f = tmp_path / "requirements.lock"
     f.write_text("# extras: dev\na==1.0\nb==2.0\nc==3.0\n")
     got = lock.compare_installed(f, {"a": "1.0", "b": "2.1", "d": "4", "pip": "23", "alisa": "0.1.0"})
-    assert sorted(got) == sorted(["b==2.1 is installed, the lock has 2.0", "d==4 is installed but not in the lock",
-                                  "c==3.0 is locked but not installed"])
+    assert sorted(got) == sorted(
+        [
+            "b==2.1 is installed, the lock has 2.0",
+            "d==4 is installed but not in the lock",
+            "c==3.0 is locked but not installed",
+        ]
+    )
 
 
 def test_this_venv_is_the_lock():

@@ -19,22 +19,54 @@ from alisa.runtime.executor import RealExecutor, RealOptions
 from alisa.runtime.validate import Metric, compare, summarize
 from alisa.sim.errors import InputError
 from alisa.sim.models import ModelSpec, hidden_bytes_per_token_per_layer, stored_kv_bytes_per_token_per_layer
+from alisa.sim.policies.alisa import AlisaPolicy
 from alisa.sim.runner import simulate
+from alisa.sim.scenario import AlisaPolicyConfig
 
 from .conftest import scenario
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-TINY_LLAMA = dict(name="tiny-llama", family="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
-                  head_dim=16, ffn_dim=128, vocab_size=256, activation="silu", norm="rmsnorm", max_positions=4096)
-TINY_OPT = dict(name="tiny-opt", family="opt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
-                head_dim=16, ffn_dim=256, vocab_size=256, activation="relu", norm="layernorm", max_positions=256,
-                tie_embeddings=True)
+TINY_LLAMA = dict(
+    name="tiny-llama",
+    family="llama",
+    num_layers=2,
+    hidden_size=64,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    ffn_dim=128,
+    vocab_size=256,
+    activation="silu",
+    norm="rmsnorm",
+    max_positions=4096,
+)
+TINY_OPT = dict(
+    name="tiny-opt",
+    family="opt",
+    num_layers=2,
+    hidden_size=64,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=16,
+    ffn_dim=256,
+    vocab_size=256,
+    activation="relu",
+    norm="layernorm",
+    max_positions=256,
+    tie_embeddings=True,
+)
 
 
 def tiny(policy: dict, model: dict = TINY_LLAMA, batch: int = 2, prompt: int = 24, gen: int = 12, **kw):
-    sc = scenario(hardware="h100-80gb-measured", workload__batch_size=batch, workload__prompt_len=prompt,
-                  workload__gen_len=gen, policy=policy, **kw)
+    sc = scenario(
+        hardware="h100-80gb-measured",
+        workload__batch_size=batch,
+        workload__prompt_len=prompt,
+        workload__gen_len=gen,
+        policy=policy,
+        **kw,
+    )
     return sc.model_copy(update={"model": ModelSpec(**model)})
 
 
@@ -46,8 +78,10 @@ def opts(**kw) -> RealOptions:
 
 def swa_spec(ex: RealExecutor) -> PolicySpec:
     cfg = ex.sc.policy
-    return PolicySpec("swa", budget=1 - cfg.kv_sparsity, local_fraction=cfg.local_fraction,
-                      history=ex.policy.importance_history())
+    assert isinstance(cfg, AlisaPolicyConfig) and isinstance(ex.policy, AlisaPolicy)
+    return PolicySpec(
+        "swa", budget=1 - cfg.kv_sparsity, local_fraction=cfg.local_fraction, history=ex.policy.importance_history()
+    )
 
 
 @pytest.mark.parametrize("model", [TINY_LLAMA, TINY_OPT], ids=["llama", "opt"])
@@ -58,14 +92,18 @@ def test_dense_gpu_gives_the_reference_greedy_tokens(model):
     assert torch.equal(ex.run().tokens, ref.cpu())
 
 
-@pytest.mark.parametrize("policy", [
-    {"kv_sparsity": 0.7},                                             # Phase I only (all resident)
-    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28},                 # prompt spills: fetches (Phase II)
-    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 1.0},   # every miss recomputed (III)
-    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},   # both
-    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "gather": "device"},   # the GPU gathers (II)
-    {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5, "gather": "device"},
-], ids=["phase-I", "fetch", "recompute", "mixed", "device-fetch", "device-mixed"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"kv_sparsity": 0.7},  # Phase I only (all resident)
+        {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28},  # prompt spills: fetches (Phase II)
+        {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 1.0},  # every miss recomputed (III)
+        {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},  # both
+        {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "gather": "device"},  # the GPU gathers (II)
+        {"kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5, "gather": "device"},
+    ],
+    ids=["phase-I", "fetch", "recompute", "mixed", "device-fetch", "device-mixed"],
+)
 def test_alisa_serves_the_swa_reference_tokens(policy):
     """free selection: pure SWA, wherever its tokens live; same tokens as the torch reference."""
     ex = RealExecutor(tiny({"name": "alisa", **policy}, prompt=32, gen=20), opts(selection="free"))
@@ -86,39 +124,60 @@ def test_device_gather_launch_knobs_give_the_reference_tokens(int8):
     high-priority copy stream) fetch the same rows: the SWA reference's tokens. (gen 20,
     as the tests above: on the H100 this tiny run leaves the reference at step 14 of
     sequence 1 for gen 16-18, host and device gathers alike; docs/validation.md.)"""
-    pol = {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5,
-           "gather": "device", "int8_kv": int8}
-    ex = RealExecutor(tiny(pol, prompt=32, gen=20),
-                      opts(selection="free", gather_fused=False, gather_programs=3, copy_stream_priority=-1))
+    pol = {
+        "name": "alisa",
+        "kv_sparsity": 0.5,
+        "gpu_kv_budget_tokens": 28,
+        "recompute_ratio": 0.5,
+        "gather": "device",
+        "int8_kv": int8,
+    }
+    ex = RealExecutor(
+        tiny(pol, prompt=32, gen=20),
+        opts(selection="free", gather_fused=False, gather_programs=3, copy_stream_priority=-1),
+    )
     assert ex.dfetch is not None and not ex.dfetch.fused and ex.dfetch.programs == 3
     run = ex.run()
     assert sum(r.recomputed_tokens for r in run.er.steps) > 0
-    if int8:     # INT8 KV: against the default (fused) gather's run
+    if int8:  # INT8 KV: against the default (fused) gather's run
         fused = RealExecutor(tiny(pol, prompt=32, gen=20), opts(selection="free")).run()
         assert torch.equal(run.tokens, fused.tokens)
     else:
         assert torch.equal(run.tokens, reference_generate(ex.dec, ex.prompt(), 20, swa_spec(ex)).cpu())
 
 
-@pytest.mark.parametrize("int8,gather,recompute", [(False, "host", False), (True, "host", False),
-                                                   (False, "device", False), (True, "device", True)],
-                         ids=["fp16", "int8", "device-fp16", "device-int8-recompute"])
+@pytest.mark.parametrize(
+    "int8,gather,recompute",
+    [(False, "host", False), (True, "host", False), (False, "device", False), (True, "device", True)],
+    ids=["fp16", "int8", "device-fp16", "device-int8-recompute"],
+)
 def test_plan_selection_moves_exactly_the_planned_bytes(int8, gather, recompute):
     """plan selection fetches the plan's misses: H2D and D2H bytes equal the simulator's."""
-    sc = tiny({"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 20, "recompute": recompute,
-               "selection_churn": 0.5, "int8_kv": int8, "gather": gather,
-               **({"recompute_ratio": 0.5} if recompute else {})}, gen=16)
+    sc = tiny(
+        {
+            "name": "alisa",
+            "kv_sparsity": 0.5,
+            "gpu_kv_budget_tokens": 20,
+            "recompute": recompute,
+            "selection_churn": 0.5,
+            "int8_kv": int8,
+            "gather": gather,
+            **({"recompute_ratio": 0.5} if recompute else {}),
+        },
+        gen=16,
+    )
     o = opts(selection="plan")
-    o.act_dtype = "float16"        # the model's dtype: the stored and fetched inputs x have the simulator's size
+    o.act_dtype = "float16"  # the model's dtype: the stored and fetched inputs x have the simulator's size
     run = RealExecutor(sc, o).run()
-    sim, er = simulate(sc)
+    _, er = simulate(sc)
     assert [r.phase for r in run.er.steps] == [r.phase for r in er.steps]
     assert sum(r.h2d_bytes for r in er.steps) > 0
-    for real_r, sim_r in zip(run.er.steps, er.steps):
+    for real_r, sim_r in zip(run.er.steps, er.steps, strict=True):
         assert real_r.h2d_bytes == sim_r.h2d_bytes, real_r.step
         assert real_r.d2h_bytes == sim_r.d2h_bytes, real_r.step
-    kv = stored_kv_bytes_per_token_per_layer(sc.model, int8) + (hidden_bytes_per_token_per_layer(sc.model)
-                                                                if recompute else 0)
+    kv = stored_kv_bytes_per_token_per_layer(sc.model, int8) + (
+        hidden_bytes_per_token_per_layer(sc.model) if recompute else 0
+    )
     assert er.steps[0].d2h_bytes == sc.workload.prompt_len * sc.workload.batch_size * sc.model.num_layers * kv
     if recompute:
         assert sum(r.recomputed_tokens for r in run.er.steps) > 0
@@ -135,10 +194,14 @@ def test_flexgen_offload_gives_the_dense_tokens():
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("policy", [
-    {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},
-    {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
-], ids=["alisa-mixed", "flexgen"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},
+        {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
+    ],
+    ids=["alisa-mixed", "flexgen"],
+)
 def test_graphed_decode_gives_the_eager_tokens(policy):
     """The decode step's graphs replay what the eager bodies compute (and are in use)."""
     toks = {}
@@ -146,7 +209,7 @@ def test_graphed_decode_gives_the_eager_tokens(policy):
         ex = RealExecutor(tiny(policy, prompt=32, gen=20), opts(selection="free", graphs=graphs))
         toks[graphs] = ex.run().tokens
         assert ex.step_fn.captured == graphs
-        if ex.slots is not None and ex.slots.selector is not None:   # the spilling selection's graph too
+        if ex.slots is not None and ex.slots.selector is not None:  # the spilling selection's graph too
             assert (ex.slots.selector.graph is not None) == graphs
     assert torch.equal(toks[True], toks[False])
 
@@ -166,8 +229,10 @@ def test_unsupported_plans_are_refused_by_field():
         RealExecutor(tiny({"name": "vllm"}), opts())
     assert e.value.field == "policy.name"
     with pytest.raises(InputError) as e:
-        RealExecutor(tiny({"name": "flexgen", "weights_gpu_percent": 50, "cache_gpu_percent": 100,
-                           "cpu_cache_compute": False}), opts())
+        RealExecutor(
+            tiny({"name": "flexgen", "weights_gpu_percent": 50, "cache_gpu_percent": 100, "cpu_cache_compute": False}),
+            opts(),
+        )
     assert "weights_gpu_percent" in e.value.reason
     with pytest.raises(InputError) as e:  # a cache smaller than the attended set
         RealExecutor(tiny({"name": "alisa", "kv_sparsity": 0.2, "gpu_kv_budget_tokens": 8}), opts())
@@ -181,8 +246,11 @@ def test_out_of_memory_names_the_pool_and_writes_nothing(monkeypatch, tmp_path):
     real_empty = torch.empty
 
     def fake_empty(*shape, **kw):
-        if kw.get("pin_memory") is not None or len(shape) == 6 or (len(shape) == 1 and isinstance(shape[0], tuple)
-                                                                   and len(shape[0]) == 6):
+        if (
+            kw.get("pin_memory") is not None
+            or len(shape) == 6
+            or (len(shape) == 1 and isinstance(shape[0], tuple) and len(shape[0]) == 6)
+        ):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real_empty(*shape, **kw)
 
@@ -218,9 +286,15 @@ def test_validate_compares_from_the_written_files(tmp_path, write_yaml):
     copy of the simulation has zero error everywhere."""
     from alisa.cli import main
 
-    sc_path = write_yaml({"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
-                          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
-                          "policy": {"name": "dense-gpu"}})
+    sc_path = write_yaml(
+        {
+            "name": "v",
+            "model": "opt-6.7b",
+            "hardware": "h100-80gb-measured",
+            "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
+            "policy": {"name": "dense-gpu"},
+        }
+    )
     sim_out = tmp_path / "simrun"
     assert main(["run", str(sc_path), "--out", str(sim_out), "--no-plots"]) == 0
     real_dir = tmp_path / "measured" / "v" / "real"
@@ -239,24 +313,64 @@ def test_validate_refuses_a_measured_run_of_another_scenario(tmp_path, write_yam
     policy setting, is refused by file and field before anything is written."""
     from alisa.cli import main
 
-    sc = {"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
-          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16}, "policy": {"name": "alisa", "kv_sparsity": 0.5}}
+    sc = {
+        "name": "v",
+        "model": "opt-6.7b",
+        "hardware": "h100-80gb-measured",
+        "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
+        "policy": {"name": "alisa", "kv_sparsity": 0.5},
+    }
     sc_path = write_yaml(sc)
     real_dir = tmp_path / "measured" / "v" / "real"
-    assert main(["run", str(write_yaml({**sc, "hardware": "a100-80gb"}, "other.yaml")), "--out", str(real_dir),
-                 "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(write_yaml({**sc, "hardware": "a100-80gb"}, "other.yaml")),
+                "--out",
+                str(real_dir),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "val"
     assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "result.json" in err and "scenario.hardware" in err and "--set hardware=a100-80gb" in err
     assert not out.exists()
     # the hint works: the same profile on both sides
-    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(out),
-                 "--set", "hardware=a100-80gb"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                str(sc_path),
+                "--real-from",
+                str(tmp_path / "measured"),
+                "--out",
+                str(out),
+                "--set",
+                "hardware=a100-80gb",
+            ]
+        )
+        == 0
+    )
     shutil.rmtree(real_dir)
-    assert main(["run", str(write_yaml({**sc, "policy": {**sc["policy"], "kv_sparsity": 0.8}}, "p.yaml")),
-                 "--out", str(real_dir), "--no-plots"]) == 0
-    assert main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(tmp_path / "v2")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                str(write_yaml({**sc, "policy": {**sc["policy"], "kv_sparsity": 0.8}}, "p.yaml")),
+                "--out",
+                str(real_dir),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(tmp_path / "v2")]) == 2
+    )
     assert "scenario.policy.kv_sparsity" in capsys.readouterr().err
 
 
@@ -266,9 +380,15 @@ def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml
     0.9x, 1.0x and 1.2x the simulated throughput: median 1.0x (error 0), spread 0.3."""
     from alisa.cli import main
 
-    sc_path = write_yaml({"name": "v", "model": "opt-6.7b", "hardware": "h100-80gb-measured",
-                          "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
-                          "policy": {"name": "dense-gpu"}})
+    sc_path = write_yaml(
+        {
+            "name": "v",
+            "model": "opt-6.7b",
+            "hardware": "h100-80gb-measured",
+            "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
+            "policy": {"name": "dense-gpu"},
+        }
+    )
     sim_out = tmp_path / "simrun"
     assert main(["run", str(sc_path), "--out", str(sim_out), "--no-plots"]) == 0
     tps = json.loads((sim_out / "result.json").read_text())["throughput_tokens_per_s"]
@@ -290,7 +410,7 @@ def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml
     assert t["repeats"] == "3"
     spread = json.loads((out / "summary.json").read_text())["measured_spread"]
     assert spread["throughput_tokens_per_s"]["median_spread"] == pytest.approx(0.3)
-    assert spread["step_time_phase_I_s"]["median_spread"] == 0.0     # step files are identical copies
+    assert spread["step_time_phase_I_s"]["median_spread"] == 0.0  # step files are identical copies
     # a missing repeat names its folder
     shutil.rmtree(Path(dirs[1]) / "v")
     assert main(["validate", str(sc_path), "--real-from", *dirs, "--out", str(tmp_path / "val2")]) == 2
@@ -298,11 +418,21 @@ def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml
 
 
 def test_compare_subtracts_the_reserve_from_simulated_gpu_memory():
-    sim = {"scenario": {"gpu_reserved_bytes": 100}, "throughput_tokens_per_s": 1.0, "prefill_time_s": 1.0,
-           "phases": {p: {"steps": 1, "time_s": 1.0} for p in ("I", "II", "III")}, "h2d_bytes": 0, "d2h_bytes": 0,
-           "peak_gpu_bytes": 1100, "peak_cpu_bytes": 0}
-    real = dict(sim, peak_gpu_bytes=1000, phases={"I": {"steps": 2, "time_s": 2.2}, "II": {"steps": 0, "time_s": 0},
-                                                  "III": {"steps": 0, "time_s": 0}})
+    sim = {
+        "scenario": {"gpu_reserved_bytes": 100},
+        "throughput_tokens_per_s": 1.0,
+        "prefill_time_s": 1.0,
+        "phases": {p: {"steps": 1, "time_s": 1.0} for p in ("I", "II", "III")},
+        "h2d_bytes": 0,
+        "d2h_bytes": 0,
+        "peak_gpu_bytes": 1100,
+        "peak_cpu_bytes": 0,
+    }
+    real = dict(
+        sim,
+        peak_gpu_bytes=1000,
+        phases={"I": {"steps": 2, "time_s": 2.2}, "II": {"steps": 0, "time_s": 0}, "III": {"steps": 0, "time_s": 0}},
+    )
     got = {m.name: m for m in compare(sim, real)}
     assert got["peak_gpu_bytes"].error == 0.0
     assert got["step_time_phase_I_s"].real == pytest.approx(1.1)
@@ -331,15 +461,20 @@ def test_smollm2_real_weights(sparsity):
     policy = {"name": "alisa", "kv_sparsity": sparsity}
     if sparsity:
         policy["gpu_kv_budget_tokens"] = 24  # prompt 32 spills: Phase II fetches
-    sc = scenario(hardware="h100-80gb-measured", workload__batch_size=1, workload__prompt_len=32,
-                  workload__gen_len=steps, policy=policy)
+    sc = scenario(
+        hardware="h100-80gb-measured",
+        workload__batch_size=1,
+        workload__prompt_len=32,
+        workload__gen_len=steps,
+        policy=policy,
+    )
     sc = sc.model_copy(update={"model": ModelSpec(**model_config("smollm2-135m"))})
     ex = RealExecutor(sc, opts(selection="free"))
     ids = ex.prompt()
     if sparsity == 0:
         hf, _ = load("smollm2-135m")
         with torch.no_grad():
-            ref = hf.generate(ids.cpu(), max_new_tokens=steps, do_sample=False)[:, ids.shape[1]:]
+            ref = hf.generate(ids.cpu(), max_new_tokens=steps, do_sample=False)[:, ids.shape[1] :]
     else:
         ref = reference_generate(ex.dec, ids, steps, swa_spec(ex)).cpu()
     run = ex.run()

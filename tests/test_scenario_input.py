@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,9 @@ from alisa.sim.errors import InputError
 from alisa.sim.scenario import expand_sweep, load_scenario
 
 GOOD = {
-    "name": "x", "model": "opt-6.7b", "hardware": "v100-32gb",
+    "name": "x",
+    "model": "opt-6.7b",
+    "hardware": "v100-32gb",
     "workload": {"batch_size": 4, "prompt_len": 64, "gen_len": 16},
     "policy": {"name": "alisa", "gpu_kv_budget_gb": 2},
 }
@@ -22,7 +25,7 @@ GOOD = {
 
 def _with(path: str, value):
     d = copy.deepcopy(GOOD)
-    node = d
+    node: Any = d
     parts = path.split(".")
     for p in parts[:-1]:
         node = node[p]
@@ -30,19 +33,35 @@ def _with(path: str, value):
     return d
 
 
-@pytest.mark.parametrize("data, field, words", [
-    (_with("workload.batch_sise", 3), "workload.batch_sise", "unknown field"),
-    (_with("workload.batch_size", "many"), "workload.batch_size", "integer"),
-    (_with("workload.batch_size", 0), "workload.batch_size", "greater than 0"),
-    (_with("workload.prompt_len", -5), "workload.prompt_len", "greater than 0"),
-    (_with("model", "gpt-17"), "model", "unknown model"),
-    (_with("hardware", "tpu-v9"), "hardware", "unknown hardware profile"),
-    (_with("policy.name", "magic"), "policy.name", "unknown policy"),
-    (_with("policy.kv_sparsity", 1.5), "policy.kv_sparsity", "less than 1"),
-    ({**GOOD, "policy": {"name": "dense-gpu", "kv_sparsity": 0.8}}, "policy.kv_sparsity", "not a parameter of policy 'dense-gpu'"),
-    (_with("model", "opt-66b") | {"hardware": {**__import__("alisa.sim.hardware", fromlist=["x"]).profile_config("l4"), "cpu_memory_gb": 64}},
-     "model", "exceed GPU + CPU memory"),
-])
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        (_with("workload.batch_sise", 3), "workload.batch_sise", "unknown field"),
+        (_with("workload.batch_size", "many"), "workload.batch_size", "integer"),
+        (_with("workload.batch_size", 0), "workload.batch_size", "greater than 0"),
+        (_with("workload.prompt_len", -5), "workload.prompt_len", "greater than 0"),
+        (_with("model", "gpt-17"), "model", "unknown model"),
+        (_with("hardware", "tpu-v9"), "hardware", "unknown hardware profile"),
+        (_with("policy.name", "magic"), "policy.name", "unknown policy"),
+        (_with("policy.kv_sparsity", 1.5), "policy.kv_sparsity", "less than 1"),
+        (
+            {**GOOD, "policy": {"name": "dense-gpu", "kv_sparsity": 0.8}},
+            "policy.kv_sparsity",
+            "not a parameter of policy 'dense-gpu'",
+        ),
+        (
+            _with("model", "opt-66b")
+            | {
+                "hardware": {
+                    **__import__("alisa.sim.hardware", fromlist=["x"]).profile_config("l4"),
+                    "cpu_memory_gb": 64,
+                }
+            },
+            "model",
+            "exceed GPU + CPU memory",
+        ),
+    ],
+)
 def test_bad_scenarios_name_file_field_reason(write_yaml, data, field, words):
     p = write_yaml(data)
     with pytest.raises(InputError) as ei:
@@ -86,8 +105,9 @@ def test_cli_exit_code_2_no_traceback_no_output(write_yaml, tmp_path, capsys):
 
 
 def test_cli_subprocess_missing_file(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "alisa.cli", "run", str(tmp_path / "nope.yaml")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "alisa.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
 
 
@@ -99,9 +119,25 @@ def test_cli_run_writes_all_outputs(write_yaml, tmp_path, capsys):
     assert {"result.json", "steps.csv", "trace.json", "memory.png", "step_time.png"} <= names
     assert not any(n.endswith(".tmp") for n in names)
     r = json.loads((out / "result.json").read_text())
-    for k in ("schema_version", "scenario", "policy", "oom", "oom_reason", "tokens_generated",
-              "throughput_tokens_per_s", "total_time_s", "prefill_time_s", "decode_time_s", "phases",
-              "peak_gpu_bytes", "peak_cpu_bytes", "h2d_bytes", "d2h_bytes", "recomputed_tokens", "sim_wall_s"):
+    for k in (
+        "schema_version",
+        "scenario",
+        "policy",
+        "oom",
+        "oom_reason",
+        "tokens_generated",
+        "throughput_tokens_per_s",
+        "total_time_s",
+        "prefill_time_s",
+        "decode_time_s",
+        "phases",
+        "peak_gpu_bytes",
+        "peak_cpu_bytes",
+        "h2d_bytes",
+        "d2h_bytes",
+        "recomputed_tokens",
+        "sim_wall_s",
+    ):
         assert k in r
     tr = json.loads((out / "trace.json").read_text())
     lanes = {e["args"]["name"] for e in tr["traceEvents"] if e.get("name") == "thread_name"}
@@ -132,11 +168,21 @@ def test_bundled_listing(capsys):
 def test_sweep_over_policies_draws_grouped_bars_and_survives_a_bad_point(write_yaml, tmp_path):
     import json as _json
 
-    p = write_yaml({**GOOD, "sweep": {"policy": [{"name": "alisa", "gpu_kv_budget_gb": 2}, {"name": "dense-gpu"},
-                                                 {"name": "flexgen", "gpu_batch_size": 3}]}})
+    p = write_yaml(
+        {
+            **GOOD,
+            "sweep": {
+                "policy": [
+                    {"name": "alisa", "gpu_kv_budget_gb": 2},
+                    {"name": "dense-gpu"},
+                    {"name": "flexgen", "gpu_batch_size": 3},
+                ]
+            },
+        }
+    )
     out = tmp_path / "sw"
     assert main(["sweep", str(p), "--out", str(out), "--jobs", "1"]) == 0
     assert (out / "sweep.png").stat().st_size > 0
     res = _json.loads((out / "sweep.json").read_text())
     assert [r["policy"] for r in res] == ["alisa", "dense-gpu", "flexgen"]
-    assert res[2]["oom"] and "does not divide" in res[2]["oom_reason"]   # a bad point is a row, not a crash
+    assert res[2]["oom"] and "does not divide" in res[2]["oom_reason"]  # a bad point is a row, not a crash

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -56,17 +57,17 @@ def test_each_policy_returns_its_budget_and_keeps_its_window(name, budget):
         assert (m.sum(-1) == k).all(), (name, n)
         w = split_window(k, spec.local_fraction) if name in ("h2o", "swa") else None
         if name == "local":
-            assert m[:, n - k:].all()
+            assert m[:, n - k :].all()
         elif name == "streaming":
             sinks = min(4, k - 1)
-            assert m[:, :sinks].all() and m[:, n - (k - sinks):].all()
+            assert m[:, :sinks].all() and m[:, n - (k - sinks) :].all()
         else:
-            assert m[:, n - w:].all()   # the recent window is always attended
+            assert m[:, n - w :].all()  # the recent window is always attended
 
 
 def test_h2o_never_readmits_while_swa_can():
     h2o = _run_masks(PolicySpec("h2o", 0.3), steps=60)
-    for prev, cur in zip(h2o, h2o[1:]):
+    for prev, cur in itertools.pairwise(h2o):
         n = prev.shape[-1]
         evicted = ~prev & (torch.arange(n) < n - 1)  # left out before (the new token aside)
         assert not (cur[:, :n] & evicted).any()

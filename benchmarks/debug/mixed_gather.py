@@ -4,12 +4,12 @@
     python benchmarks/debug/mixed_gather.py OUT run        # the executor, fixed ratios (~4 min)
     python benchmarks/debug/mixed_gather.py OUT micro run --smoke   # tiny, on the CPU: the script works
 
-In the twelfth run (OPT-6.7B b32 g1024, device gather; ``benchmarks/debug/gather_regimes.py``)
+In the twelfth run (OPT-6.7B b32 g1024, device gather; a gather-regimes probe, in git history)
 the steps ran 1.8-2.2x the simulated time while the plan fetched a few KV rows and many
 inputs x per sequence and layer ((kv, x) = (5, 46), (8, 47), (7, 62), (15, 61), (4, 78)),
 and 1.03-1.10x at (16, 46), (20, 31) and (0, 78); the switch is step-exact at each change
-of the plan's ratio, and two runs agree to a few percent. The traced layers put it in the gather: 13-15 GB/s where calibration gives ~30,
-with the compute on time.
+of the plan's ratio, and two runs agree to a few percent. The traced layers put it in the
+gather: 13-15 GB/s where calibration gives ~30, with the compute on time.
 
 ``micro``: the executor's gather kernels (``DeviceFetcher``'s launch shape) on host
 arrays shaped as that run's (OPT-6.7B width, 32 sequences, 1536 positions, 4 layers), row
@@ -35,6 +35,7 @@ ratio 0.9 to 1.09x (26.7 GB/s); 16 programs 1.25x, the high-priority stream no c
 
 Prints tables and writes OUT/mixed_gather_{micro,run}.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,8 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 REGIMES = ((20, 31), (8, 31), (16, 46), (12, 47), (5, 46), (3, 62), (15, 60), (11, 64), (4, 77), (9, 80), (0, 78))
@@ -83,11 +84,11 @@ def micro(out: Path, smoke: bool) -> list[dict[str, Any]]:
         kv, x = torch.zeros(L, B, K, dtype=torch.int64), torch.zeros(L, B, K, dtype=torch.int64)
         for l in range(L):
             for b in range(B):
-                if recent:     # KV rows among the newest host tokens, x rows among the others
+                if recent:  # KV rows among the newest host tokens, x rows among the others
                     kt = n - w - 1 - torch.randperm(newest, generator=g)[:nk]
                     xt = torch.randperm(n - w - newest, generator=g)[:nx]
                 else:
-                    t = torch.randperm(n - w, generator=g)[:nk + nx]
+                    t = torch.randperm(n - w, generator=g)[: nk + nx]
                     kt, xt = t[nx:], t[:nx]
                 kv[l, b, :nk] = kt * B + b
                 x[l, b, :nx] = xt * B + b
@@ -101,20 +102,22 @@ def micro(out: Path, smoke: bool) -> list[dict[str, Any]]:
 
     stop = threading.Event()
 
-    def writer() -> None:      # the flush: rows of the newest token into every layer's host copy
+    def writer() -> None:  # the flush: rows of the newest token into every layer's host copy
         pos = 0
         while not stop.is_set():
             t = n + pos % (N - n)
             for l in range(L):
-                host_kv[l, t * B:(t + 1) * B].copy_(staging)
+                host_kv[l, t * B : (t + 1) * B].copy_(staging)
             pos += 1
 
-    def gather_layers(fused: bool, kv_ids: torch.Tensor, wk: torch.Tensor, x_ids: torch.Tensor, wx: torch.Tensor,
-                      kw: dict[str, int]) -> None:
+    def gather_layers(
+        fused: bool, kv_ids: torch.Tensor, wk: torch.Tensor, x_ids: torch.Tensor, wx: torch.Tensor, kw: dict[str, Any]
+    ) -> None:
         for l in range(L):
             if fused:
-                gather_host_layer((land_kv, host_kv[l]), kv_ids[l], wk, x=(land_x, host_x[l]), x_idx=x_ids[l],
-                                  x_width=wx, **kw)
+                gather_host_layer(
+                    (land_kv, host_kv[l]), kv_ids[l], wk, x=(land_x, host_x[l]), x_idx=x_ids[l], x_width=wx, **kw
+                )
             else:
                 gather_host_rows(land_kv, host_kv[l], kv_ids[l], wk, **kw)
                 gather_host_rows(land_x, host_x[l], x_ids[l], wx, **kw)
@@ -129,12 +132,17 @@ def micro(out: Path, smoke: bool) -> list[dict[str, Any]]:
             wk = torch.tensor([nk], dtype=torch.int32, device=dev)
             wx = torch.tensor([nx], dtype=torch.int64, device=dev)
             nbytes = L * B * (nk * 2 + nx) * h * 2
-            variants: list[tuple[str, bool, int, str]] = [("per-part", False, PROGRAMS, "idle"),
-                                                         ("fused", True, PROGRAMS, "idle"),
-                                                         ("per-part", False, 16, "idle")]
+            variants: list[tuple[str, bool, int, str]] = [
+                ("per-part", False, PROGRAMS, "idle"),
+                ("fused", True, PROGRAMS, "idle"),
+                ("per-part", False, 16, "idle"),
+            ]
             if not recent:
-                variants += [("per-part", False, PROGRAMS, "GEMMs"), ("fused", True, PROGRAMS, "GEMMs"),
-                             ("per-part", False, PROGRAMS, "writer")]
+                variants += [
+                    ("per-part", False, PROGRAMS, "GEMMs"),
+                    ("fused", True, PROGRAMS, "GEMMs"),
+                    ("per-part", False, PROGRAMS, "writer"),
+                ]
             for kind, fused, progs, beside in variants:
                 kw = {"programs": progs, "block": BLOCK, "num_warps": WARPS}
 
@@ -168,20 +176,33 @@ def micro(out: Path, smoke: bool) -> list[dict[str, Any]]:
                 if th is not None:
                     stop.set()
                     th.join()
-                if smoke:      # the last layer's rows landed where the ids say
-                    assert torch.equal(land_kv[:B * nk], host_kv[L - 1][kv_ids[L - 1][:, :nk].reshape(-1)])
-                    assert torch.equal(land_x[:B * nx], host_x[L - 1][x_ids[L - 1][:, :nx].reshape(-1)])
+                if smoke:  # the last layer's rows landed where the ids say
+                    assert torch.equal(land_kv[: B * nk], host_kv[L - 1][kv_ids[L - 1][:, :nk].reshape(-1)])
+                    assert torch.equal(land_x[: B * nx], host_x[L - 1][x_ids[L - 1][:, :nx].reshape(-1)])
                 ms = statistics.median(ts)
-                row = {"kv": nk, "x": nx, "kv_rows": "newest" if recent else "uniform", "kernels": kind,
-                       "programs": progs, "beside": beside, "layer_ms": ms, "gbps": nbytes / L / ms / 1e6}
+                row = {
+                    "kv": nk,
+                    "x": nx,
+                    "kv_rows": "newest" if recent else "uniform",
+                    "kernels": kind,
+                    "programs": progs,
+                    "beside": beside,
+                    "layer_ms": ms,
+                    "gbps": nbytes / L / ms / 1e6,
+                }
                 rows.append(row)
-                print(f"(kv {nk:2d}, x {nx:2d}) kv rows {row['kv_rows']:7s} {kind:8s} p{progs:<2d} {beside:6s}: "
-                      f"{ms:6.3f} ms a layer {row['gbps']:5.1f} GB/s", flush=True)
+                print(
+                    f"(kv {nk:2d}, x {nx:2d}) kv rows {row['kv_rows']:7s} {kind:8s} p{progs:<2d} {beside:6s}: "
+                    f"{ms:6.3f} ms a layer {row['gbps']:5.1f} GB/s",
+                    flush=True,
+                )
     return rows
 
 
-TINY = ("{name: tiny-opt, family: opt, num_layers: 2, hidden_size: 64, num_heads: 4, num_kv_heads: 4, "
-        "head_dim: 16, ffn_dim: 256, vocab_size: 256, activation: relu, norm: layernorm, max_positions: 256}")
+TINY = (
+    "{name: tiny-opt, family: opt, num_layers: 2, hidden_size: 64, num_heads: 4, num_kv_heads: 4, "
+    "head_dim: 16, ffn_dim: 256, vocab_size: 256, activation: relu, norm: layernorm, max_positions: 256}"
+)
 
 
 def run(out: Path, smoke: bool) -> list[dict[str, Any]]:
@@ -191,33 +212,54 @@ def run(out: Path, smoke: bool) -> list[dict[str, Any]]:
     from alisa.sim.scenario import load_scenario
 
     gen = 24 if not smoke else 8
-    size = (["model=opt-6.7b", "workload.batch_size=32", "workload.prompt_len=1280"] if not smoke else
-            [f"model={TINY}", "workload.batch_size=2", "workload.prompt_len=40", "policy.gpu_kv_budget_tokens=20"])
+    size = (
+        ["model=opt-6.7b", "workload.batch_size=32", "workload.prompt_len=1280"]
+        if not smoke
+        else [f"model={TINY}", "workload.batch_size=2", "workload.prompt_len=40", "policy.gpu_kv_budget_tokens=20"]
+    )
     rows: list[dict[str, Any]] = []
     plain: dict[str, Any] = {}
-    variants: list[tuple[str, dict[str, Any]]] = [("default", plain), ("per-part", {"gather_fused": False}),
-                                                  ("programs16", {"gather_programs": 16}),
-                                                  ("priority-1", {"copy_stream_priority": -1})]
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("default", plain),
+        ("per-part", {"gather_fused": False}),
+        ("programs16", {"gather_programs": 16}),
+        ("priority-1", {"copy_stream_priority": -1}),
+    ]
     for ratio in (0.6, 0.8, 0.9, 0.95, 1.0):
-        sc = load_scenario("scenarios/validation/alisa-device.yaml",
-                           size + [f"workload.gen_len={gen}", f"policy.recompute_ratio={ratio}", "sweep=null"])
+        sc = load_scenario(
+            "scenarios/validation/alisa-device.yaml",
+            [*size, f"workload.gen_len={gen}", f"policy.recompute_ratio={ratio}", "sweep=null"],
+        )
         _, sim = simulate(sc)
         sim_steps = {s.step: s.end_s - s.start_s for s in sim.steps if s.phase != "prefill"}
         for name, kw in variants if ratio == 0.9 else variants[:1]:
-            r = RealExecutor(sc, RealOptions(layer_trace_steps=gen, trace_later=0, device="cpu" if smoke else None,
-                                             **kw)).run()
+            r = RealExecutor(
+                sc, RealOptions(layer_trace_steps=gen, trace_later=0, device="cpu" if smoke else None, **kw)
+            ).run()
             steps = [s for s in r.er.steps if s.phase != "prefill"][4:]
             real_ms = statistics.median(1e3 * (s.end_s - s.start_s) for s in steps)
             sim_ms = statistics.median(1e3 * sim_steps[s.step] for s in steps)
-            h2d = [(e[3], e[4].get("bytes", 0)) for e in r.er.events
-                   if e[0] == "H2D" and e[1] != "L0" and e[4].get("step", -1) >= 4]
+            h2d = [
+                (e[3], e[4].get("bytes", 0))
+                for e in r.er.events
+                if e[0] == "H2D" and e[1] != "L0" and e[4].get("step", -1) >= 4
+            ]
             gbps = statistics.median(b / d / 1e9 for d, b in h2d if d > 0) if h2d else 0.0
             phases = sorted({s.phase for s in steps})
-            row = {"ratio": ratio, "variant": name, "phases": phases, "real_step_ms": real_ms,
-                   "sim_step_ms": sim_ms, "gather_gbps_L1plus": gbps}
+            row = {
+                "ratio": ratio,
+                "variant": name,
+                "phases": phases,
+                "real_step_ms": real_ms,
+                "sim_step_ms": sim_ms,
+                "gather_gbps_L1plus": gbps,
+            }
             rows.append(row)
-            print(f"ratio {ratio:.2f} {name:10s} {'/'.join(phases):6s}: real {real_ms:6.2f} ms, sim {sim_ms:6.2f} ms "
-                  f"({real_ms / sim_ms:4.2f}x), gather {gbps:5.1f} GB/s (layers 1+)", flush=True)
+            print(
+                f"ratio {ratio:.2f} {name:10s} {'/'.join(phases):6s}: real {real_ms:6.2f} ms, sim {sim_ms:6.2f} ms "
+                f"({real_ms / sim_ms:4.2f}x), gather {gbps:5.1f} GB/s (layers 1+)",
+                flush=True,
+            )
             del r
             release_gpu()
     return rows
@@ -235,8 +277,9 @@ def main() -> int:
     for part in args[1:] or ["micro"]:
         rows = parts[part](out, smoke)
         device = "cpu (smoke)" if smoke else torch.cuda.get_device_name(0)
-        (out / f"mixed_gather_{part}.json").write_text(json.dumps(
-            {"device": device, "command": " ".join(sys.argv), "rows": rows}, indent=1))
+        (out / f"mixed_gather_{part}.json").write_text(
+            json.dumps({"device": device, "command": " ".join(sys.argv), "rows": rows}, indent=1)
+        )
     return 0
 
 

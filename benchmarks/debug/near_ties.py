@@ -15,6 +15,7 @@ run is the one of tests/test_real_backend.py (tiny llama, kv_sparsity 0.5, 28-to
 cache, fp32 activations); SWA's importance history is the policy's default, the window
 at the longest context, so it changes with gen_len.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool = False, forced
         tok = logits.argmax(-1) if forced is None else forced[:, 0]
         out = [tok]
         for t in range(P, N - 1):
-            idx = t - P + 1                                   # the token this step produces
+            idx = t - P + 1  # the token this step produces
             pos = torch.tensor([t], device=prompt.device)
             x = dec.embed(tok[:, None], pos)
             n = t + 1
@@ -79,7 +80,6 @@ def trace(dec: Any, spec: Any, prompt: Any, gen: int, half: bool = False, forced
 
 
 def main() -> int:
-    import torch
 
     from alisa.runtime.executor import RealExecutor
     from tests.test_real_backend import opts, swa_spec, tiny
@@ -115,8 +115,10 @@ def main() -> int:
             if gl < 0:
                 continue
             ratio = gap / chg if chg > 0 else float("inf")
-            print(f"{idx:5d}  {b:3d}  {gap:12.3e} ({gl})   {chg:12.3e} ({cl})   {ratio:9.2f}  "
-                  f"{float(margins[b, idx]):12.3e}")
+            print(
+                f"{idx:5d}  {b:3d}  {gap:12.3e} ({gl})   {chg:12.3e} ({cl})   {ratio:9.2f}  "
+                f"{float(margins[b, idx]):12.3e}"
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ SIM_ROOT holds ``<point>/sim`` (``alisa validate --out``), each REAL_ROOT ``<poi
 (a measured run). Per point: the median GPU time of the prefill layers after the first
 (the first carries one-off work), per measured run, and the simulated one.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,8 +26,12 @@ def prefill_layer_ms(trace: Path) -> float | None:
         if lanes.get(e["tid"]) != "GPU compute":
             continue
         name = e["name"].removeprefix("prefill ")
-        if name.startswith("L") and name[1:].isdigit() and int(name[1:]) > 0 and (
-                e["name"].startswith("prefill ") or e.get("args", {}).get("step") == -1):
+        if (
+            name.startswith("L")
+            and name[1:].isdigit()
+            and int(name[1:]) > 0
+            and (e["name"].startswith("prefill ") or e.get("args", {}).get("step") == -1)
+        ):
             durs.append(e["dur"] / 1e3)
     return statistics.median(durs) if durs else None
 
@@ -43,8 +48,10 @@ def main() -> int:
         label = _point_label(sc.name, params)
         sim = prefill_layer_ms(Path(sim_root) / label / "sim" / "trace.json")
         real = [prefill_layer_ms(Path(r) / label / "real" / "trace.json") for r in real_roots]
-        print(f"{label:64s} {prompt_importance_rows(sc):5d} {sim or float('nan'):8.3f}  "
-              + "  ".join(f"{x:.3f}" for x in real if x is not None))
+        print(
+            f"{label:64s} {prompt_importance_rows(sc):5d} {sim or float('nan'):8.3f}  "
+            + "  ".join(f"{x:.3f}" for x in real if x is not None)
+        )
     return 0
 
 

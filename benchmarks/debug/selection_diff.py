@@ -10,6 +10,7 @@ the reference's tokens at gen 16-18 (docs/validation.md, "Fourteenth session"). 
 finds the step and layer where that starts. The executor is stopped after each selection
 to read it (a debug run: slow on purpose).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))     # near_ties: the reference's trace
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # near_ties: the reference's trace
 
 
 def executor_sets(ex: Any) -> tuple[dict, Any]:
@@ -49,8 +50,9 @@ def executor_sets(ex: Any) -> tuple[dict, Any]:
 
 
 def main() -> int:
-    from alisa.runtime.executor import RealExecutor
     from near_ties import trace
+
+    from alisa.runtime.executor import RealExecutor
     from tests.test_real_backend import opts, swa_spec, tiny
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,10 +62,16 @@ def main() -> int:
     ap.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
     args = ap.parse_args()
 
-    pol = {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5,
-           "gather": args.gather}
-    ex = RealExecutor(tiny(pol, prompt=args.prompt, gen=args.gen),
-                      opts(selection="free", **({"graphs": False} if args.eager else {})))
+    pol = {
+        "name": "alisa",
+        "kv_sparsity": 0.5,
+        "gpu_kv_budget_tokens": 28,
+        "recompute_ratio": 0.5,
+        "gather": args.gather,
+    }
+    ex = RealExecutor(
+        tiny(pol, prompt=args.prompt, gen=args.gen), opts(selection="free", **({"graphs": False} if args.eager else {}))
+    )
     # the reference's attended tokens and candidate importance, keyed by context n
     _, steps, _ = trace(ex.dec, swa_spec(ex), ex.prompt(), args.gen)
     ref = {(args.prompt + i, layer): sets for (i, layer), (_, _, sets) in steps.items()}
@@ -73,17 +81,21 @@ def main() -> int:
     for key in sorted(ref):
         if key not in got:
             continue
-        for b, (r, g) in enumerate(zip(ref[key], got[key])):
+        for b, (r, g) in enumerate(zip(ref[key], got[key], strict=True)):
             if r != g:
                 diffs.append((key, b, sorted(r - g), sorted(g - r)))
     compared = len([k for k in ref if k in got])
-    print(f"gen {args.gen}, gather {args.gather}: {compared} (step, layer) selections compared, "
-          f"{len(diffs)} differ (sequence-wise)")
+    print(
+        f"gen {args.gen}, gather {args.gather}: {compared} (step, layer) selections compared, "
+        f"{len(diffs)} differ (sequence-wise)"
+    )
     for (n, layer), b, only_ref, only_run in diffs[:10]:
         s = scores[n, layer][b]
-        print(f"  context {n} (token {n - args.prompt}) layer {layer} seq {b}: reference only {only_ref}, "
-              f"run only {only_run}; reference importance "
-              + ", ".join(f"{t}: {float(s[t]):.6f}" for t in only_ref + only_run if t < s.shape[0]))
+        print(
+            f"  context {n} (token {n - args.prompt}) layer {layer} seq {b}: reference only {only_ref}, "
+            f"run only {only_run}; reference importance "
+            + ", ".join(f"{t}: {float(s[t]):.6f}" for t in only_ref + only_run if t < s.shape[0])
+        )
     return 0
 
 

@@ -13,13 +13,14 @@ over the points, as ``alisa validate`` reports them.
 This is a sensitivity, not a calibration: a value that fits the measured runs here says
 what calibration would have to measure for the model to hold, nothing more.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +75,19 @@ def main() -> int:
     except InputError as e:
         print(f"timing_sensitivity: {e.message()}", file=sys.stderr)
         return 2
-    except OSError as e:     # a point without its measured run
+    except OSError as e:  # a point without its measured run
         print(f"timing_sensitivity: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     metrics = ["throughput_tokens_per_s", "step_time_phase_II_s", "step_time_phase_III_s", "prefill_time_s"]
     print(f"{dotted:>40s}  " + "  ".join(f"{m[:24]:>24s}" for m in metrics))
     for v, r in res.items():
         summ = r["summary"]
-        cells = [f"{100 * summ[m]['median_abs_error']:5.1f}% / {100 * summ[m]['worst_abs_error']:5.1f}% n={summ[m]['n']}"
-                 if m in summ else "-" for m in metrics]
+        cells = [
+            f"{100 * summ[m]['median_abs_error']:5.1f}% / {100 * summ[m]['worst_abs_error']:5.1f}% n={summ[m]['n']}"
+            if m in summ
+            else "-"
+            for m in metrics
+        ]
         print(f"{v:>40s}  " + "  ".join(f"{c:>24s}" for c in cells))
     print("(median / worst |error| over points; the same plans, re-timed)")
     if args.points:
@@ -93,13 +98,27 @@ def main() -> int:
                 if row["error"] is not None:
                     by.setdefault(row["scenario"], {})[row["metric"]] = row["error"]
             for label, errs in by.items():
-                print(f"  {label:64s} " + "  ".join(f"{m.removesuffix('_s').removeprefix('step_time_')[:10]:>10s} "
-                                                      f"{100 * errs[m]:+6.1f}%" for m in metrics if m in errs))
+                print(
+                    f"  {label:64s} "
+                    + "  ".join(
+                        f"{m.removesuffix('_s').removeprefix('step_time_')[:10]:>10s} {100 * errs[m]:+6.1f}%"
+                        for m in metrics
+                        if m in errs
+                    )
+                )
     if args.out:
-        args.out.write_text(json.dumps({
-            "command": " ".join(["python", *sys.argv]), "machine": platform.node(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "field": dotted, "values": res}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(["python", *sys.argv]),
+                    "machine": platform.node(),
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "field": dotted,
+                    "values": res,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

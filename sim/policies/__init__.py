@@ -13,8 +13,13 @@ from .simple_baselines import AcceleratePolicy, H2OPolicy, ZeroInferencePolicy
 from .vllm import VllmPolicy
 
 REGISTRY: dict[str, type[Policy]] = {
-    "alisa": AlisaPolicy, "dense-gpu": DenseGpuPolicy, "flexgen": FlexGenPolicy, "vllm": VllmPolicy,
-    "accelerate": AcceleratePolicy, "zero-inference": ZeroInferencePolicy, "h2o": H2OPolicy,
+    "alisa": AlisaPolicy,
+    "dense-gpu": DenseGpuPolicy,
+    "flexgen": FlexGenPolicy,
+    "vllm": VllmPolicy,
+    "accelerate": AcceleratePolicy,
+    "zero-inference": ZeroInferencePolicy,
+    "h2o": H2OPolicy,
 }
 
 
@@ -24,12 +29,19 @@ def make_policy(scenario: Scenario, cost: CostModel | None = None) -> Policy:
     # the real backend's cache layout for this policy (what its decode layers run)
     cache = "prefix" if scenario.policy.name == "flexgen" else "swa" if swa else "slots"
     device_gather = scenario.policy.name == "alisa" and scenario.policy.gather == "device"
-    coster = StepCoster(scenario.model, scenario.workload.batch_size, cost, scenario.policy.int8_kv, swa=swa,
-                        cache=cache, device_gather=device_gather)
+    coster = StepCoster(
+        scenario.model,
+        scenario.workload.batch_size,
+        cost,
+        scenario.policy.int8_kv,
+        swa=swa,
+        cache=cache,
+        device_gather=device_gather,
+    )
     policy = REGISTRY[scenario.policy.name](scenario, coster)
     if isinstance(policy, AlisaPolicy) and swa:
         coster.importance_history = policy.importance_history()
     if isinstance(policy, AlisaPolicy) and policy.spills:
-        coster.use_cache_layout("spill")   # its layers also write through and land fetched rows
+        coster.use_cache_layout("spill")  # its layers also write through and land fetched rows
         coster.selection = policy.selection_shape()
     return policy

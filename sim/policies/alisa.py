@@ -65,7 +65,7 @@ def swa_budget(n: int, kv_sparsity: float, local_fraction: float) -> tuple[int, 
 class AlisaPolicy(Policy):
     name = "alisa"
 
-    def __init__(self, scenario, coster) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, scenario, coster) -> None:
         self.cfg: AlisaPolicyConfig = scenario.policy
         super().__init__(scenario, coster)
         trace = read_trace(self.cfg.selection_trace) if self.cfg.selection_trace else None
@@ -77,8 +77,9 @@ class AlisaPolicy(Policy):
         self.n_max = wl.prompt_len + wl.gen_len
         self.a_max, _ = swa_budget(self.n_max, self.cfg.kv_sparsity, self.cfg.local_fraction)
         self.staging_bytes = self._staging_bytes()
-        self.C = self.kv_tokens_capacity(max(0.0, self.layout.kv_budget_bytes - self.staging_bytes
-                                                - self.importance_bytes()))
+        self.C = self.kv_tokens_capacity(
+            max(0.0, self.layout.kv_budget_bytes - self.staging_bytes - self.importance_bytes())
+        )
         # write-through: when the run will outgrow the GPU cache, every token's KV (and its
         # layer input x, with recompute) is copied to the host as it is made, so eviction
         # never waits on a write-back and any token can be fetched or recomputed later
@@ -86,7 +87,7 @@ class AlisaPolicy(Policy):
         # the host gathers the fetched rows, so it needs each step's selection first (a
         # round trip); the device gather reads the selection on the GPU
         self.host_gathers = self.cfg.gather == "host"
-        self.r_min = 0.0              # share of host-only tokens whose KV was dropped
+        self.r_min = 0.0  # share of host-only tokens whose KV was dropped
         self.recompute_steps = 0
         self.r_history: list[float] = []
 
@@ -96,16 +97,19 @@ class AlisaPolicy(Policy):
         if self.cfg.kv_sparsity <= 0:
             return 0
         P = self.sc.workload.prompt_len
-        return max(a - w for a, w in (swa_budget(n, self.cfg.kv_sparsity, self.cfg.local_fraction)
-                                      for n in range(P + 1, self.n_max + 1)))
+        return max(
+            a - w
+            for a, w in (
+                swa_budget(n, self.cfg.kv_sparsity, self.cfg.local_fraction) for n in range(P + 1, self.n_max + 1)
+            )
+        )
 
     def selection_shape(self) -> SelectionShape | None:
         """The fixed shapes of a spilling run's per-step selection (the real backend's
         ``SpillSelector``); None when the KV never spills."""
         if not self.spills:
             return None
-        return SelectionShape(self.model.num_layers, self.batch, self.n_max, min(self.C, self.n_max),
-                              self.global_max())
+        return SelectionShape(self.model.num_layers, self.batch, self.n_max, min(self.C, self.n_max), self.global_max())
 
     def importance_history(self) -> int:
         """Steps summed into importance (our default: the window at the longest context)."""
@@ -121,8 +125,7 @@ class AlisaPolicy(Policy):
         wl = self.sc.workload
         n_max = wl.prompt_len + wl.gen_len
         a_max, _ = swa_budget(n_max, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        return swa_importance_bytes(self.model, self.batch, n_max, self.importance_history(),
-                                    max(wl.prompt_len, a_max))
+        return swa_importance_bytes(self.model, self.batch, n_max, self.importance_history(), max(wl.prompt_len, a_max))
 
     def _staging_bytes(self) -> float:
         wl = self.sc.workload
@@ -145,8 +148,17 @@ class AlisaPolicy(Policy):
         # while a streamed layer costs all its weights every step. Reserve only the fetch
         # staging, the importance scores and a small resident cache (64 tokens per sequence and layer).
         min_kv = per_token * min(64, a_max) + extra
-        return plan_memory(self.model, self.batch, wl.prompt_len, hw.gpu_memory_bytes, hw.cpu_memory_bytes,
-                           hw.gpu_reserved_gb * GB, budget, min_kv, allow_weight_offload=True)
+        return plan_memory(
+            self.model,
+            self.batch,
+            wl.prompt_len,
+            hw.gpu_memory_bytes,
+            hw.cpu_memory_bytes,
+            hw.gpu_reserved_gb * GB,
+            budget,
+            min_kv,
+            allow_weight_offload=True,
+        )
 
     # -- memory ----------------------------------------------------------------
     def _host_bytes(self, n: int, r_min: float) -> float:
@@ -163,17 +175,27 @@ class AlisaPolicy(Policy):
         if self._host_bytes(n, self.r_min) <= cap:
             return None
         if not self.cfg.recompute:
-            return OutOfMemory("cpu", (
-                f"host copy of KV for {n} tokens x batch {self.batch} needs "
-                f"{self._host_bytes(n, 0.0) / GB:.2f} GB; host memory is {cap / GB:.2f} GB"), step)
+            return OutOfMemory(
+                "cpu",
+                (
+                    f"host copy of KV for {n} tokens x batch {self.batch} needs "
+                    f"{self._host_bytes(n, 0.0) / GB:.2f} GB; host memory is {cap / GB:.2f} GB"
+                ),
+                step,
+            )
         host_only = max(0, n - self.C)
         kv_drop = self.batch * self.model.num_layers * host_only * self.coster.kv_bytes
         over = self._host_bytes(n, 0.0) - cap
         r = min(1.0, over / kv_drop) if kv_drop > 0 else 1.0
         if self._host_bytes(n, r) > cap * (1 + 1e-12):
-            return OutOfMemory("cpu", (
-                f"even with the KV of all {host_only} host-only tokens dropped, host copies for {n} tokens x "
-                f"batch {self.batch} exceed host memory ({cap / GB:.2f} GB)"), step)
+            return OutOfMemory(
+                "cpu",
+                (
+                    f"even with the KV of all {host_only} host-only tokens dropped, host copies for {n} tokens x "
+                    f"batch {self.batch} exceed host memory ({cap / GB:.2f} GB)"
+                ),
+                step,
+            )
         self.r_min = max(self.r_min, r)
         return None
 
@@ -203,20 +225,42 @@ class AlisaPolicy(Policy):
             if oom:
                 return oom
         wt = p if self.spills else 0
-        layers = tuple(LayerPlan(new_tokens=p, attended_tokens=p, prefill=True, d2h_kv_tokens=wt,
-                                 d2h_hidden_tokens=wt if self.cfg.recompute else 0,
-                                 weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
+        layers = tuple(
+            LayerPlan(
+                new_tokens=p,
+                attended_tokens=p,
+                prefill=True,
+                d2h_kv_tokens=wt,
+                d2h_hidden_tokens=wt if self.cfg.recompute else 0,
+                weight_h2d_bytes=self.weight_stream_bytes(l),
+            )
+            for l in range(L)
+        )
         cpu_kv, cpu_x = self._host_plan_fields(p)
-        return StepPlan(-1, "prefill", p, self.batch, layers, min(p, self.C), cpu_kv, cpu_x, 0.0,
-                        gpu_extra_bytes=self._extra_bytes(),
-                        note="prompt exceeds GPU KV budget" if p > self.C else "")
+        return StepPlan(
+            -1,
+            "prefill",
+            p,
+            self.batch,
+            layers,
+            min(p, self.C),
+            cpu_kv,
+            cpu_x,
+            0.0,
+            gpu_extra_bytes=self._extra_bytes(),
+            note="prompt exceeds GPU KV budget" if p > self.C else "",
+        )
 
     def _too_small(self, step: int) -> OutOfMemory:
-        return OutOfMemory("gpu", (
-            f"GPU KV budget ({self.layout.kv_budget_bytes / GB:.2f} GB) holds {self.C} tokens per sequence and "
-            f"layer after the staging area and importance scores ({self._extra_bytes() / GB:.2f} GB); "
-            f"raise policy.gpu_kv_budget_gb (or gpu_kv_budget_tokens) or kv_sparsity"),
-            step)
+        return OutOfMemory(
+            "gpu",
+            (
+                f"GPU KV budget ({self.layout.kv_budget_bytes / GB:.2f} GB) holds {self.C} tokens per sequence and "
+                f"layer after the staging area and importance scores ({self._extra_bytes() / GB:.2f} GB); "
+                f"raise policy.gpu_kv_budget_gb (or gpu_kv_budget_tokens) or kv_sparsity"
+            ),
+            step,
+        )
 
     def _misses(self, n: int, a: int, w: int, churn: float) -> float:
         """Expected selected tokens not GPU-resident, per sequence and layer (see module doc)."""
@@ -236,7 +280,7 @@ class AlisaPolicy(Policy):
         n = self.sc.workload.prompt_len + step + 1
         L = self.model.num_layers
         a, w = swa_budget(n, self.cfg.kv_sparsity, self.cfg.local_fraction)
-        wt = 1 if self.spills else 0   # write-through of the new token
+        wt = 1 if self.spills else 0  # write-through of the new token
         wx = wt if self.cfg.recompute else 0
         if self.C < 1:
             return self._too_small(step)
@@ -246,22 +290,57 @@ class AlisaPolicy(Policy):
                 return oom
         cpu_kv, cpu_x = self._host_plan_fields(n)
         if n <= self.C:
-            layers = tuple(LayerPlan(attended_tokens=a, d2h_kv_tokens=wt, d2h_hidden_tokens=wx,
-                                     weight_h2d_bytes=self.weight_stream_bytes(l)) for l in range(L))
-            return StepPlan(step, "I", n, self.batch, layers, n, cpu_kv, cpu_x, gpu_extra_bytes=self._extra_bytes(),
-                            host_round_trip=self.spills and self.host_gathers)
+            layers = tuple(
+                LayerPlan(
+                    attended_tokens=a,
+                    d2h_kv_tokens=wt,
+                    d2h_hidden_tokens=wx,
+                    weight_h2d_bytes=self.weight_stream_bytes(l),
+                )
+                for l in range(L)
+            )
+            return StepPlan(
+                step,
+                "I",
+                n,
+                self.batch,
+                layers,
+                n,
+                cpu_kv,
+                cpu_x,
+                gpu_extra_bytes=self._extra_bytes(),
+                host_round_trip=self.spills and self.host_gathers,
+            )
         churn = self.churn.at(step)
         misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
         r = self._choose_ratio(misses, a, wt, wx)
         layers = tuple(
-            LayerPlan(attended_tokens=a, h2d_kv_tokens=m - round(r * m), recompute_tokens=round(r * m),
-                      d2h_kv_tokens=wt, d2h_hidden_tokens=wx, weight_h2d_bytes=self.weight_stream_bytes(l))
-            for l, m in enumerate(misses))
+            LayerPlan(
+                attended_tokens=a,
+                h2d_kv_tokens=m - round(r * m),
+                recompute_tokens=round(r * m),
+                d2h_kv_tokens=wt,
+                d2h_hidden_tokens=wx,
+                weight_h2d_bytes=self.weight_stream_bytes(l),
+            )
+            for l, m in enumerate(misses)
+        )
         recomputed = any(lp.recompute_tokens for lp in layers)
         self.recompute_steps += recomputed
         self.r_history.append(r)
-        return StepPlan(step, "III" if recomputed else "II", n, self.batch, layers, self.C, cpu_kv,
-                        cpu_x, r, gpu_extra_bytes=self._extra_bytes(), host_round_trip=self.host_gathers)
+        return StepPlan(
+            step,
+            "III" if recomputed else "II",
+            n,
+            self.batch,
+            layers,
+            self.C,
+            cpu_kv,
+            cpu_x,
+            r,
+            gpu_extra_bytes=self._extra_bytes(),
+            host_round_trip=self.host_gathers,
+        )
 
     def _choose_ratio(self, misses: list[int], a: int, d2h_kv: int, d2h_x: int) -> float:
         """The recompute share minimising the pipelined step time (one representative layer)."""
@@ -278,10 +357,15 @@ class AlisaPolicy(Policy):
             if r < self.r_min - 1e-12:
                 continue
             rec = round(r * m)
-            lp = LayerPlan(attended_tokens=a, h2d_kv_tokens=m - rec, recompute_tokens=rec,
-                           d2h_kv_tokens=d2h_kv, d2h_hidden_tokens=d2h_x)
+            lp = LayerPlan(
+                attended_tokens=a,
+                h2d_kv_tokens=m - rec,
+                recompute_tokens=rec,
+                d2h_kv_tokens=d2h_kv,
+                d2h_hidden_tokens=d2h_x,
+            )
             t = self.coster.layer_times(lp)
-            gpu = max(t.compute_s, t.host_s)   # a layer's GPU work cannot end before the host has issued it
+            gpu = max(t.compute_s, t.host_s)  # a layer's GPU work cannot end before the host has issued it
             host = self.coster.host_stage_s(t)  # inline fetch: the issuing thread gathers too
             # uniform layers through a 3-stage pipeline: fill + (L-1) x bottleneck stage
             est = t.gather_s + t.h2d_s + gpu + (L - 1) * max(t.gather_s, t.h2d_s, gpu, host)
@@ -291,7 +375,10 @@ class AlisaPolicy(Policy):
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out.update(gpu_kv_tokens_per_seq_layer=self.C, final_recompute_ratio_min=self.r_min,
-                   mean_recompute_ratio=float(np.mean(self.r_history)) if self.r_history else 0.0,
-                   churn_source="trace" if not self.churn.uniform else f"constant {self.cfg.selection_churn}")
+        out.update(
+            gpu_kv_tokens_per_seq_layer=self.C,
+            final_recompute_ratio_min=self.r_min,
+            mean_recompute_ratio=float(np.mean(self.r_history)) if self.r_history else 0.0,
+            churn_source="trace" if not self.churn.uniform else f"constant {self.cfg.selection_churn}",
+        )
         return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..hardware import GB
 from ..memory import MemoryLayout
@@ -49,10 +50,15 @@ class Policy(ABC):
         """A reason the policy cannot start at all (weights and workspace do not fit)."""
         lay = self.layout
         if lay.gpu_static_bytes > lay.gpu_capacity_bytes:
-            return OutOfMemory("gpu", (
-                f"weights on GPU ({lay.weights_gpu_bytes / GB:.2f} GB) + workspace "
-                f"({lay.workspace_bytes / GB:.2f} GB) + reserved ({lay.reserved_bytes / GB:.2f} GB) exceed "
-                f"GPU memory ({lay.gpu_capacity_bytes / GB:.2f} GB)"), -1)
+            return OutOfMemory(
+                "gpu",
+                (
+                    f"weights on GPU ({lay.weights_gpu_bytes / GB:.2f} GB) + workspace "
+                    f"({lay.workspace_bytes / GB:.2f} GB) + reserved ({lay.reserved_bytes / GB:.2f} GB) exceed "
+                    f"GPU memory ({lay.gpu_capacity_bytes / GB:.2f} GB)"
+                ),
+                -1,
+            )
         if lay.cpu_static_bytes > lay.cpu_capacity_bytes:
             return OutOfMemory("cpu", f"offloaded weights ({lay.cpu_static_bytes / GB:.2f} GB) exceed host memory", -1)
         return None
@@ -60,8 +66,12 @@ class Policy(ABC):
     def summary(self) -> dict[str, Any]:
         """Policy-specific facts for result.json."""
         lay = self.layout
-        return {"kv_budget_bytes": int(lay.kv_budget_bytes), "weights_gpu_bytes": int(lay.weights_gpu_bytes),
-                "weights_cpu_bytes": int(lay.weights_cpu_bytes), "offloaded_layers": lay.offloaded_layers}
+        return {
+            "kv_budget_bytes": int(lay.kv_budget_bytes),
+            "weights_gpu_bytes": int(lay.weights_gpu_bytes),
+            "weights_cpu_bytes": int(lay.weights_cpu_bytes),
+            "offloaded_layers": lay.offloaded_layers,
+        }
 
     # -- helpers shared by policies ------------------------------------------
     def weight_stream_bytes(self, layer: int) -> int:
@@ -72,4 +82,4 @@ class Policy(ABC):
     def kv_tokens_capacity(self, bytes_: float) -> int:
         """Tokens per sequence and layer that `bytes_` of KV holds."""
         per = self.batch * self.model.num_layers * self.coster.kv_bytes
-        return int(math.floor(bytes_ / per)) if per > 0 else 0
+        return math.floor(bytes_ / per) if per > 0 else 0

@@ -17,5 +17,14 @@ class DenseGpuPolicy(GpuKvPolicy):
     def plan_layout(self) -> MemoryLayout:
         hw, pol = self.sc.hardware, self.sc.policy
         budget = pol.gpu_kv_budget_gb * GB if pol.gpu_kv_budget_gb is not None else None
-        return plan_memory(self.model, self.batch, self.sc.workload.prompt_len, hw.gpu_memory_bytes,
-                           hw.cpu_memory_bytes, hw.gpu_reserved_gb * GB, budget, 0.0, allow_weight_offload=False)
+        return plan_memory(
+            self.model,
+            self.batch,
+            self.sc.workload.prompt_len,
+            hw.gpu_memory_bytes,
+            hw.cpu_memory_bytes,
+            hw.gpu_reserved_gb * GB,
+            budget,
+            0.0,
+            allow_weight_offload=False,
+        )

@@ -37,17 +37,17 @@ COMPRESSED_FRACTION = 4.5 / 16.0  # 4-bit values + fp16 scale and min per group 
 class PlacementProblem:
     """Per-layer, per-step quantities of one (gpu_batch_size, num_gpu_batches) choice."""
 
-    compute_s: float            # GPU compute of one layer for the whole block (attention all on GPU)
-    compute_attn_cpu_s: float   # with cpu_cache_compute: GPU compute saved per unit of (1 - cg)
-    weight_layer_bytes: float   # one layer's streamed bytes if all its weights were on host
-    kv_layer_bytes: float       # one layer's KV for the block at the mean context
+    compute_s: float  # GPU compute of one layer for the whole block (attention all on GPU)
+    compute_attn_cpu_s: float  # with cpu_cache_compute: GPU compute saved per unit of (1 - cg)
+    weight_layer_bytes: float  # one layer's streamed bytes if all its weights were on host
+    kv_layer_bytes: float  # one layer's KV for the block at the mean context
     h2d_s_per_byte: float
     cpu_attn_s_per_byte: float  # with cpu_cache_compute: CPU time per KV byte attended there
     cpu_cache_compute: bool
-    gpu_free_bytes: float       # GPU memory for weights-on-GPU + KV-on-GPU
+    gpu_free_bytes: float  # GPU memory for weights-on-GPU + KV-on-GPU
     cpu_free_bytes: float
     weights_total_bytes: float  # all layers' weights (stored size)
-    kv_total_bytes: float       # the whole cache at the longest context (stored size)
+    kv_total_bytes: float  # the whole cache at the longest context (stored size)
 
 
 @dataclass(frozen=True)
@@ -69,21 +69,33 @@ def solve_placement(p: PlacementProblem) -> Placement | None:
     A, b = [], []
     if p.cpu_cache_compute:
         # t >= compute - (1 - cg) s  ->  -s cg - t <= -(compute - s)
-        A.append([0.0, -p.compute_attn_cpu_s, -1.0]); b.append(-(p.compute_s - p.compute_attn_cpu_s))
-        A.append([-W * h, 0.0, -1.0]); b.append(-W * h)
-        A.append([0.0, -K * p.cpu_attn_s_per_byte, -1.0]); b.append(-K * p.cpu_attn_s_per_byte)
+        A.append([0.0, -p.compute_attn_cpu_s, -1.0])
+        b.append(-(p.compute_s - p.compute_attn_cpu_s))
+        A.append([-W * h, 0.0, -1.0])
+        b.append(-W * h)
+        A.append([0.0, -K * p.cpu_attn_s_per_byte, -1.0])
+        b.append(-K * p.cpu_attn_s_per_byte)
     else:
-        A.append([0.0, 0.0, -1.0]); b.append(-p.compute_s)
-        A.append([-W * h, -K * h, -1.0]); b.append(-(W + K) * h)
-    A.append([p.weights_total_bytes, p.kv_total_bytes, 0.0]); b.append(p.gpu_free_bytes)
-    A.append([-p.weights_total_bytes, -p.kv_total_bytes, 0.0]); b.append(p.cpu_free_bytes - p.weights_total_bytes - p.kv_total_bytes)
+        A.append([0.0, 0.0, -1.0])
+        b.append(-p.compute_s)
+        A.append([-W * h, -K * h, -1.0])
+        b.append(-(W + K) * h)
+    A.append([p.weights_total_bytes, p.kv_total_bytes, 0.0])
+    b.append(p.gpu_free_bytes)
+    A.append([-p.weights_total_bytes, -p.kv_total_bytes, 0.0])
+    b.append(p.cpu_free_bytes - p.weights_total_bytes - p.kv_total_bytes)
     A_ = np.array(A, dtype=float)
     b_ = np.array(b, dtype=float)
     norm = np.maximum(np.abs(A_).max(axis=1), np.abs(b_))  # rows of seconds and of bytes: scale each
     norm[norm == 0] = 1.0
     # a tiny preference for more on the GPU breaks ties (same time, less PCIe traffic)
-    res = linprog(c=[-1e-9, -1e-9, 1.0], A_ub=A_ / norm[:, None], b_ub=b_ / norm,
-                  bounds=[(0, 1), (0, 1), (0, None)], method="highs")
+    res = linprog(
+        c=[-1e-9, -1e-9, 1.0],
+        A_ub=A_ / norm[:, None],
+        b_ub=b_ / norm,
+        bounds=[(0, 1), (0, 1), (0, None)],
+        method="highs",
+    )
     if not res.success:
         return None
     wg, cg, t = (float(v) for v in res.x)
@@ -93,7 +105,7 @@ def solve_placement(p: PlacementProblem) -> Placement | None:
 class FlexGenPolicy(Policy):
     name = "flexgen"
 
-    def __init__(self, scenario, coster) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, scenario, coster) -> None:
         cfg = scenario.policy
         self.cfg = cfg
         if cfg.compress_cache:
@@ -105,7 +117,7 @@ class FlexGenPolicy(Policy):
     def plan_layout(self) -> MemoryLayout:
         hw, m, wl = self.sc.hardware, self.model, self.sc.workload
         lw = layer_weight_bytes(m) * self.w_factor
-        non_layer = (weight_bytes(m) - m.num_layers * layer_weight_bytes(m))
+        non_layer = weight_bytes(m) - m.num_layers * layer_weight_bytes(m)
         ws = workspace_bytes(m, self.batch, wl.prompt_len)
         reserved = hw.gpu_reserved_gb * GB
         gpu_free = hw.gpu_memory_bytes - reserved - ws - non_layer - 2 * lw
@@ -118,21 +130,36 @@ class FlexGenPolicy(Policy):
         ccc_options = (False, True) if self.cfg.cpu_cache_compute == "auto" else (bool(self.cfg.cpu_cache_compute),)
         for ccc, gbs in ((c, g) for c in ccc_options for g in self._gpu_batch_sizes()):
             ngb = self.batch // gbs
-            compute = ngb * (self.coster.dense_layer_compute_s(gbs, decode=True)
-                             + self.coster.cost.attention_decode_s(gbs * n_mean * kvb, self.coster.int8_kv))
+            compute = ngb * (
+                self.coster.dense_layer_compute_s(gbs, decode=True)
+                + self.coster.cost.attention_decode_s(gbs * n_mean * kvb, self.coster.int8_kv)
+            )
             attn_gpu = ngb * self.coster.cost.attention_decode_s(gbs * n_mean * kvb, self.coster.int8_kv)
             prob = PlacementProblem(
-                compute_s=compute, compute_attn_cpu_s=attn_gpu, weight_layer_bytes=lw,
-                kv_layer_bytes=self.batch * n_mean * kvb, h2d_s_per_byte=self._h2d_slope(),
-                cpu_attn_s_per_byte=1.0 / (hw.cpu_gather_gbps * GB), cpu_cache_compute=ccc,
-                gpu_free_bytes=gpu_free, cpu_free_bytes=cpu_free, weights_total_bytes=m.num_layers * lw,
-                kv_total_bytes=self.batch * m.num_layers * n_max * kvb)
+                compute_s=compute,
+                compute_attn_cpu_s=attn_gpu,
+                weight_layer_bytes=lw,
+                kv_layer_bytes=self.batch * n_mean * kvb,
+                h2d_s_per_byte=self._h2d_slope(),
+                cpu_attn_s_per_byte=1.0 / (hw.cpu_gather_gbps * GB),
+                cpu_cache_compute=ccc,
+                gpu_free_bytes=gpu_free,
+                cpu_free_bytes=cpu_free,
+                weights_total_bytes=m.num_layers * lw,
+                kv_total_bytes=self.batch * m.num_layers * n_max * kvb,
+            )
             if self.cfg.weights_gpu_percent is not None or self.cfg.cache_gpu_percent is not None:
                 pl = self._fixed(prob)
             else:
                 pl = solve_placement(prob)
-            tried.append({"gpu_batch_size": gbs, "num_gpu_batches": ngb, "cpu_cache_compute": ccc,
-                          **(asdict(pl) if pl else {"infeasible": True})})
+            tried.append(
+                {
+                    "gpu_batch_size": gbs,
+                    "num_gpu_batches": ngb,
+                    "cpu_cache_compute": ccc,
+                    **(asdict(pl) if pl else {"infeasible": True}),
+                }
+            )
             if pl is not None and (best is None or pl.layer_time_s < best[0] - 1e-12):
                 best = (pl.layer_time_s, gbs, pl, ccc)
         self.search = tried
@@ -140,7 +167,9 @@ class FlexGenPolicy(Policy):
             raise InputError(
                 "FlexGen's placement LP is infeasible for every GPU batch size: weights + KV cache "
                 f"({(m.num_layers * lw + self.batch * m.num_layers * n_max * kvb) / GB:.1f} GB) exceed GPU + host "
-                "memory; lower the batch or the sequence length, or enable compression", field="policy")
+                "memory; lower the batch or the sequence length, or enable compression",
+                field="policy",
+            )
         _, self.gbs, self.placement, self.ccc = best
         self.ngb = self.batch // self.gbs
         wg = self.placement.wg
@@ -161,8 +190,10 @@ class FlexGenPolicy(Policy):
     def _gpu_batch_sizes(self) -> list[int]:
         if self.cfg.gpu_batch_size is not None:
             if self.batch % self.cfg.gpu_batch_size:
-                raise InputError(f"gpu_batch_size {self.cfg.gpu_batch_size} does not divide batch_size {self.batch}",
-                                 field="policy.gpu_batch_size")
+                raise InputError(
+                    f"gpu_batch_size {self.cfg.gpu_batch_size} does not divide batch_size {self.batch}",
+                    field="policy.gpu_batch_size",
+                )
             return [self.cfg.gpu_batch_size]
         # largest first: on a tie (PCIe-bound) the larger GPU batch wastes less compute
         return [g for g in range(self.batch, 0, -1) if self.batch % g == 0 and (g & (g - 1) == 0 or g == self.batch)]
@@ -174,16 +205,25 @@ class FlexGenPolicy(Policy):
     # -- plans ---------------------------------------------------------------------------
     def _cpu_tokens(self, n: int) -> int:
         # rounding towards the host keeps the GPU share within what the LP budgeted
-        return min(n, int(math.ceil((1.0 - self.placement.cg) * n - 1e-9)))
+        return min(n, math.ceil((1.0 - self.placement.cg) * n - 1e-9))
 
     def _layers(self, n: int, new: int, prefill: bool, d2h: int) -> tuple[LayerPlan, ...]:
         m = self.model
         w_stream = int((1.0 - self.placement.wg) * layer_weight_bytes(m))
         cpu = self._cpu_tokens(n) if not prefill else 0
         ccc = self.ccc
-        lp = LayerPlan(new_tokens=new, attended_tokens=n, prefill=prefill, weight_h2d_bytes=w_stream,
-                       weight_compression=self.w_factor, contiguous_fetch=True, sub_batches=self.ngb,
-                       h2d_kv_tokens=0 if ccc else cpu, cpu_attention_tokens=cpu if ccc else 0, d2h_kv_tokens=d2h)
+        lp = LayerPlan(
+            new_tokens=new,
+            attended_tokens=n,
+            prefill=prefill,
+            weight_h2d_bytes=w_stream,
+            weight_compression=self.w_factor,
+            contiguous_fetch=True,
+            sub_batches=self.ngb,
+            h2d_kv_tokens=0 if ccc else cpu,
+            cpu_attention_tokens=cpu if ccc else 0,
+            d2h_kv_tokens=d2h,
+        )
         return (lp,) * m.num_layers
 
     def prefill(self) -> StepPlan | OutOfMemory:
@@ -199,13 +239,18 @@ class FlexGenPolicy(Policy):
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out.update(flexgen_policy={"gpu_batch_size": self.gbs, "num_gpu_batches": self.ngb,
-                                   "weights_gpu_percent": round(100 * self.placement.wg, 2),
-                                   "cache_gpu_percent": round(100 * self.placement.cg, 2),
-                                   "activations_gpu_percent": 100.0,
-                                   "cpu_cache_compute": self.ccc,
-                                   "compress_weight": self.cfg.compress_weight,
-                                   "compress_cache": self.cfg.compress_cache,
-                                   "lp_layer_time_s": self.placement.layer_time_s},
-                   flexgen_search=self.search)
+        out.update(
+            flexgen_policy={
+                "gpu_batch_size": self.gbs,
+                "num_gpu_batches": self.ngb,
+                "weights_gpu_percent": round(100 * self.placement.wg, 2),
+                "cache_gpu_percent": round(100 * self.placement.cg, 2),
+                "activations_gpu_percent": 100.0,
+                "cpu_cache_compute": self.ccc,
+                "compress_weight": self.cfg.compress_weight,
+                "compress_cache": self.cfg.compress_cache,
+                "lp_layer_time_s": self.placement.layer_time_s,
+            },
+            flexgen_search=self.search,
+        )
         return out

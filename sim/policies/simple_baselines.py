@@ -21,27 +21,45 @@ from ..hardware import GB
 from ..memory import MemoryLayout, plan_memory
 from ..models import layer_weight_bytes, weight_bytes
 from ..plan import LayerPlan, OutOfMemory, StepPlan
+from ..scenario import H2OPolicyConfig
 from .base import Policy
 
 
 class GpuKvPolicy(Policy):
     """Shared: KV on the GPU, OOM when it no longer fits; per-layer weight streaming."""
 
-    stream_all = False       # every layer's weights come from host (zero-inference)
-    sync = False             # no prefetch (accelerate)
+    stream_all = False  # every layer's weights come from host (zero-inference)
+    sync = False  # no prefetch (accelerate)
     pageable = False
 
     def plan_layout(self) -> MemoryLayout:
         hw, pol, m = self.sc.hardware, self.sc.policy, self.model
         budget = pol.gpu_kv_budget_gb * GB if pol.gpu_kv_budget_gb is not None else None
-        lay = plan_memory(m, self.batch, self.sc.workload.prompt_len, hw.gpu_memory_bytes, hw.cpu_memory_bytes,
-                          hw.gpu_reserved_gb * GB, budget, self._min_kv_bytes(), allow_weight_offload=True)
+        lay = plan_memory(
+            m,
+            self.batch,
+            self.sc.workload.prompt_len,
+            hw.gpu_memory_bytes,
+            hw.cpu_memory_bytes,
+            hw.gpu_reserved_gb * GB,
+            budget,
+            self._min_kv_bytes(),
+            allow_weight_offload=True,
+        )
         if self.stream_all:  # every layer streams; two layer buffers on the GPU
             lw = layer_weight_bytes(m)
             w_gpu = weight_bytes(m) - m.num_layers * lw + 2 * lw
             free = lay.gpu_capacity_bytes - lay.reserved_bytes - lay.workspace_bytes - w_gpu
-            lay = MemoryLayout(lay.gpu_capacity_bytes, lay.cpu_capacity_bytes, lay.reserved_bytes, lay.workspace_bytes,
-                               w_gpu, m.num_layers * lw, m.num_layers, budget if budget is not None else max(0.0, free))
+            lay = MemoryLayout(
+                lay.gpu_capacity_bytes,
+                lay.cpu_capacity_bytes,
+                lay.reserved_bytes,
+                lay.workspace_bytes,
+                w_gpu,
+                m.num_layers * lw,
+                m.num_layers,
+                budget if budget is not None else max(0.0, free),
+            )
         return lay
 
     def _min_kv_bytes(self) -> float:
@@ -51,18 +69,28 @@ class GpuKvPolicy(Policy):
     def kept_tokens(self, n: int) -> int:
         return n
 
-    def _layer(self, l: int, **kw) -> LayerPlan:  # type: ignore[no-untyped-def]
+    def _layer(self, l: int, **kw) -> LayerPlan:
         wb = self.weight_stream_bytes(l)
-        return LayerPlan(weight_h2d_bytes=wb, contiguous_fetch=True, sync_fetch=self.sync and wb > 0,
-                         pageable_fetch=self.pageable, **kw)
+        return LayerPlan(
+            weight_h2d_bytes=wb,
+            contiguous_fetch=True,
+            sync_fetch=self.sync and wb > 0,
+            pageable_fetch=self.pageable,
+            **kw,
+        )
 
     def _fits(self, n: int, step: int) -> OutOfMemory | None:
         cap = self.kv_tokens_capacity(self.layout.kv_budget_bytes)
         if n > cap:
             need = n * self.batch * self.model.num_layers * self.coster.kv_bytes
-            return OutOfMemory("gpu", (
-                f"KV cache of {n} tokens x batch {self.batch} needs {need / GB:.2f} GB; "
-                f"the GPU has {self.layout.kv_budget_bytes / GB:.2f} GB for KV (holds {cap} tokens per sequence)"), step)
+            return OutOfMemory(
+                "gpu",
+                (
+                    f"KV cache of {n} tokens x batch {self.batch} needs {need / GB:.2f} GB; "
+                    f"the GPU has {self.layout.kv_budget_bytes / GB:.2f} GB for KV (holds {cap} tokens per sequence)"
+                ),
+                step,
+            )
         return None
 
     def prefill(self) -> StepPlan | OutOfMemory:
@@ -71,7 +99,9 @@ class GpuKvPolicy(Policy):
         oom = self._fits(kept, -1)
         if oom:
             return oom
-        layers = tuple(self._layer(l, new_tokens=p, attended_tokens=p, prefill=True) for l in range(self.model.num_layers))
+        layers = tuple(
+            self._layer(l, new_tokens=p, attended_tokens=p, prefill=True) for l in range(self.model.num_layers)
+        )
         return StepPlan(-1, "prefill", p, self.batch, layers, kept, 0)
 
     def decode(self, step: int) -> StepPlan | OutOfMemory:
@@ -103,5 +133,6 @@ class H2OPolicy(GpuKvPolicy):
         return self.batch * self.model.num_layers * self.coster.kv_bytes * self.kept_tokens(wl.prompt_len + wl.gen_len)
 
     def kept_tokens(self, n: int) -> int:
+        assert isinstance(self.sc.policy, H2OPolicyConfig)
         b = self.sc.policy.kv_budget
         return n if b >= 1.0 else max(1, min(n, math.ceil(b * n - 1e-9)))
