@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             plots=not args.no_plots,
         )
     else:
-        result = run_scenario(sc, out, plots=not args.no_plots)
+        result = run_scenario(sc, out, plots=not args.no_plots, exact=args.exact)
     print(render_summary(result))
     print(
         f"\nwrote {out}/result.json, steps.csv, trace.json" + ("" if args.no_plots else ", memory.png, step_time.png")
@@ -348,23 +348,96 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from alisa.sim.bundled import resolve_scenario
     from alisa.sim.scenario import expand_sweep
-    from alisa.sim.sweep import run_sweep
+    from alisa.sim.sweep import SweepInterrupted, run_sweep
 
+    if args.engine == "ray":
+        require("ray", purpose="alisa sweep --engine ray")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"must be at least 1, got {args.jobs}", field="--jobs")
     path = resolve_scenario(args.scenario)
     points = expand_sweep(path, args.set)
     out = Path(args.out) if args.out else Path("results") / (Path(path).stem + "-sweep")
     check_output_folder(out)
+    failed = 0
     with tqdm(total=len(points), desc="sweep", unit="pt", file=sys.stderr) as bar:
-        rows = run_sweep(points, out, jobs=args.jobs, progress=bar.update)
+
+        def tick(n: int, bad: bool) -> None:
+            nonlocal failed
+            failed += bad
+            bar.update(n)
+            if failed:
+                bar.set_postfix(failed=failed)
+
+        try:
+            report = run_sweep(
+                points, out, jobs=args.jobs, progress=tick, engine=args.engine, address=args.address, exact=args.exact
+            )
+        except SweepInterrupted as e:
+            bar.close()
+            print(f"alisa: {e}", file=sys.stderr)
+            return 1
+    rows = report.rows
     keys = [k for k in rows[0] if k.startswith("param:")]
     print("  ".join(k.removeprefix("param:") for k in keys) + "  throughput_tok/s  phases(I/II/III)  oom")
     for r in rows:
         vals = "  ".join(str(r[k]) for k in keys)
+        if r["error"]:
+            print(f"{vals}  error: {r['error']}")
+            continue
         print(
             f"{vals}  {r['throughput_tokens_per_s']:.1f}  "
             f"{r['phase_I_steps']}/{r['phase_II_steps']}/{r['phase_III_steps']}  {r['oom']}"
         )
-    print(f"\nwrote {out}/sweep.csv and sweep.json ({len(rows)} points)")
+    note = f"{report.computed} computed, {report.reused} reused from {out / 'points'}"
+    if report.failed:
+        note += f"; {len(report.failed)} failed (their error is in sweep.csv; a re-run tries them again)"
+    print(f"\nwrote {out}/sweep.csv and sweep.json ({len(rows)} points: {note})")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from alisa.sim.bundled import resolve_scenario
+    from alisa.sim.scenario import load_resolved
+    from alisa.sim.search import run_search, spec_from
+
+    require("optuna", purpose="alisa search")
+    if args.engine == "ray":
+        require("ray", purpose="alisa search --engine ray")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"must be at least 1, got {args.jobs}", field="--jobs")
+    path = resolve_scenario(args.scenario)
+    data, file = load_resolved(path, args.set)
+    spec = spec_from(data, file, args.free, args.constraint, args.objective, args.trials)
+    out = Path(args.out) if args.out else Path("results") / (Path(path).stem + "-search")
+    check_output_folder(out)
+    seed = args.seed if args.seed is not None else int(data.get("seed") or 0)
+    bad = 0
+    with tqdm(total=spec.trials, desc="search", unit="trial", file=sys.stderr) as bar:
+
+        def tick(n: int, failed: bool) -> None:
+            nonlocal bad
+            bad += failed
+            bar.update(n)
+            bar.set_postfix(infeasible=bad)
+
+        rep = run_search(data, file, spec, out, seed, args.engine, args.jobs, args.address, args.exact, tick)
+    cons = ", ".join(str(c) for c in rep.constraints) or "none"
+    print(f"{len(rep.trials)} trials, objective {rep.objective}, constraints: {cons}")
+    if rep.best is None or rep.best.result is None:
+        print("no trial met the constraints; see trials.csv for why")
+        print(f"\nwrote {out}/trials.csv")
+        return 0
+    r = rep.best.result
+    print("best point:")
+    for k, v in rep.best.values.items():
+        print(f"  {k:28s} {v.get('name') if isinstance(v, dict) else v}")
+    print(f"  throughput                   {r['throughput_tokens_per_s']:.1f} tokens/s")
+    print(f"  per-token latency            {1e3 * r['token_latency_s']:.2f} ms")
+    print(f"  peak GPU / host memory       {r['peak_gpu_bytes'] / 1e9:.2f} / {r['peak_cpu_bytes'] / 1e9:.2f} GB")
+    print(f"Pareto front (throughput vs per-token latency): {len(rep.pareto)} points")
+    print(f"\nwrote {out}/best.json, winner.yaml (alisa run {out}/winner.yaml), trials.csv, pareto.csv, pareto.png")
     return 0
 
 
@@ -582,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _real_flags(r)
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument(
+        "--exact", action="store_true", help="simulator: the full SimPy event model, not its closed form (slower)"
+    )
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="run scenarios on both backends and report simulated vs measured")
@@ -611,7 +687,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument(
+        "--engine",
+        choices=("pool", "ray"),
+        default="pool",
+        help="where points run: a local process pool, or Ray tasks (pip install -e '.[ray]')",
+    )
+    s.add_argument("--address", help="with --engine ray: the cluster to join (default: start a local one)")
+    s.add_argument("--exact", action="store_true", help="time with the full SimPy event model (slower)")
     s.set_defaults(func=cmd_sweep)
+
+    q = sub.add_parser("search", help="find the best configuration over the knobs marked free")
+    q.add_argument("scenario", help="the fixed model, hardware and workload (its search: section, if any)")
+    q.add_argument("--objective", choices=("throughput", "token_latency"), help="default throughput")
+    q.add_argument(
+        "--free",
+        action="append",
+        default=[],
+        metavar="PATH=SPEC",
+        help="a free knob: int:LOW:HIGH[:log], float:LOW:HIGH[:log], choice:A,B,... or bool "
+        "(e.g. workload.batch_size=int:8:256:log, policy=choice:alisa,flexgen)",
+    )
+    q.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="peak_gpu_gb<=X, peak_host_gb<=X, token_latency_ms<=X or throughput>=X",
+    )
+    q.add_argument("--trials", type=int, help="configurations to try (default 48)")
+    q.add_argument("--seed", type=int, help="the sampler's seed (default: the scenario's)")
+    q.add_argument("--out")
+    q.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    q.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    q.add_argument("--engine", choices=("pool", "ray"), default="pool")
+    q.add_argument("--address", help="with --engine ray: the cluster to join")
+    q.add_argument("--exact", action="store_true", help="time with the full SimPy event model (slower)")
+    q.set_defaults(func=cmd_search)
 
     c = sub.add_parser("calibrate", help="measure this GPU and host; write a hardware profile")
     c.add_argument("--quick", action="store_true", help="a smaller grid (about 2 minutes)")

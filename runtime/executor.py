@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from alisa.sim.engine import RUN_AHEAD_LAYERS, EngineResult, StepRecord
+from alisa.sim.engine import RUN_AHEAD_LAYERS, EngineResult, EventLog, StepRecord
 from alisa.sim.errors import InputError
 from alisa.sim.hardware import GB
 from alisa.sim.plan import OutOfMemory, StepPlan
@@ -763,7 +763,7 @@ class RealExecutor:
         total = records[-1].end_s if records else 0.0
         er = EngineResult(
             steps=records,
-            events=events,
+            log=EventLog.of(events),
             memory_log=[(r.end_s, r.gpu_bytes, r.cpu_bytes) for r in records],
             oom=oom,
             peak_gpu_bytes=float(self.d.gpu_peak_bytes()),

@@ -27,6 +27,7 @@ at a spilling step's end stores the step's write-through rows into the host copy
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,7 @@ class StepRecord:
 @dataclass
 class EngineResult:
     steps: list[StepRecord]  # prefill first (step -1), then decode steps
-    events: list[tuple[str, str, float, float, dict[str, Any]]]  # lane, name, start, dur, args
+    log: EventLog  # trace events: lane, name, start, dur, args (``events``)
     memory_log: list[tuple[float, float, float]]  # time, gpu bytes, cpu bytes
     oom: OutOfMemory | None
     peak_gpu_bytes: float
@@ -77,37 +78,89 @@ class EngineResult:
     trace_truncated_at_step: int | None = None
     policy_summary: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def events(self) -> list[tuple[str, str, float, float, dict[str, Any]]]:
+        return self.log.events()
 
-class Engine:
+
+class EventLog:
+    """Trace events, built when first read: the fast engine keeps each traced step's
+    per-layer times and renders the (lane, name, start, dur, args) tuples only when a
+    trace is written; a sweep never pays for them."""
+
+    def __init__(self) -> None:
+        self._done: list[tuple[str, str, float, float, dict[str, Any]]] = []
+        self._pending: list[Callable[[list[tuple[str, str, float, float, dict[str, Any]]]], None]] = []
+        self.count = 0  # events logged or promised: what the trace cap counts
+
+    def add(self, event: tuple[str, str, float, float, dict[str, Any]]) -> None:
+        self._done.append(event)
+        self.count += 1
+
+    def later(self, render: Callable[[list[tuple[str, str, float, float, dict[str, Any]]]], None], n: int) -> None:
+        """``render`` appends at most ``n`` events when the log is read."""
+        self._pending.append(render)
+        self.count += n
+
+    @classmethod
+    def of(cls, events: list[tuple[str, str, float, float, dict[str, Any]]]) -> EventLog:
+        log = cls()
+        log._done, log.count = events, len(events)
+        return log
+
+    def events(self) -> list[tuple[str, str, float, float, dict[str, Any]]]:
+        for render in self._pending:
+            render(self._done)
+        self._pending.clear()
+        self.count = len(self._done)
+        return self._done
+
+
+@dataclass
+class StepSetup:
+    """What a step's timing starts from, the same in both engines."""
+
+    times: list[LayerTimes]
+    head_s: float
+    start: float  # the step's start (the previous step's end)
+    h0: float  # when the host starts issuing its layers
+    flush: float  # the host's store of its write-through rows, after its last layer
+    moves: bool  # any layer gathers or copies
+    sel_end: float  # when the GPU has run the step's selection (device gather), else start
+
+
+class EngineBase:
+    """What both engines share: memory levels, the trace, the host's position across
+    steps, a step that moves nothing (closed form), the records and the result."""
+
     def __init__(self, policy: Policy, max_layer_events: int = 250_000, coster: StepCoster | None = None) -> None:
         self.policy = policy
         # what times the plans: the policy's own coster, or another profile's for the same
         # plans (``simulate(..., timing=)``)
         self.coster = coster or policy.coster
-        self.env = simpy.Environment()
         lay = policy.layout
-        self.gpu_mem = simpy.Container(self.env, capacity=lay.gpu_capacity_bytes, init=0)
-        self.cpu_mem = simpy.Container(self.env, capacity=lay.cpu_capacity_bytes, init=0)
+        self.gpu_capacity, self.cpu_capacity = lay.gpu_capacity_bytes, lay.cpu_capacity_bytes
+        self.gpu_level = self.cpu_level = 0.0
         self.max_layer_events = max_layer_events
-        self.events: list[tuple[str, str, float, float, dict[str, Any]]] = []
+        self.log = EventLog()
         self.memory_log: list[tuple[float, float, float]] = []
         self.records: list[StepRecord] = []
         self.oom: OutOfMemory | None = None
-        self._d2h_tail: simpy.Event | None = None
         self._host_free = 0.0  # when the host has issued everything so far
         self._trace_cut: int | None = None
         self._peak_gpu = 0.0
         self._peak_cpu = 0.0
         self._sim_events = 0
+        # a spilling step whose host does not wait for it (the device gather) still runs
+        # the selection first on the GPU; its fetches need the selection's row ids
+        self._device_gather = bool(getattr(self.coster, "device_gather", False))
+        self._inline = bool(getattr(self.coster, "inline_fetch", False))
+
+    @property
+    def now(self) -> float:
+        raise NotImplementedError
 
     # -- memory -------------------------------------------------------------------
-    def _set_level(self, pool: simpy.Container, target: float) -> None:
-        delta = target - pool.level
-        if delta > 0:
-            pool.put(delta)
-        elif delta < 0:
-            pool.get(-delta)
-
     def _apply_memory(self, plan: StepPlan) -> OutOfMemory | None:
         lay, c = self.policy.layout, self.coster
         per_layer_seq = plan.batch * self.policy.model.num_layers
@@ -124,31 +177,28 @@ class Engine:
                 + per_layer_seq * (plan.cpu_kv_tokens * c.kv_bytes + plan.cpu_hidden_tokens * c.hidden_bytes)
             )
         )
-        if gpu > self.gpu_mem.capacity:
+        if gpu > self.gpu_capacity:
             return OutOfMemory(
                 "gpu",
-                f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; "
-                f"capacity {self.gpu_mem.capacity / 1e9:.2f} GB",
+                f"step {plan.step} needs {gpu / 1e9:.2f} GB of GPU memory; capacity {self.gpu_capacity / 1e9:.2f} GB",
                 plan.step,
             )
-        if cpu > self.cpu_mem.capacity:
+        if cpu > self.cpu_capacity:
             return OutOfMemory(
                 "cpu",
-                f"step {plan.step} needs {cpu / 1e9:.2f} GB of host memory; "
-                f"capacity {self.cpu_mem.capacity / 1e9:.2f} GB",
+                f"step {plan.step} needs {cpu / 1e9:.2f} GB of host memory; capacity {self.cpu_capacity / 1e9:.2f} GB",
                 plan.step,
             )
-        self._set_level(self.gpu_mem, gpu)
-        self._set_level(self.cpu_mem, cpu)
+        self.gpu_level, self.cpu_level = gpu, cpu
         self._peak_gpu = max(self._peak_gpu, gpu)
         self._peak_cpu = max(self._peak_cpu, cpu)
-        self.memory_log.append((self.env.now, gpu, cpu))
+        self.memory_log.append((self.now, gpu, cpu))
         return None
 
     # -- trace ---------------------------------------------------------------------
     def _trace(self, lane: str, name: str, start: float, dur: float, args: dict[str, Any] | None = None) -> None:
         if dur > 0 and self._trace_cut is None:
-            self.events.append((lane, name, start, dur, args or {}))
+            self.log.add((lane, name, start, dur, args or {}))
 
     # -- one step --------------------------------------------------------------------
     def _host_start(self, plan: StepPlan) -> float:
@@ -157,7 +207,7 @@ class Engine:
         then it waits for the previous step to finish, which is now, and for the selection
         that the GPU runs next (a spilling run's selection graph and its copy down)."""
         if plan.phase == "prefill":
-            return max(self._host_free, self.env.now)
+            return max(self._host_free, self.now)
         step_s = self.coster.step_host_s()
         ready = self._host_free + step_s
         self._trace("Host", "step", self._host_free, step_s, {"step": plan.step})
@@ -166,7 +216,7 @@ class Engine:
         # the selection graph runs once the GPU is free and the host has issued it (after
         # the last step's flush and the step's own bookkeeping, which overlap the GPU's
         # tail); the host then waits for its host part and sets up the gathers
-        sel, start = self.coster.selection_s(True), max(self.env.now, ready)
+        sel, start = self.coster.selection_s(True), max(self.now, ready)
         self._trace("GPU compute", "select", start, sel, {"step": plan.step})
         rt = self.coster.round_trip_host_s()
         self._trace("Host", "round trip", start + sel, rt, {"step": plan.step})
@@ -178,46 +228,101 @@ class Engine:
         self._host_free = issued_s + flush_s
         self._trace("Host", "flush", issued_s, flush_s, {"step": step})
 
-    def _run_step(self, plan: StepPlan):
-        env = self.env
+    def _setup(self, plan: StepPlan) -> StepSetup:
         times: list[LayerTimes] = [self.coster.layer_times(lp) for lp in plan.layers]
-        m_head = plan.batch  # logits for the last position of each sequence
-        head_s = self.coster.lm_head_s(m_head)
-        if self._trace_cut is None and len(self.events) + 5 * len(times) > self.max_layer_events:
+        head_s = self.coster.lm_head_s(plan.batch)  # logits for the last position of each sequence
+        if self._trace_cut is None and self.log.count + 5 * len(times) > self.max_layer_events:
             self._trace_cut = plan.step
-        start = env.now
+        start = self.now
         h0 = self._host_start(plan)
         flush = self.coster.flush_s(times, plan.phase == "prefill")  # the host stores the write-through rows
         moves = any(t.gather_s or t.h2d_s or t.d2h_s for t in times)
-        # a spilling step whose host does not wait for it (the device gather) still runs
-        # the selection first on the GPU; its fetches need the selection's row ids
         sel_s = (
             self.coster.selection_s(True)
-            if getattr(self.coster, "device_gather", False) and plan.phase != "prefill" and not plan.host_round_trip
+            if self._device_gather and plan.phase != "prefill" and not plan.host_round_trip
             else 0.0
         )
         sel_end = max(start, h0) + sel_s if sel_s else start  # issued as the host starts the step
         if sel_s:
             self._trace("GPU compute", "select", sel_end - sel_s, sel_s, {"step": plan.step})
-        if not moves:
-            # one GPU interval: layer l starts once the GPU is free and the host has begun
-            # issuing it, and cannot end before the host has issued all of it
-            g, h = sel_end, h0
-            spans = []
-            for t in times:
-                s = max(g, h)
-                h += t.host_s
-                g = max(s + t.compute_s, h)
-                spans.append((s, g, h - t.host_s, t.host_s))
-            g = max(g, h) + head_s
-            self._host_done(h, flush, plan.step)
-            yield env.timeout(g - start)
-            self._sim_events += 1
-            if self._trace_cut is None:
-                for l, (s, e, hs, hd) in enumerate(spans):
-                    self._trace("GPU compute", f"L{l}", s, e - s, {"step": plan.step})
-                    self._trace("Host", f"issue L{l}", hs, hd, {"step": plan.step})
-                self._trace("GPU compute", "lm_head", g - head_s, head_s, {"step": plan.step})
+        return StepSetup(times, head_s, start, h0, flush, moves, sel_end)
+
+    def _still_step(self, plan: StepPlan, st: StepSetup) -> float:
+        """A step whose layers move nothing: one GPU interval. Layer l starts once the GPU is
+        free and the host has begun issuing it, and cannot end before the host has issued
+        all of it. Returns the step's end."""
+        g, h = st.sel_end, st.h0
+        spans = []
+        for t in st.times:
+            s = max(g, h)
+            h += t.host_s
+            g = max(s + t.compute_s, h)
+            spans.append((s, g, h - t.host_s, t.host_s))
+        g = max(g, h) + st.head_s
+        self._host_done(h, st.flush, plan.step)
+        self._sim_events += 1
+        if self._trace_cut is None:
+            for l, (s, e, hs, hd) in enumerate(spans):
+                self._trace("GPU compute", f"L{l}", s, e - s, {"step": plan.step})
+                self._trace("Host", f"issue L{l}", hs, hd, {"step": plan.step})
+            self._trace("GPU compute", "lm_head", g - st.head_s, st.head_s, {"step": plan.step})
+        return g
+
+    def _record(self, plan: StepPlan, start: float, times: list[LayerTimes]) -> None:
+        b = plan.batch
+        self.records.append(
+            StepRecord(
+                step=plan.step,
+                phase=plan.phase,
+                start_s=start,
+                end_s=self.now,
+                context_len=plan.context_len,
+                attended_tokens=plan.attended_tokens,
+                h2d_bytes=sum(t.h2d_bytes for t in times),
+                d2h_bytes=sum(t.d2h_bytes for t in times),
+                recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
+                recompute_ratio=plan.recompute_ratio,
+                gpu_bytes=self.gpu_level,
+                cpu_bytes=self.cpu_level,
+                tokens_out=plan.generated,
+                batch=plan.batch,
+            )
+        )
+
+    def _result(self, total_s: float, wall_s: float) -> EngineResult:
+        return EngineResult(
+            steps=self.records,
+            log=self.log,
+            memory_log=self.memory_log,
+            oom=self.oom,
+            peak_gpu_bytes=self._peak_gpu,
+            peak_cpu_bytes=self._peak_cpu,
+            total_time_s=total_s,
+            sim_events=self._sim_events,
+            sim_wall_s=wall_s,
+            trace_truncated_at_step=self._trace_cut,
+            policy_summary=self.policy.summary(),
+        )
+
+
+class Engine(EngineBase):
+    """The full event model: each resource of a step is a SimPy process (``--exact``)."""
+
+    def __init__(self, policy: Policy, max_layer_events: int = 250_000, coster: StepCoster | None = None) -> None:
+        super().__init__(policy, max_layer_events, coster)
+        self.env = simpy.Environment()
+        self._d2h_tail: simpy.Process | None = None
+
+    @property
+    def now(self) -> float:
+        return float(self.env.now)
+
+    def _run_step(self, plan: StepPlan, st: StepSetup):
+        env = self.env
+        times, head_s, h0, flush, sel_end = st.times, st.head_s, st.h0, st.flush, st.sel_end
+        if not st.moves:
+            end = self._still_step(plan, st)
+            yield env.timeout(end - st.start)
             return
         L = len(times)
         gathered = [env.event() for _ in range(L)]
@@ -321,7 +426,7 @@ class Engine:
             self._host_done(env.now, flush, plan.step)
 
         env.process(h2d_proc())
-        if getattr(self.coster, "inline_fetch", False):
+        if self._inline:
             env.process(host_inline_proc())
         else:
             env.process(cpu_proc())
@@ -343,28 +448,6 @@ class Engine:
         self._trace("GPU compute", "lm_head", s, head_s, {"step": plan.step})
         self._sim_events += 9 * L
 
-    def _record(self, plan: StepPlan, start: float) -> None:
-        times = [self.coster.layer_times(lp) for lp in plan.layers]
-        b = plan.batch
-        self.records.append(
-            StepRecord(
-                step=plan.step,
-                phase=plan.phase,
-                start_s=start,
-                end_s=self.env.now,
-                context_len=plan.context_len,
-                attended_tokens=plan.attended_tokens,
-                h2d_bytes=sum(t.h2d_bytes for t in times),
-                d2h_bytes=sum(t.d2h_bytes for t in times),
-                recomputed_tokens=b * sum(lp.recompute_tokens for lp in plan.layers),
-                recompute_ratio=plan.recompute_ratio,
-                gpu_bytes=self.gpu_mem.level,
-                cpu_bytes=self.cpu_mem.level,
-                tokens_out=plan.generated,
-                batch=plan.batch,
-            )
-        )
-
     def _main(self):
         oom = self.policy.static_check()
         if oom:
@@ -378,9 +461,9 @@ class Engine:
             if oom:
                 self.oom = oom
                 return
-            start = self.env.now
-            yield from self._run_step(plan)
-            self._record(plan, start)
+            st = self._setup(plan)
+            yield from self._run_step(plan, st)
+            self._record(plan, st.start, st.times)
         if self._d2h_tail is not None:
             yield self._d2h_tail  # the run ends when the last write-back lands
 
@@ -388,17 +471,4 @@ class Engine:
         wall0 = time.perf_counter()
         self.env.process(self._main())
         self.env.run()
-        wall = time.perf_counter() - wall0
-        return EngineResult(
-            steps=self.records,
-            events=self.events,
-            memory_log=self.memory_log,
-            oom=self.oom,
-            peak_gpu_bytes=self._peak_gpu,
-            peak_cpu_bytes=self._peak_cpu,
-            total_time_s=self.env.now,
-            sim_events=self._sim_events,
-            sim_wall_s=wall,
-            trace_truncated_at_step=self._trace_cut,
-            policy_summary=self.policy.summary(),
-        )
+        return self._result(float(self.env.now), time.perf_counter() - wall0)

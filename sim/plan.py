@@ -35,6 +35,17 @@ class LayerPlan:
     weight_compression: float = 1.0  # stored/fp16 bytes of streamed weights (FlexGen 4-bit: ~0.28)
     prefill: bool = False
     indices: Any = field(default=None, compare=False, hash=False)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the costers look a layer up by value every step: hash its fields once
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f) for f in _KEY_FIELDS)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+_KEY_FIELDS = tuple(f for f in LayerPlan.__dataclass_fields__ if f not in ("indices", "_hash"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,9 @@ class Scenario(BaseModel):
     policy: PolicyConfig
     seed: int = 0
     sweep: dict[str, list[Any]] | None = None
+    search: dict[str, Any] | None = Field(
+        None, description="alisa search: objective, trials, free knobs, constraints (sim/search.py)"
+    )
     output: OutputOptions = Field(default_factory=OutputOptions)
 
     @field_validator("name")
@@ -168,6 +171,15 @@ class Scenario(BaseModel):
 
 
 POLICY_NAMES = ("alisa", "dense-gpu", "flexgen", "vllm", "accelerate", "zero-inference", "h2o")
+POLICY_CLASSES: dict[str, type[BaseModel]] = {
+    "alisa": AlisaPolicyConfig,
+    "dense-gpu": DenseGpuPolicyConfig,
+    "flexgen": FlexGenPolicyConfig,
+    "vllm": VllmPolicyConfig,
+    "accelerate": AcceleratePolicyConfig,
+    "zero-inference": ZeroInferencePolicyConfig,
+    "h2o": H2OPolicyConfig,
+}
 
 
 # ---------------------------------------------------------------------------

@@ -66,6 +66,11 @@ class StepCoster:
         # fp16 scales lie in two host arrays, gathered and copied apart
         scale = int8_scale_bytes_per_token_per_layer(self.model)
         self.kv_row_bytes = (self.kv_bytes - scale, scale) if self.int8_kv else (self.kv_bytes,)
+        # The modelled executor gathers on the thread that issues GPU work (the real
+        # backend's inline fetch) wherever the profile measured its host; a profile without
+        # host costs models an ideal executor with a separate gather worker.
+        self.host_zero = self.cost.hw.host.is_zero
+        self.inline_fetch = not self.host_zero
 
     def with_hardware(self, hw: HardwareProfile) -> StepCoster:
         """This coster (model, batch, layout, selection) timing with another profile."""
@@ -128,7 +133,7 @@ class StepCoster:
         """Rows per sequence a layer recomputing ``tokens`` tokens per sequence runs its
         GEMM on: the real backend's width bucket where the profile models its executor
         (a measured host), else exactly ``tokens``."""
-        if self.cost.hw.host.is_zero or tokens <= 0:
+        if self.host_zero or tokens <= 0:
             return tokens
         return recompute_width_bucket(tokens, self.selection.global_max if self.selection else None)
 
@@ -209,13 +214,6 @@ class StepCoster:
         if h.gather_gbps > 0 and self.inline_fetch:
             return h.gather_part_us * 1e-6 + nbytes / (h.gather_gbps * 1e9)
         return self.cost.cpu_gather_s(nbytes)
-
-    @property
-    def inline_fetch(self) -> bool:
-        """The modelled executor gathers on the thread that issues GPU work (the real
-        backend's inline fetch) wherever the profile measured its host; a profile without
-        host costs models an ideal executor with a separate gather worker."""
-        return not self.cost.hw.host.is_zero
 
     def host_issue_s(self, lp: LayerPlan) -> float:
         """Host time to issue one layer's GPU work (the profile's ``host`` costs)."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from alisa.sim.costs import CostModel
 from alisa.sim.engine import Engine
+from alisa.sim.fast_engine import FastEngine
 from alisa.sim.hardware import HardwareProfile, OpTable
 from alisa.sim.memory import MemoryLayout
 from alisa.sim.models import kv_bytes_per_token
@@ -188,6 +189,12 @@ class _FixedCoster:
         return self.head_s
 
 
+@pytest.fixture(params=[Engine, FastEngine], ids=["exact", "fast"])
+def engine_cls(request):
+    """The hand-computed schedules hold for the full event model and its closed form alike."""
+    return request.param
+
+
 class _OnePlanPolicy:
     def __init__(self, plans: list[StepPlan], coster: _FixedCoster) -> None:
         self._plans, self.coster, self.batch = plans, coster, 1
@@ -205,11 +212,11 @@ class _OnePlanPolicy:
         return {}
 
 
-def test_engine_pipeline_matches_hand_schedule():
+def test_engine_pipeline_matches_hand_schedule(engine_cls):
     # layer A: gather 1, h2d 2, compute 3, d2h 4 ; layer B: gather 1, h2d 2, compute 1, d2h 1
     coster = _FixedCoster({1: LayerTimes(1, 2, 3, 4, 0, 0), 2: LayerTimes(1, 2, 1, 1, 0, 0)}, head_s=0.5)
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1), LayerPlan(attended_tokens=2)), 0, 0)
-    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    er = engine_cls(_OnePlanPolicy([step, step], coster)).run()
     # step 1: gather A [0,1] B [1,2]; h2d A [1,3] B [3,5]; compute A [3,6] B [6,7]; head [7,7.5]
     # d2h A [6,10] B [10,11] runs on past the step's end.
     assert er.steps[0].end_s == pytest.approx(7.5)
@@ -235,12 +242,12 @@ def test_engine_pipeline_matches_hand_schedule():
         (3.0, 1.0, False, 0.25, (7.0, 13.5)),
     ],
 )
-def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
+def test_engine_host_issue_by_hand(engine_cls, compute, host, round_trip, select, ends):
     coster = _FixedCoster(
         {1: LayerTimes(0, 0, compute, 0, 0, 0, host)}, head_s=0.5, step_s=0.5, round_trip_s=1.0, select_s=select
     )
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=round_trip)
-    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    er = engine_cls(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
     assert "Host" in {e[0] for e in er.events}
 
@@ -256,28 +263,28 @@ def test_engine_host_issue_by_hand(compute, host, round_trip, select, ends):
         (0.25, (6.25, 12.25)),
     ],
 )
-def test_engine_flush_delays_next_selection(flush, ends):
+def test_engine_flush_delays_next_selection(engine_cls, flush, ends):
     coster = _FixedCoster(
         {1: LayerTimes(0, 0, 1.0, 0, 0, 0, 2.0)}, head_s=0.5, step_s=0.5, round_trip_s=1.0, select_s=0.25, flush_s=flush
     )
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 2, 0, 0, host_round_trip=True)
-    er = Engine(_OnePlanPolicy([step, step], coster)).run()
+    er = engine_cls(_OnePlanPolicy([step, step], coster)).run()
     assert [r.end_s for r in er.steps] == pytest.approx(list(ends))
     assert any(e[1] == "flush" for e in er.events)
 
 
-def test_engine_host_waits_for_gathered_rows():
+def test_engine_host_waits_for_gathered_rows(engine_cls):
     # layer A: gather 1, h2d 2, compute 3, host 4; layer B: gather 1, h2d 2, compute 1, host 4.
     # host issues A over [1, 5] (after A's gather), B over [5, 9]; GPU A [3, 6], B [6, 9]; head [9, 9.5]
     coster = _FixedCoster({1: LayerTimes(1, 2, 3, 0, 0, 0, 4), 2: LayerTimes(1, 2, 1, 0, 0, 0, 4)}, head_s=0.5)
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1), LayerPlan(attended_tokens=2)), 0, 0)
-    er = Engine(_OnePlanPolicy([step], coster)).run()
+    er = engine_cls(_OnePlanPolicy([step], coster)).run()
     assert er.steps[0].end_s == pytest.approx(9.5)
     gpu = [(e[2], e[3]) for e in er.events if e[0] == "GPU compute" and e[1].startswith("L")]
     assert gpu == [pytest.approx((3.0, 3.0)), pytest.approx((6.0, 3.0))]
 
 
-def test_engine_fetch_staging_is_double_buffered():
+def test_engine_fetch_staging_is_double_buffered(engine_cls):
     # (h2d, compute) per layer; no gathers except where noted. A layer's copy waits until the
     # GPU has consumed the rows of the layer two back (they share a landing buffer):
     # h2d L0 [0,1] L1 [1,2] L2 [2,3] L3 waits for L1's compute (ends 8) -> [8,14];
@@ -290,7 +297,7 @@ def test_engine_fetch_staging_is_double_buffered():
         4: LayerTimes(0, 6, 1, 0, 0, 0),
     }
     step = StepPlan(0, "II", 1, 1, tuple(LayerPlan(attended_tokens=i) for i in (1, 2, 3, 4)), 0, 0)
-    er = Engine(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
+    er = engine_cls(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
     assert er.steps[0].end_s == pytest.approx(15.5)
     # the pinned side: with gathers of 1 and a long first copy, L2's gather waits for L0's copy
     times = {
@@ -299,7 +306,7 @@ def test_engine_fetch_staging_is_double_buffered():
         3: LayerTimes(1, 1, 1, 0, 0, 0),
         4: LayerTimes(1, 1, 1, 0, 0, 0),
     }
-    er = Engine(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
+    er = engine_cls(_OnePlanPolicy([step], _FixedCoster(times, head_s=0.5))).run()
     gathers = sorted((e[2], e[1]) for e in er.events if e[0] == "CPU")
     assert [g[0] for g in gathers] == pytest.approx([0.0, 1.0, 6.0, 7.0])  # L2 after L0's copy [1, 6]
     # a host prefix fetched whole (FlexGen-like) has no staging: L3 copies right after L2
@@ -312,7 +319,7 @@ def test_engine_fetch_staging_is_double_buffered():
         3: LayerTimes(0, 1, 1, 0, 0, 0),
         4: LayerTimes(0, 6, 1, 0, 0, 0),
     }
-    er = Engine(_OnePlanPolicy([flex], _FixedCoster(times, head_s=0.5))).run()
+    er = engine_cls(_OnePlanPolicy([flex], _FixedCoster(times, head_s=0.5))).run()
     assert er.steps[0].end_s == pytest.approx(10.5)
 
 
@@ -320,7 +327,7 @@ class _InlineCoster(_FixedCoster):
     inline_fetch = True  # the issuing thread gathers (the real backend's inline fetch)
 
 
-def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu():
+def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu(engine_cls):
     # four layers of gather 0.1, h2d 0.1, compute 3, host issue 0.1, one thread: gather L0
     # [0, 0.1], issue L0 [0.1, 0.2], gather L1 [0.2, 0.3] and L2 [0.3, 0.4], issue L1
     # [0.4, 0.5], gather L3 [0.5, 0.6] (its pinned buffer's copy, L1's, ended at 0.4), issue
@@ -328,7 +335,7 @@ def test_engine_inline_host_stays_two_layers_ahead_of_the_gpu():
     # goes on, so L3 is issued at 3.2, not 0.7. The GPU sets the step's end either way.
     t = LayerTimes(0.1, 0.1, 3.0, 0, 0, 0, 0.1)
     step = StepPlan(0, "II", 1, 1, (LayerPlan(attended_tokens=1),) * 4, 0, 0)
-    er = Engine(_OnePlanPolicy([step], _InlineCoster({1: t}, head_s=0.5))).run()
+    er = engine_cls(_OnePlanPolicy([step], _InlineCoster({1: t}, head_s=0.5))).run()
     issue = {e[1]: e[2] for e in er.events if e[0] == "Host" and e[1].startswith("issue")}
     assert [issue[f"issue L{l}"] for l in range(4)] == pytest.approx([0.1, 0.4, 0.6, 3.2])
     assert er.steps[0].end_s == pytest.approx(12.7)

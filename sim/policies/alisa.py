@@ -90,6 +90,10 @@ class AlisaPolicy(Policy):
         self.r_min = 0.0  # share of host-only tokens whose KV was dropped
         self.recompute_steps = 0
         self.r_history: list[float] = []
+        # memos: equal layers are one object, and the ratio is a function of its inputs
+        self._weights = [self.weight_stream_bytes(l) for l in range(self.model.num_layers)]
+        self._layers: dict[tuple[int, ...], LayerPlan] = {}
+        self._ratios: dict[tuple[int, int, int, int, float], float] = {}
 
     # -- layout ----------------------------------------------------------------
     def global_max(self) -> int:
@@ -206,10 +210,25 @@ class AlisaPolicy(Policy):
         dropped = math.ceil(self.r_min * max(0, n - self.C) - 1e-9)  # round up: stay within the host
         return n - dropped, (n if self.cfg.recompute else 0)
 
-    def _round(self, x: float, step: int, layer: int) -> int:
-        """Stochastic rounding, monotone in x for a fixed (step, layer)."""
-        base = math.floor(x)
-        return base + int(self.u[step, layer] < (x - base))
+    def _round_layers(self, x: np.ndarray, step: int) -> list[int]:
+        """Each layer's expected count x[l], rounded stochastically: monotone in x for a
+        fixed (step, layer)."""
+        base = np.floor(x)
+        return (base + (self.u[step] < (x - base))).astype(np.int64).tolist()
+
+    def _layer(self, a: int, h2d: int, rec: int, wt: int, wx: int, l: int) -> LayerPlan:
+        key = (a, h2d, rec, wt, wx, self._weights[l])
+        lp = self._layers.get(key)
+        if lp is None:
+            lp = self._layers[key] = LayerPlan(
+                attended_tokens=a,
+                h2d_kv_tokens=h2d,
+                recompute_tokens=rec,
+                d2h_kv_tokens=wt,
+                d2h_hidden_tokens=wx,
+                weight_h2d_bytes=self._weights[l],
+            )
+        return lp
 
     def _extra_bytes(self) -> float:
         return (self.staging_bytes if self.spills else 0.0) + self.importance_bytes()
@@ -262,13 +281,14 @@ class AlisaPolicy(Policy):
             step,
         )
 
-    def _misses(self, n: int, a: int, w: int, churn: float) -> float:
-        """Expected selected tokens not GPU-resident, per sequence and layer (see module doc)."""
+    def _misses(self, n: int, a: int, w: int, churn: np.ndarray) -> np.ndarray:
+        """Expected selected tokens not GPU-resident, per sequence and layer (see module
+        doc), for each layer's churn."""
         g = a - w
         C = self.C
         pool = n - w - g
         if g > 0:
-            churn = min(churn, pool / g)  # no more new selections than unselected tokens
+            churn = np.minimum(churn, pool / g)  # no more new selections than unselected tokens
         window_miss = max(0, w - C)
         K = max(0, C - w)
         kept = (1.0 - churn) * g * (1.0 - min(1.0, K / g)) if g > 0 else 0.0
@@ -290,15 +310,7 @@ class AlisaPolicy(Policy):
                 return oom
         cpu_kv, cpu_x = self._host_plan_fields(n)
         if n <= self.C:
-            layers = tuple(
-                LayerPlan(
-                    attended_tokens=a,
-                    d2h_kv_tokens=wt,
-                    d2h_hidden_tokens=wx,
-                    weight_h2d_bytes=self.weight_stream_bytes(l),
-                )
-                for l in range(L)
-            )
+            layers = tuple(self._layer(a, 0, 0, wt, wx, l) for l in range(L))
             return StepPlan(
                 step,
                 "I",
@@ -311,20 +323,9 @@ class AlisaPolicy(Policy):
                 gpu_extra_bytes=self._extra_bytes(),
                 host_round_trip=self.spills and self.host_gathers,
             )
-        churn = self.churn.at(step)
-        misses = [self._round(self._misses(n, a, w, float(c)), step, l) for l, c in enumerate(churn)]
+        misses = self._round_layers(self._misses(n, a, w, self.churn.at(step)), step)
         r = self._choose_ratio(misses, a, wt, wx)
-        layers = tuple(
-            LayerPlan(
-                attended_tokens=a,
-                h2d_kv_tokens=m - round(r * m),
-                recompute_tokens=round(r * m),
-                d2h_kv_tokens=wt,
-                d2h_hidden_tokens=wx,
-                weight_h2d_bytes=self.weight_stream_bytes(l),
-            )
-            for l, m in enumerate(misses)
-        )
+        layers = tuple(self._layer(a, m - round(r * m), round(r * m), wt, wx, l) for l, m in enumerate(misses))
         recomputed = any(lp.recompute_tokens for lp in layers)
         self.recompute_steps += recomputed
         self.r_history.append(r)
@@ -351,6 +352,12 @@ class AlisaPolicy(Policy):
         m = round(sum(misses) / len(misses))
         if m == 0:
             return self.r_min
+        key = (m, a, d2h_kv, d2h_x, self.r_min)
+        if key not in self._ratios:
+            self._ratios[key] = self._best_ratio(m, a, d2h_kv, d2h_x)
+        return self._ratios[key]
+
+    def _best_ratio(self, m: int, a: int, d2h_kv: int, d2h_x: int) -> float:
         L = self.model.num_layers
         best_r, best_t = self.r_min, math.inf
         for r in R_GRID:
