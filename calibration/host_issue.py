@@ -363,7 +363,13 @@ PROBES: dict[str, dict[str, Any]] = {
         "recompute_ratio": 0.5,
         "selection_churn": 0.6,
     },
-    "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
+    "prefix": {
+        "name": "flexgen",
+        "weights_gpu_percent": 100,
+        "cache_gpu_percent": 50,
+        "cpu_cache_compute": False,
+        "runtime": "alisa",
+    },
 }
 
 

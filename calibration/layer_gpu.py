@@ -29,7 +29,13 @@ CACHES: dict[str, dict[str, Any]] = {
     "swa": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 4096},
     # a cache smaller than the run: the write-through copies and the landing scatter too
     "spill": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 32},
-    "prefix": {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False},
+    "prefix": {
+        "name": "flexgen",
+        "weights_gpu_percent": 100,
+        "cache_gpu_percent": 50,
+        "cpu_cache_compute": False,
+        "runtime": "alisa",
+    },
 }
 
 

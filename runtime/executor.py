@@ -104,6 +104,8 @@ def check_supported(sc: Scenario, policy: Policy) -> None:
         if policy.ccc:
             bad.append("cpu_cache_compute (attention on the CPU; set false)")
         fp = sc.policy
+        if isinstance(fp, FlexGenPolicyConfig) and fp.runtime != "alisa":
+            bad.append("runtime flexgen (FlexGen's own code; set policy.runtime: alisa to run the placement here)")
         if isinstance(fp, FlexGenPolicyConfig) and (fp.compress_weight or fp.compress_cache or fp.int8_kv):
             bad.append("compression (set compress_weight, compress_cache and int8_kv false)")
         if bad:

@@ -66,6 +66,7 @@ _CATALOG: dict[str, dict[str, Any]] = {
         _opt("opt-13b", 40, 5120, 40),
         _opt("opt-30b", 48, 7168, 56),
         _opt("opt-66b", 64, 9216, 72),
+        _opt("opt-175b", 96, 12288, 96),  # the OPT paper's Table 1 (no public config.json)
         _llama("llama-7b", 32, 4096, 32, 32, 11008, 32000, 2048),
         _llama("llama-13b", 40, 5120, 40, 40, 13824, 32000, 2048),
         _llama("llama-33b", 60, 6656, 52, 52, 17920, 32000, 2048),

@@ -189,8 +189,12 @@ class CostModel:
         t = self._table("cpu_gather")
         return t(nbytes) if t is not None else nbytes / (self.hw.cpu_gather_gbps * GB) + 2e-6
 
-    def cpu_attention_s(self, kv_bytes_read: float, flops: float) -> float:
-        """Attention on the CPU (FlexGen's cpu_cache_compute): bound by gather bandwidth or FLOPs."""
+    def cpu_attention_s(self, kv_bytes_read: float, flops: float, passes: float = 1.0) -> float:
+        """Attention on the CPU (FlexGen's cpu_cache_compute): bound by the host memory's
+        bandwidth over ``passes`` moves of the KV bytes (the CPU gather rate where the
+        profile gives none), or by FLOPs."""
         if kv_bytes_read <= 0:
             return 0.0
-        return max(kv_bytes_read / (self.hw.cpu_gather_gbps * GB), flops / (self.hw.cpu_tflops * 1e12))
+        hw = self.hw
+        bw = hw.cpu_memory_gbps * hw.cpu_memory_efficiency if hw.cpu_memory_gbps else hw.cpu_gather_gbps
+        return max(passes * kv_bytes_read / (bw * GB), flops / (hw.cpu_tflops * 1e12))

@@ -357,7 +357,7 @@ class Engine(EngineBase):
                 issue_end[l] = h
             self._host_done(h, flush, plan.step)
 
-        sync = [lp.sync_fetch for lp in plan.layers]
+        lags = [max(lp.fetch_lag, int(lp.sync_fetch)) for lp in plan.layers]
         staged = [not lp.contiguous_fetch for lp in plan.layers]  # token gathers go through staging
 
         def h2d_proc():
@@ -365,8 +365,8 @@ class Engine(EngineBase):
                 yield env.timeout(sel_end - env.now)
             for l, t in enumerate(times):
                 yield gathered[l]
-                if sync[l] and l > 0:
-                    yield computed[l - 1]  # no prefetch (e.g. Accelerate's offload hooks)
+                if lags[l] and l >= lags[l]:
+                    yield computed[l - lags[l]]  # no prefetch, or one layer's (Accelerate's hooks, FlexGen)
                 if t.h2d_s > 0 and l >= STAGING_DEPTH and staged[l]:
                     yield computed[l - STAGING_DEPTH]  # its GPU buffer's last rows are consumed
                 if t.h2d_s > 0:

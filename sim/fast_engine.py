@@ -62,7 +62,7 @@ class FastEngine(EngineBase):
         compute recurrences are written out inline in both branches: this is the hot loop."""
         times, start, h0, sel_end = st.times, st.start, st.h0, st.sel_end
         L = len(times)
-        sync = [lp.sync_fetch for lp in plan.layers]
+        lags = [max(lp.fetch_lag, int(lp.sync_fetch)) for lp in plan.layers]
         staged = [not lp.contiguous_fetch for lp in plan.layers]  # token gathers go through staging
         gathered = [0.0] * L
         loaded = [0.0] * L
@@ -96,8 +96,8 @@ class FastEngine(EngineBase):
                 T += t.host_s
                 # its copy, then its compute
                 c = max(t_h2d, gathered[l])
-                if sync[l] and l > 0:
-                    c = max(c, computed[l - 1])  # no prefetch (e.g. Accelerate's offload hooks)
+                if lags[l] and l >= lags[l]:
+                    c = max(c, computed[l - lags[l]])  # no prefetch, or one layer's (Accelerate, FlexGen)
                 if t.h2d_s > 0:
                     if l >= D and staged[l]:
                         c = max(c, computed[l - D])  # its GPU buffer's last rows are consumed
@@ -139,8 +139,8 @@ class FastEngine(EngineBase):
                 issue_at[l] = h
                 h += t.host_s
                 c = max(t_h2d, tc)
-                if sync[l] and l > 0:
-                    c = max(c, computed[l - 1])
+                if lags[l] and l >= lags[l]:
+                    c = max(c, computed[l - lags[l]])
                 if t.h2d_s > 0:
                     if l >= D and staged[l]:
                         c = max(c, computed[l - D])

@@ -203,7 +203,10 @@ class HardwareProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    source: Literal["datasheet", "measured"]
+    source: Literal["datasheet", "measured", "fitted"] = Field(
+        description="datasheet figures and our assumptions; measured by alisa calibrate; or datasheet figures "
+        "with efficiency factors fitted to published measurements of that machine (benchmarks/anchors.py)"
+    )
     provenance: str = Field(description="where the numbers come from (datasheet, calibrate run)")
     gpu_name: str = ""
     gpu_memory_gb: PositiveFloat
@@ -215,6 +218,10 @@ class HardwareProfile(BaseModel):
     pcie_pageable_factor: float = Field(0.4, gt=0, le=1, description="pageable / pinned bandwidth")
     cpu_memory_gb: PositiveFloat
     cpu_gather_gbps: PositiveFloat
+    cpu_memory_gbps: PositiveFloat | None = Field(
+        None, description="host DRAM bandwidth (CPU attention's passes over the KV); absent: cpu_gather_gbps"
+    )
+    cpu_memory_efficiency: float = Field(0.7, gt=0, le=1, description="share of cpu_memory_gbps CPU kernels reach")
     cpu_tflops: PositiveFloat = 1.0
     kernel_launch_us: float = Field(5.0, ge=0)
     # Shares of peak that real kernels reach. Datasheet profiles use our assumptions

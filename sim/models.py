@@ -119,6 +119,11 @@ def param_count(model: ModelSpec) -> int:
     return model.num_layers * layer_param_count(model) + embedding_param_count(model)
 
 
+# FlexGen's group-wise 4-bit compression: 4-bit values plus an fp16 scale and minimum per
+# group of 64 elements, 4.5 bits per element: stored bytes per fp16 byte
+GROUP4_COMPRESSED_FRACTION = 4.5 / 16.0
+
+
 def layer_weight_bytes(model: ModelSpec) -> int:
     return layer_param_count(model) * model.dtype_bytes
 

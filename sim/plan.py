@@ -31,8 +31,17 @@ class LayerPlan:
     contiguous_fetch: bool = False  # fetched KV is contiguous (blocks, whole caches): no CPU gather
     pageable_fetch: bool = False  # fetched from pageable host memory (Accelerate's offload)
     sub_batches: int = 1  # the layer runs its sequences as this many GPU batches (FlexGen)
-    sync_fetch: bool = False  # no prefetch: this layer's fetch waits for the previous compute
+    sync_fetch: bool = False  # no prefetch: this layer's fetch waits for the previous compute (fetch_lag 1)
+    fetch_lag: int = 0  # this layer's fetch waits until the GPU has finished the layer this many back (0: never)
     weight_compression: float = 1.0  # stored/fp16 bytes of streamed weights (FlexGen 4-bit: ~0.28)
+    # how the system's own code runs the layer (baselines; ours is one pass, fused):
+    attention_passes: float = 1.0  # times decode attention moves the attended KV in GPU memory (eager copies first)
+    cpu_attention_passes: float = 1.0  # the same for attention on the CPU (FlexGen: fp16 -> fp32 copies)
+    cpu_attention_inline: bool = False  # the GPU waits for the CPU's attention in the layer (FlexGen's q.cpu())
+    codec_bytes: float = 0.0  # GPU memory traffic of (de)compressing weights and KV (FlexGen's 4-bit groups)
+    codec_kernels: int = 0  # ... in this many kernel launches
+    activation_offload: bool = False  # each GPU batch's hidden states come from and go back to the host
+    kv_pageable: bool = False  # KV moves between the GPU and pageable host memory (no pinned copy)
     prefill: bool = False
     indices: Any = field(default=None, compare=False, hash=False)
     _hash: int = field(default=0, init=False, repr=False, compare=False)

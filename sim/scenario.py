@@ -28,7 +28,7 @@ from pydantic import (
 from .catalog import model_config
 from .errors import InputError
 from .hardware import HardwareProfile, profile_config, profile_path, read_yaml
-from .models import ModelSpec, kv_bytes_per_token, weight_bytes
+from .models import GROUP4_COMPRESSED_FRACTION, ModelSpec, kv_bytes_per_token, weight_bytes
 from .validation import validate_model
 
 
@@ -100,22 +100,58 @@ class H2OPolicyConfig(_PolicyBase):
 
 class AcceleratePolicyConfig(_PolicyBase):
     name: Literal["accelerate"]
+    device_map: Literal["auto", "cpu"] = Field(
+        "auto",
+        description="auto: the layers that fit stay on the GPU, the rest are offloaded (device_map='auto'); "
+        "cpu: every decoder layer offloaded (the FlexGen benchmark's device map for --cpu)",
+    )
 
 
 class ZeroInferencePolicyConfig(_PolicyBase):
     name: Literal["zero-inference"]
+    pin_memory: bool = Field(True, description="offload_param.pin_memory: weights in pinned host memory")
 
 
 class FlexGenPolicyConfig(_PolicyBase):
+    """FlexGen's own knobs (flex_opt.py's flags); a FlexGen command line can be pasted into
+    ``command_line`` instead. Percentages left out are searched by the placement LP."""
+
     name: Literal["flexgen"]
+    command_line: str | None = Field(
+        None,
+        description="FlexGen's flags as on its command line, e.g. '--gpu-batch-size 48 --num-gpu-batches 3 "
+        "--percent 20 80 0 100 0 100 --cpu'; they set the fields below (which must then be left out)",
+    )
     gpu_batch_size: PositiveInt | None = Field(None, description="fixed; default: searched")
+    num_gpu_batches: PositiveInt | None = Field(None, description="GPU batches per block; default: batch / gpu batch")
     weights_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
+    weights_cpu_percent: float | None = Field(None, ge=0, le=100, description="default: the rest of the weights")
     cache_gpu_percent: float | None = Field(None, ge=0, le=100, description="fixed; default: the LP's")
+    cache_cpu_percent: float | None = Field(None, ge=0, le=100, description="default: the rest of the cache")
+    act_gpu_percent: float = Field(100, ge=0, le=100, description="activations (hidden states) on the GPU")
+    act_cpu_percent: float = Field(0, ge=0, le=100, description="activations on the CPU")
     cpu_cache_compute: bool | Literal["auto"] = Field(
-        "auto", description="attention on the CPU for host KV; auto = searched"
+        "auto", description="attention on the CPU for host KV (--cpu); auto = searched"
     )
     compress_weight: bool = False
     compress_cache: bool = False
+    overlap: bool = Field(True, description="overlap I/O with compute (--overlap)")
+    pin_weight: bool = Field(True, description="weights in pinned host memory (--pin-weight)")
+    runtime: Literal["flexgen", "alisa"] = Field(
+        "flexgen",
+        description="whose code runs the placement: flexgen = FlexGen's (eager PyTorch attention over a copied "
+        "cache, KV in pageable host memory, its group-wise 4-bit codec); alisa = this project's real backend "
+        "(fused kernels, pinned host KV; what `--backend real` runs and is validated against)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_command_line(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("command_line"):
+            from .policies.flexgen_args import fields_from_command_line
+
+            return fields_from_command_line(data)
+        return data
 
 
 class VllmPolicyConfig(_PolicyBase):
@@ -161,6 +197,16 @@ class Scenario(BaseModel):
         None, description="alisa search: objective, trials, free knobs, constraints (sim/search.py)"
     )
     output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @model_validator(mode="after")
+    def _command_line_matches(self) -> Scenario:
+        if isinstance(self.policy, FlexGenPolicyConfig) and self.policy.command_line:
+            from .policies.flexgen_args import check_run
+
+            why = check_run(self.policy.command_line, self.model.name, self.workload.prompt_len, self.workload.gen_len)
+            if why:
+                raise ValueError(why)
+        return self
 
     @field_validator("name")
     @classmethod
@@ -245,6 +291,8 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, *, file: str, strict
 def check_runnable(s: Scenario, file: str) -> None:
     """Reject scenarios that no policy could run: weights exceed GPU + host memory."""
     need = weight_bytes(s.model)
+    if isinstance(s.policy, FlexGenPolicyConfig) and s.policy.compress_weight:
+        need *= GROUP4_COMPRESSED_FRACTION
     have = s.hardware.gpu_memory_bytes + s.hardware.cpu_memory_bytes
     if need > have:
         raise InputError(
@@ -324,36 +372,49 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
 
 
 def expand_sweep(path: str | Path, overrides: list[str] | None = None) -> list[tuple[dict[str, Any], Scenario]]:
-    """Every point of the scenario's `sweep:` Cartesian product, validated up front."""
+    """Every point of the scenario's `sweep:` Cartesian product, validated up front.
+
+    ``sweep.cases``, a list of mappings of dotted paths to values, adds explicit points:
+    each case is applied after the product's values (so a case may override them), and
+    the product runs once per case.
+    """
     data, file = load_resolved(path, overrides)
     sweep = data.get("sweep")
     if not sweep:
         return [({}, build_scenario(data, file))]
     if not isinstance(sweep, dict):
         raise InputError("sweep must map dotted field paths to lists of values", file=file, field="sweep")
-    keys = list(sweep)
-    for k in keys:
+    keys = [k for k in sweep if k != "cases"]
+    for k in sweep:
         if not isinstance(sweep[k], list) or not sweep[k]:
             raise InputError("a sweep entry must be a non-empty list", file=file, field=f"sweep.{k}")
+    cases = sweep.get("cases") or [{}]
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or not all(isinstance(k, str) for k in case):
+            raise InputError("a case maps dotted field paths to values", file=file, field=f"sweep.cases[{i}]")
     points = []
-    for combo in itertools.product(*(sweep[k] for k in keys)):
-        point = copy.deepcopy(data)
-        point["sweep"] = None
-        for k, v in zip(keys, combo, strict=True):
+    for case in cases:
+        for combo in itertools.product(*(sweep[k] for k in keys)):
+            point = copy.deepcopy(data)
+            point["sweep"] = None
+            chosen = [*zip(keys, combo, strict=True), *case.items()]
+            for k, v in chosen:
+                try:
+                    set_path(point, k, v, file=file, strict=False)
+                except InputError as e:
+                    raise InputError(
+                        f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}"
+                    ) from None
+                if k in ("model", "hardware"):
+                    point = _resolve_names(point, file)
+            params = dict(chosen)
             try:
-                set_path(point, k, v, file=file, strict=False)
+                scenario = build_scenario(point, file)
             except InputError as e:
-                raise InputError(f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}") from None
-            if k in ("model", "hardware"):
-                point = _resolve_names(point, file)
-        params = dict(zip(keys, combo, strict=True))
-        try:
-            scenario = build_scenario(point, file)
-        except InputError as e:
-            if e.field in keys and e.reason.startswith(("unknown field", "not a parameter")):
-                raise InputError(
-                    f"sweep over a missing field ({e.reason})", file=file, field=f"sweep.{e.field}"
-                ) from None
-            raise
-        points.append((params, scenario))
+                if e.field in params and e.reason.startswith(("unknown field", "not a parameter")):
+                    raise InputError(
+                        f"sweep over a missing field ({e.reason})", file=file, field=f"sweep.{e.field}"
+                    ) from None
+                raise
+            points.append((params, scenario))
     return points

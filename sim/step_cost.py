@@ -56,6 +56,7 @@ class StepCoster:
     selection: SelectionShape | None = None  # a spilling run's selection graph (its GPU time starts each step)
     device_gather: bool = False  # a GPU kernel reads fetched rows from pinned host memory (policy.gather: device)
     importance_history: int = 0  # SWA: steps summed into importance (the prefill's prompt importance rows)
+    kv_compressed: bool = False  # KV stored compressed (kv_bytes), attended de-compressed (fp16; FlexGen)
     _cache: dict[LayerPlan, LayerTimes] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -151,7 +152,8 @@ class StepCoster:
             compute += self.prompt_importance_s(b, lp.new_tokens)
         else:
             gpu_attended = lp.attended_tokens - lp.cpu_attention_tokens
-            compute += c.attention_decode_s(b * gpu_attended * self.kv_bytes, self.int8_kv)
+            kv_read = b * gpu_attended * (self.kv_fp16_bytes if self.kv_compressed else self.kv_bytes)
+            compute += c.attention_decode_s(lp.attention_passes * kv_read, self.int8_kv)
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)
@@ -170,9 +172,14 @@ class StepCoster:
         if lp.cpu_attention_tokens:
             # attention on the CPU over host-resident KV; q goes down and o comes back up
             flops = 4.0 * b * md.num_heads * md.head_dim * lp.cpu_attention_tokens
-            gather += c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops)
+            cpu_attn = c.cpu_attention_s(b * lp.cpu_attention_tokens * self.kv_bytes, flops, lp.cpu_attention_passes)
+            if lp.cpu_attention_inline:
+                compute += cpu_attn  # the layer's GPU work stops for it
+            else:
+                gather += cpu_attn
         w_bytes = lp.weight_h2d_bytes * lp.weight_compression
         pinned = not lp.pageable_fetch
+        kv_pinned = pinned and not lp.kv_pageable
         # token rows gathered into pinned staging travel beside the next layer's gather
         gathered = not lp.contiguous_fetch and pinned
         if device_gather:
@@ -189,17 +196,27 @@ class StepCoster:
             compute += c.hw.zero_copy.compute_slowdown * overlap
             h2d += c.hw.zero_copy.gather_slowdown * overlap
         else:
-            h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=pinned)) + c.h2d_s(
+            h2d = (c.fetch_h2d_s(fetch_bytes) if gathered else c.h2d_s(fetch_bytes, pinned=kv_pinned)) + c.h2d_s(
                 w_bytes, pinned=pinned
             )
-        if lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
+        if lp.codec_bytes or lp.codec_kernels:
+            compute += lp.codec_bytes / c.hbm_bytes_per_s + lp.codec_kernels * c.launch_s
+        elif lp.weight_compression < 1.0 and lp.weight_h2d_bytes:
             compute += c.elementwise_s(lp.weight_h2d_bytes)  # de-compress streamed weights on the GPU
         d2h_bytes = b * (lp.d2h_kv_tokens * self.kv_bytes + lp.d2h_hidden_tokens * self.hidden_bytes)
-        d2h = c.d2h_s(d2h_bytes)
+        d2h = c.d2h_s(d2h_bytes, pinned=not lp.kv_pageable)
         if lp.cpu_attention_tokens:
             act = b * md.hidden_size * md.dtype_bytes
             d2h += c.d2h_s(act)
             h2d += c.h2d_s(act)
+            fetch_bytes += act
+            d2h_bytes += act
+        if lp.activation_offload:
+            # the hidden states of each GPU batch come up from the host before the layer and go
+            # back after it (FlexGen's activations on the CPU)
+            act = m * md.hidden_size * md.dtype_bytes
+            h2d += lp.sub_batches * c.h2d_s(act / lp.sub_batches)
+            d2h += lp.sub_batches * c.d2h_s(act / lp.sub_batches)
             fetch_bytes += act
             d2h_bytes += act
         out = LayerTimes(gather, h2d, compute, d2h, fetch_bytes + w_bytes, d2h_bytes, self.host_issue_s(lp))

@@ -2,11 +2,18 @@
 
 * ``accelerate`` — HuggingFace Accelerate's ``device_map="auto"`` offload: the layers that
   fit stay on the GPU, the rest are copied from (pageable) host memory every forward,
-  synchronously by the module hooks (no prefetch). KV stays on the GPU; dense attention.
+  synchronously by the module hooks (no prefetch); ``device_map: cpu`` offloads every
+  decoder layer (the FlexGen benchmark's map). KV stays on the GPU; dense attention.
   Leaves out: disk offload, Accelerate's own per-module overheads.
-* ``zero-inference`` — DeepSpeed ZeRO-Inference: all weights in pinned host memory,
-  streamed layer by layer with the next layer prefetched while this one computes; KV on
-  the GPU; dense attention. Leaves out: its KV offload option and NVMe offload.
+* ``zero-inference`` — DeepSpeed ZeRO-Inference: all weights in pinned host memory
+  (``pin_memory: false``: pageable), streamed layer by layer with the next layer
+  prefetched while this one computes; KV on the GPU; dense attention. Leaves out: its KV
+  offload option and NVMe offload.
+
+Both run HuggingFace transformers' eager OPT attention, which concatenates the cache with
+the new token's K and V every step (a copy of the whole cache) before its two bmm: the
+attended KV crosses GPU memory three times (``attention_passes``), read off
+modeling_opt.py.
 * ``h2o`` — H2O heavy-hitter eviction on the GPU only: the cache keeps ceil(kv_budget x n)
   tokens (recent plus heavy hitters); evicted tokens are gone, so memory and attention
   shrink with the budget. Leaves out: the accuracy side (``alisa accuracy`` has it) and
@@ -21,8 +28,11 @@ from ..hardware import GB
 from ..memory import MemoryLayout, plan_memory
 from ..models import layer_weight_bytes, weight_bytes
 from ..plan import LayerPlan, OutOfMemory, StepPlan
-from ..scenario import H2OPolicyConfig
+from ..scenario import AcceleratePolicyConfig, H2OPolicyConfig, ZeroInferencePolicyConfig
 from .base import Policy
+
+
+HF_ATTENTION_PASSES = 3.0  # torch.cat(past, new) reads and writes the cache; bmm reads it
 
 
 class GpuKvPolicy(Policy):
@@ -31,6 +41,7 @@ class GpuKvPolicy(Policy):
     stream_all = False  # every layer's weights come from host (zero-inference)
     sync = False  # no prefetch (accelerate)
     pageable = False
+    attention_passes = 1.0  # our own fused decode attention
 
     def plan_layout(self) -> MemoryLayout:
         hw, pol, m = self.sc.hardware, self.sc.policy, self.model
@@ -76,6 +87,7 @@ class GpuKvPolicy(Policy):
             contiguous_fetch=True,
             sync_fetch=self.sync and wb > 0,
             pageable_fetch=self.pageable,
+            attention_passes=self.attention_passes,
             **kw,
         )
 
@@ -118,11 +130,23 @@ class AcceleratePolicy(GpuKvPolicy):
     name = "accelerate"
     sync = True
     pageable = True
+    attention_passes = HF_ATTENTION_PASSES
+
+    def __init__(self, scenario, coster) -> None:
+        assert isinstance(scenario.policy, AcceleratePolicyConfig)
+        self.stream_all = scenario.policy.device_map == "cpu"
+        super().__init__(scenario, coster)
 
 
 class ZeroInferencePolicy(GpuKvPolicy):
     name = "zero-inference"
     stream_all = True
+    attention_passes = HF_ATTENTION_PASSES
+
+    def __init__(self, scenario, coster) -> None:
+        assert isinstance(scenario.policy, ZeroInferencePolicyConfig)
+        self.pageable = not scenario.policy.pin_memory
+        super().__init__(scenario, coster)
 
 
 class H2OPolicy(GpuKvPolicy):
