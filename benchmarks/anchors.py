@@ -25,30 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import machine
 
 from alisa.sim.atomic import write_text
-from alisa.sim.bundled import resolve_scenario
+from alisa.sim.bundled import package_dir, resolve_scenario
 from alisa.sim.errors import InputError
 from alisa.sim.runner import simulate
 from alisa.sim.scenario import expand_sweep
 
 SWEEP = "anchors/flexgen-t4"
-SOURCE = "FMInference/FlexGen benchmark/batch_size_table.md (single T4 16 GB, 208 GB DRAM; prompt 512, gen 32)"
-# published total throughput, tokens/s, by the sweep's case names
-PUBLISHED: dict[str, float] = {
-    "accelerate-opt-6.7b": 25.12,
-    "accelerate-opt-30b": 0.62,
-    "zero-opt-6.7b": 9.28,
-    "zero-opt-30b": 0.60,
-    "flexgen-opt-6.7b": 25.26,
-    "flexgen-opt-30b": 7.32,
-    "flexgen-compressed-opt-6.7b": 29.12,
-    "flexgen-compressed-opt-30b": 8.38,
-    "flexgen-compressed-opt-175b": 1.12,
-}
-NOT_MODELLED: dict[str, tuple[float, str]] = {
-    "accelerate-opt-175b": (0.01, "disk offload (not modelled); the figure has one significant digit"),
-    "zero-opt-175b": (0.01, "NVMe offload (not modelled); the figure has one significant digit"),
-    "flexgen-opt-175b": (0.69, "weights half and the KV cache wholly on disk (not modelled)"),
-}
+PUBLISHED_FILE = package_dir("alisa.scenarios") / "anchors" / "flexgen-t4.published.json"
+_TABLE = json.loads(PUBLISHED_FILE.read_text())
+SOURCE: str = _TABLE["source"]
+PUBLISHED: dict[str, float] = _TABLE["published_tokens_per_s"]  # by the sweep's case names
+NOT_MODELLED: dict[str, tuple[float, str]] = {k: (v["published"], v["why"]) for k, v in _TABLE["not_modelled"].items()}
 FACTORS = ("gemm_efficiency", "hbm_efficiency", "pcie_efficiency")
 TARGET_MEDIAN, TARGET_WORST = 0.10, 0.25
 
@@ -83,9 +70,7 @@ def fit(names: list[str], start: dict[str, float]) -> tuple[dict[str, float], fl
     def loss(x: Any) -> float:
         vals = {f: min(1.0, max(0.05, math.exp(v))) for f, v in zip(FACTORS, x, strict=True)}
         rows = simulate_rows([f"hardware.{f}={v}" for f, v in vals.items()])
-        return sum(
-            math.log(max(rows[n]["simulated"], 1e-9) / rows[n]["published"]) ** 2 for n in names
-        )
+        return sum(math.log(max(rows[n]["simulated"], 1e-9) / rows[n]["published"]) ** 2 for n in names)
 
     x0 = [math.log(start[f]) for f in FACTORS]
     res = minimize(loss, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6, "maxiter": 400})
@@ -133,8 +118,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit", action="store_true", help="also fit the three factors, with leave-one-out errors")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "anchors"))
-    ap.add_argument("--write-profile", action="store_true",
-                    help="with --fit: write hardware_profiles/t4-16gb-anchored.yaml (the datasheet profile, fitted factors)")
+    ap.add_argument(
+        "--write-profile",
+        action="store_true",
+        help="with --fit: write hardware_profiles/t4-16gb-anchored.yaml (the datasheet profile, fitted factors)",
+    )
     args = ap.parse_args()
     out: dict[str, Any] = {"source": SOURCE, "sweep": f"scenarios/{SWEEP}.yaml", "machine": machine()}
     rows = simulate_rows([])

@@ -290,7 +290,7 @@ def set_path(data: dict[str, Any], dotted: str, value: Any, *, file: str, strict
 
 def check_runnable(s: Scenario, file: str) -> None:
     """Reject scenarios that no policy could run: weights exceed GPU + host memory."""
-    need = weight_bytes(s.model)
+    need: float = weight_bytes(s.model)
     if isinstance(s.policy, FlexGenPolicyConfig) and s.policy.compress_weight:
         need *= GROUP4_COMPRESSED_FRACTION
     have = s.hardware.gpu_memory_bytes + s.hardware.cpu_memory_bytes
@@ -402,9 +402,7 @@ def expand_sweep(path: str | Path, overrides: list[str] | None = None) -> list[t
                 try:
                     set_path(point, k, v, file=file, strict=False)
                 except InputError as e:
-                    raise InputError(
-                        f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}"
-                    ) from None
+                    raise InputError(f"sweep over a missing field: {e.reason}", file=file, field=f"sweep.{k}") from None
                 if k in ("model", "hardware"):
                     point = _resolve_names(point, file)
             params = dict(chosen)

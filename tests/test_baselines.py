@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from alisa.sim.costs import CostModel
 from alisa.sim.engine import Engine
 from alisa.sim.errors import InputError
+from alisa.sim.models import stored_kv_bytes_per_token_per_layer
 from alisa.sim.policies import make_policy
 from alisa.sim.policies.flexgen import PlacementProblem, solve_placement
 from alisa.sim.runner import simulate
@@ -61,17 +63,30 @@ def test_flexgen_search_respects_memory_in_the_simulation():
     )
     r, _ = simulate(sc)
     fp = r["policy_details"]["flexgen_policy"]
-    assert not r["oom"] and 0 <= fp["weights_gpu_percent"] <= 100 and fp["cache_gpu_percent"] < 100
+    assert not r["oom"] and (fp["weights_gpu_percent"] < 100 or fp["cache_gpu_percent"] < 100)
     assert r["peak_gpu_bytes"] <= sc.hardware.gpu_memory_bytes and r["peak_cpu_bytes"] <= sc.hardware.cpu_memory_bytes
     assert fp["gpu_batch_size"] * fp["num_gpu_batches"] == 16
 
 
 def test_flexgen_all_on_gpu_matches_dense_gpu():
+    """All on the GPU, the placement is dense-gpu's; as this backend runs it (runtime
+    alisa) it takes dense-gpu's time, and FlexGen's own code takes longer by exactly its
+    two extra passes over the attended KV (the copies before its bmm), every layer and step."""
     dense, _ = simulate(scenario(policy={"name": "dense-gpu"}))
-    flex, _ = simulate(scenario(policy={"name": "flexgen", "gpu_batch_size": 8}))
-    fp = flex["policy_details"]["flexgen_policy"]
+    ours, _ = simulate(scenario(policy={"name": "flexgen", "gpu_batch_size": 8, "runtime": "alisa"}))
+    fp = ours["policy_details"]["flexgen_policy"]
     assert fp["weights_gpu_percent"] == 100 and fp["cache_gpu_percent"] == 100
-    assert flex["throughput_tokens_per_s"] == pytest.approx(dense["throughput_tokens_per_s"], rel=0.05)
+    assert ours["throughput_tokens_per_s"] == pytest.approx(dense["throughput_tokens_per_s"], rel=0.05)
+    sc = scenario(policy={"name": "flexgen", "gpu_batch_size": 8})
+    theirs, _ = simulate(sc)
+    cost, wl, m = CostModel(sc.hardware), sc.workload, sc.model
+    kv = stored_kv_bytes_per_token_per_layer(m, False)
+    extra = sum(
+        m.num_layers
+        * (cost.attention_decode_s(3 * wl.batch_size * n * kv) - cost.attention_decode_s(wl.batch_size * n * kv))
+        for n in range(wl.prompt_len + 1, wl.prompt_len + wl.gen_len)
+    )
+    assert theirs["decode_time_s"] - ours["decode_time_s"] == pytest.approx(extra, rel=1e-6)
 
 
 def test_flexgen_infeasible_is_input_error():

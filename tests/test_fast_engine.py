@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from alisa.sim.bundled import scenario_files, scenario_name
+from alisa.sim.bundled import resolve_scenario, scenario_files, scenario_name
 from alisa.sim.runner import simulate
 from alisa.sim.scenario import POLICY_NAMES, Scenario, expand_sweep, load_scenario
 
@@ -64,7 +64,7 @@ def test_bundled_scenarios_match_the_event_model(name: str, sc: Scenario) -> Non
 def test_each_policy_matches_the_event_model(policy: str) -> None:
     """Each policy on OPT-6.7B at a batch where the offloading ones move KV or weights."""
     sc = load_scenario(
-        scenario_files()[0].parent / "paper" / "opt-6.7b.yaml",
+        resolve_scenario("paper/opt-6.7b"),
         ["sweep=null", f"policy={{name: {policy}}}", "workload.batch_size=16", "workload.gen_len=256"],
     )
     _assert_same(sc)
@@ -79,8 +79,6 @@ def test_each_policy_matches_the_event_model(policy: str) -> None:
     ],
 )
 def test_trace_events_are_the_event_models(scenario: str, sets: list[str]) -> None:
-    from alisa.sim.bundled import resolve_scenario
-
     sc = load_scenario(resolve_scenario(scenario), ["sweep=null", *sets])
     _, fer = simulate(sc)
     _, eer = simulate(sc, exact=True)

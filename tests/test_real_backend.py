@@ -185,7 +185,15 @@ def test_plan_selection_moves_exactly_the_planned_bytes(int8, gather, recompute)
 
 def test_flexgen_offload_gives_the_dense_tokens():
     """KV split between host and GPU, merged by log-sum-exp: the dense answer."""
-    sc = tiny({"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False, "runtime": "alisa"})
+    sc = tiny(
+        {
+            "name": "flexgen",
+            "weights_gpu_percent": 100,
+            "cache_gpu_percent": 50,
+            "cpu_cache_compute": False,
+            "runtime": "alisa",
+        }
+    )
     ex = RealExecutor(sc, opts())
     ref = reference_generate(ex.dec, ex.prompt(), 12, PolicySpec("dense"))
     run = ex.run()
@@ -198,7 +206,13 @@ def test_flexgen_offload_gives_the_dense_tokens():
     "policy",
     [
         {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_tokens": 28, "recompute_ratio": 0.5},
-        {"name": "flexgen", "weights_gpu_percent": 100, "cache_gpu_percent": 50, "cpu_cache_compute": False, "runtime": "alisa"},
+        {
+            "name": "flexgen",
+            "weights_gpu_percent": 100,
+            "cache_gpu_percent": 50,
+            "cpu_cache_compute": False,
+            "runtime": "alisa",
+        },
     ],
     ids=["alisa-mixed", "flexgen"],
 )
@@ -230,7 +244,15 @@ def test_unsupported_plans_are_refused_by_field():
     assert e.value.field == "policy.name"
     with pytest.raises(InputError) as e:
         RealExecutor(
-            tiny({"name": "flexgen", "weights_gpu_percent": 50, "cache_gpu_percent": 100, "cpu_cache_compute": False, "runtime": "alisa"}),
+            tiny(
+                {
+                    "name": "flexgen",
+                    "weights_gpu_percent": 50,
+                    "cache_gpu_percent": 100,
+                    "cpu_cache_compute": False,
+                    "runtime": "alisa",
+                }
+            ),
             opts(),
         )
     assert "weights_gpu_percent" in e.value.reason

@@ -73,6 +73,8 @@ class PlacementProblem:
     cpu_free_bytes: float
     weights_total_bytes: float  # all layers' weights (stored size)
     kv_total_bytes: float  # the whole cache at the longest context (stored size)
+    kv_h2d_s_per_byte: float | None = None  # the host KV's copy rate where it differs (pageable); None: h2d's
+    cpu_attention_serial: bool = False  # the GPU waits for the CPU's attention (FlexGen's code), not beside it
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,17 @@ def solve_placement(p: PlacementProblem) -> Placement | None:
         wg Wtot + cg Ktot <= GPU free;  (1 - wg) Wtot + (1 - cg) Ktot <= CPU free
     None when infeasible."""
     W, K, h = p.weight_layer_bytes, p.kv_layer_bytes, p.h2d_s_per_byte
+    hk = p.kv_h2d_s_per_byte if p.kv_h2d_s_per_byte is not None else h
     A, b = [], []
-    if p.cpu_cache_compute:
+    if p.cpu_cache_compute and p.cpu_attention_serial:
+        # t >= compute - (1 - cg) s + (1 - cg) K c: the CPU's share of attention in line
+        #   -> (c K - s) cg - t <= -(compute - s + c K)
+        cK = K * p.cpu_attn_s_per_byte
+        A.append([0.0, cK - p.compute_attn_cpu_s, -1.0])
+        b.append(-(p.compute_s - p.compute_attn_cpu_s + cK))
+        A.append([-W * h, 0.0, -1.0])
+        b.append(-W * h)
+    elif p.cpu_cache_compute:
         # t >= compute - (1 - cg) s  ->  -s cg - t <= -(compute - s)
         A.append([0.0, -p.compute_attn_cpu_s, -1.0])
         b.append(-(p.compute_s - p.compute_attn_cpu_s))
@@ -103,8 +114,8 @@ def solve_placement(p: PlacementProblem) -> Placement | None:
     else:
         A.append([0.0, 0.0, -1.0])
         b.append(-p.compute_s)
-        A.append([-W * h, -K * h, -1.0])
-        b.append(-(W + K) * h)
+        A.append([-W * h, -K * hk, -1.0])
+        b.append(-(W * h + K * hk))
     A.append([p.weights_total_bytes, p.kv_total_bytes, 0.0])
     b.append(p.gpu_free_bytes)
     A.append([-p.weights_total_bytes, -p.kv_total_bytes, 0.0])
@@ -156,7 +167,9 @@ def layer_weight_split(model: ModelSpec, wg: float, wc: float) -> tuple[float, f
     mlp = [n * k for name, n, k in layer_gemm_shapes(model) if name not in ("qkv_proj", "o_proj")]
     g1, c1 = _placed([x * model.dtype_bytes for x in attn], wg, wc)
     g2, c2 = _placed([x * model.dtype_bytes for x in mlp], wg, wc)
-    return g1 + g2, c1 + c2
+    share = (g1 + g2) / (g1 + g2 + c1 + c2)  # biases and norms (under 0.1%) go with the matrices' share
+    lw = layer_weight_bytes(model)
+    return share * lw, (1.0 - share) * lw
 
 
 def tensor_share_within(model: ModelSpec, share: float) -> float:
@@ -279,7 +292,7 @@ class FlexGenPolicy(Policy):
     def _search(self, gpu_free_of: Any, cpu_free: float, lw: float) -> None:
         """Choose (gpu batch, cpu_cache_compute, wg, cg): fixed where the scenario fixes
         them, else the LP's best."""
-        hw, m, wl = self.sc.hardware, self.model, self.sc.workload
+        m, wl = self.model, self.sc.workload
         n_max = wl.prompt_len + wl.gen_len
         n_mean = wl.prompt_len + wl.gen_len / 2
         kvb = self.coster.kv_bytes
@@ -306,6 +319,8 @@ class FlexGenPolicy(Policy):
                 cpu_free_bytes=cpu_free,
                 weights_total_bytes=m.num_layers * lw,
                 kv_total_bytes=self.batch * m.num_layers * n_max * kvb,
+                kv_h2d_s_per_byte=self._h2d_slope(pinned=False) if self.flexgen_code else None,
+                cpu_attention_serial=self.flexgen_code,
             )
             pl = self._fixed(prob, fixed) if fixed is not None else solve_placement(prob)
             tried.append(
@@ -345,12 +360,13 @@ class FlexGenPolicy(Policy):
 
     def _fixed(self, prob: PlacementProblem, fixed: tuple[float, float, float, float]) -> Placement | None:
         wg, wc, cg, _ = fixed
-        if self.flexgen_code:  # the bytes FlexGen's tensor rule puts on the GPU
+        if self.flexgen_code:  # the bytes FlexGen's tensor rule puts on the GPU; the layout says if they fit
             wg = layer_weight_split(self.model, wg, wc)[0] / layer_weight_bytes(self.model)
-        if wg * prob.weights_total_bytes + cg * prob.kv_total_bytes > prob.gpu_free_bytes:
+        elif wg * prob.weights_total_bytes + cg * prob.kv_total_bytes > prob.gpu_free_bytes:
             return None
         h = prob.h2d_s_per_byte
-        t = max(prob.compute_s, (1 - wg) * prob.weight_layer_bytes * h + (1 - cg) * prob.kv_layer_bytes * h)
+        hk = prob.kv_h2d_s_per_byte if prob.kv_h2d_s_per_byte is not None else h
+        t = max(prob.compute_s, (1 - wg) * prob.weight_layer_bytes * h + (1 - cg) * prob.kv_layer_bytes * hk)
         return Placement(wg, cg, t)
 
     def _layout_alisa(self) -> MemoryLayout:
@@ -437,9 +453,9 @@ class FlexGenPolicy(Policy):
             hw.gpu_memory_bytes, hw.cpu_memory_bytes, reserved, work + stream_buf + hidden_gpu, w_gpu, w_cpu, 0, kv_gpu
         )
 
-    def _h2d_slope(self) -> float:
+    def _h2d_slope(self, pinned: bool = True) -> float:
         c = self.coster.cost
-        return (c.h2d_s(2e9) - c.h2d_s(1e9)) / 1e9
+        return (c.h2d_s(2e9, pinned=pinned) - c.h2d_s(1e9, pinned=pinned)) / 1e9
 
     # -- plans ---------------------------------------------------------------------------
     def _cpu_tokens(self, n: int) -> int:
@@ -477,7 +493,7 @@ class FlexGenPolicy(Policy):
         codec, kernels = self._codec(n, new, prefill)
         fg = self.flexgen_code
         per = self.ngb if fg else 1  # plan entries per layer
-        common = dict(
+        common: dict[str, Any] = dict(
             new_tokens=new,
             attended_tokens=n,
             prefill=prefill,
@@ -488,8 +504,9 @@ class FlexGenPolicy(Policy):
             d2h_kv_tokens=d2h,
         )
         if not fg:
-            lp = LayerPlan(**common, weight_h2d_bytes=int(self.stream_bytes), sub_batches=self.ngb,
-                           sync_fetch=not self.cfg.overlap)
+            lp = LayerPlan(
+                **common, weight_h2d_bytes=int(self.stream_bytes), sub_batches=self.ngb, sync_fetch=not self.cfg.overlap
+            )
             return (lp,) * self.model.num_layers
         cpu_passes = CPU_ATTENTION_PASSES + (DECOMPRESS_PASSES if self.cfg.compress_cache else 0.0)
         entries = [

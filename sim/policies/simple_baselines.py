@@ -31,7 +31,6 @@ from ..plan import LayerPlan, OutOfMemory, StepPlan
 from ..scenario import AcceleratePolicyConfig, H2OPolicyConfig, ZeroInferencePolicyConfig
 from .base import Policy
 
-
 HF_ATTENTION_PASSES = 3.0  # torch.cat(past, new) reads and writes the cache; bmm reads it
 
 
