@@ -33,6 +33,10 @@ for stage in "$@"; do
     seldiff) for a in "--gather host" "--gather device" "--gather host --eager"; do
                python3 benchmarks/debug/selection_diff.py --gen 16 $a; done 2>&1 | tee "$OUT/seldiff.log" | tail -30 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
+    # real FlexGen and HF runs beside our backend under one memory cap (docs/peers.md); needs the
+    # carried wheels flexgen, pulp, accelerate in .whl/
+    peers) python3 benchmarks/peers/run_peers.py run /tmp/peers --profile "$PROFILE" 2>&1 | tee "$OUT/peers.log" | tail -30
+           tar czf "$OUT/peers.tgz" -C /tmp peers ;;
     # val-alisa-r2: a repeat of a policy's runs, in its own process, packed as validation-alisa-r2.tgz
     val-*-r[0-9]*) p=${stage#val-}; VAL_TAG=-${p##*-} bash benchmarks/validation_matrix.sh "$OUT" "${p%-r*}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
     val-*) bash benchmarks/validation_matrix.sh "$OUT" "${stage#val-}" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;

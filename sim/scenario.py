@@ -100,10 +100,17 @@ class H2OPolicyConfig(_PolicyBase):
 
 class AcceleratePolicyConfig(_PolicyBase):
     name: Literal["accelerate"]
-    device_map: Literal["auto", "cpu"] = Field(
+    device_map: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
         description="auto: the layers that fit stay on the GPU, the rest are offloaded (device_map='auto'); "
-        "cpu: every decoder layer offloaded (the FlexGen benchmark's device map for --cpu)",
+        "cpu: every decoder layer offloaded (the FlexGen benchmark's device map for --cpu); gpu: the "
+        "whole model on the GPU (no offload: what does not fit is out of memory)",
+    )
+    cache: Literal["gpu", "offloaded"] = Field(
+        "gpu",
+        description="gpu: transformers' dynamic cache on the GPU; offloaded: its OffloadedCache "
+        "(cache_implementation='offloaded'): every layer's KV in host memory, the next layer's "
+        "prefetched each step, the new token's written back",
     )
 
 

@@ -41,6 +41,8 @@ class GpuKvPolicy(Policy):
     sync = False  # no prefetch (accelerate)
     pageable = False
     attention_passes = 1.0  # our own fused decode attention
+    kv_offloaded = False  # transformers' OffloadedCache: KV on the host, a layer prefetched at a time
+    weight_offload = True  # layers that do not fit stream from the host
 
     def plan_layout(self) -> MemoryLayout:
         hw, pol, m = self.sc.hardware, self.sc.policy, self.model
@@ -54,7 +56,7 @@ class GpuKvPolicy(Policy):
             hw.gpu_reserved_gb * GB,
             budget,
             self._min_kv_bytes(),
-            allow_weight_offload=True,
+            allow_weight_offload=self.weight_offload,
         )
         if self.stream_all:  # every layer streams; two layer buffers on the GPU
             lw = layer_weight_bytes(m)
@@ -74,7 +76,8 @@ class GpuKvPolicy(Policy):
 
     def _min_kv_bytes(self) -> float:
         wl = self.sc.workload
-        return self.batch * self.model.num_layers * self.coster.kv_bytes * (wl.prompt_len + wl.gen_len)
+        layers = 2 if self.kv_offloaded else self.model.num_layers  # offloaded: two layers' buffers
+        return self.batch * layers * self.coster.kv_bytes * (wl.prompt_len + wl.gen_len)
 
     def kept_tokens(self, n: int) -> int:
         return n
@@ -91,6 +94,16 @@ class GpuKvPolicy(Policy):
         )
 
     def _fits(self, n: int, step: int) -> OutOfMemory | None:
+        if self.kv_offloaded:
+            need = self.layout.cpu_static_bytes + n * self.batch * self.model.num_layers * self.coster.kv_bytes
+            if need > self.layout.cpu_capacity_bytes:
+                return OutOfMemory(
+                    "cpu",
+                    f"the offloaded KV cache of {n} tokens x batch {self.batch} and the offloaded weights need "
+                    f"{need / GB:.2f} GB of host memory; the host has {self.layout.cpu_capacity_bytes / GB:.2f} GB",
+                    step,
+                )
+            return None
         cap = self.kv_tokens_capacity(self.layout.kv_budget_bytes)
         if n > cap:
             need = n * self.batch * self.model.num_layers * self.coster.kv_bytes
@@ -110,9 +123,13 @@ class GpuKvPolicy(Policy):
         oom = self._fits(kept, -1)
         if oom:
             return oom
+        wb = p if self.kv_offloaded else 0  # an offloaded cache sends the prompt's KV down
         layers = tuple(
-            self._layer(l, new_tokens=p, attended_tokens=p, prefill=True) for l in range(self.model.num_layers)
+            self._layer(l, new_tokens=p, attended_tokens=p, prefill=True, d2h_kv_tokens=wb)
+            for l in range(self.model.num_layers)
         )
+        if self.kv_offloaded:
+            return StepPlan(-1, "prefill", p, self.batch, layers, 0, kept)
         return StepPlan(-1, "prefill", p, self.batch, layers, kept, 0)
 
     def decode(self, step: int) -> StepPlan | OutOfMemory:
@@ -121,6 +138,12 @@ class GpuKvPolicy(Policy):
         oom = self._fits(kept, step)
         if oom:
             return oom
+        if self.kv_offloaded:  # each layer's cache comes up, the new token goes down
+            layers = tuple(
+                self._layer(l, attended_tokens=kept, h2d_kv_tokens=kept - 1, d2h_kv_tokens=1, kv_pageable=True)
+                for l in range(self.model.num_layers)
+            )
+            return StepPlan(step, "II", n, self.batch, layers, 0, kept)
         layers = tuple(self._layer(l, attended_tokens=kept) for l in range(self.model.num_layers))
         return StepPlan(step, "I", n, self.batch, layers, kept, 0)
 
@@ -134,6 +157,8 @@ class AcceleratePolicy(GpuKvPolicy):
     def __init__(self, scenario, coster) -> None:
         assert isinstance(scenario.policy, AcceleratePolicyConfig)
         self.stream_all = scenario.policy.device_map == "cpu"
+        self.weight_offload = scenario.policy.device_map != "gpu"
+        self.kv_offloaded = scenario.policy.cache == "offloaded"
         super().__init__(scenario, coster)
 
 
