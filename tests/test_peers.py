@@ -34,17 +34,26 @@ def test_the_plan_covers_every_point_and_system():
         assert by[(point, "dense-gpu")]["oom"] and by[(point, "hf-dense")]["oom"]
         for s in ("alisa", "flexgen-like", "flexgen-0.1.8", "hf-offloaded", "hf-device-map"):
             assert by[(point, s)]["simulated_tok_s"] > 0, (point, s)
-    assert all("--set=hardware.gpu_memory_gb=" in " ".join(r["command"]) or "--gpu-cap-gb" in r["command"]
-               for r in rows)
+    assert all(
+        "--set=hardware.gpu_memory_gb=" in " ".join(r["command"]) or "--gpu-cap-gb" in r["command"] for r in rows
+    )
 
 
 def test_flexgen_peer_passes_the_scenarios_policy():
     fp = _load("flexgen_peer")
     p = subprocess.run(
-        [sys.executable, str(PEERS / "flexgen_peer.py"), "scenarios/peers/offload.yaml", "--set=sweep=null",
-         "--set=policy={name: flexgen, command_line: '--percent 100 0 40 60 100 0 --gpu-batch-size 16'}",
-         "--set=hardware.gpu_memory_gb=24", "--dry-run"],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(PEERS / "flexgen_peer.py"),
+            "scenarios/peers/offload.yaml",
+            "--set=sweep=null",
+            "--set=policy={name: flexgen, command_line: '--percent 100 0 40 60 100 0 --gpu-batch-size 16'}",
+            "--set=hardware.gpu_memory_gb=24",
+            "--dry-run",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 0, p.stderr[-800:]
     pol = json.loads(p.stdout)["policy"]
@@ -57,9 +66,27 @@ def test_hf_peer_measures_a_tiny_model_on_the_cpu(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "hf.json"
     p = subprocess.run(
-        [sys.executable, str(PEERS / "hf_peer.py"), "--model", "opt-6.7b", "--layers", "1", "--batch", "2",
-         "--prompt", "8", "--gen", "3", "--device", "cpu", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(PEERS / "hf_peer.py"),
+            "--model",
+            "opt-6.7b",
+            "--layers",
+            "1",
+            "--batch",
+            "2",
+            "--prompt",
+            "8",
+            "--gen",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 0, p.stderr[-800:]
     rec = json.loads(out.read_text())

@@ -105,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     sc = load_scenario(resolve_scenario(args.scenario), args.set)
     fields = flexgen_policy_args(sc)
     cap = args.gpu_cap_gb if args.gpu_cap_gb is not None else sc.hardware.gpu_memory_gb / 1.073741824
-    rec: dict[str, Any] = {"system": "flexgen-0.1.8", "scenario": sc.name, "policy": fields, "gpu_cap_gib": cap,
-                           "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    rec: dict[str, Any] = {
+        "system": "flexgen-0.1.8",
+        "scenario": sc.name,
+        "policy": fields,
+        "gpu_cap_gib": cap,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     if not args.dry_run:
         import torch
 

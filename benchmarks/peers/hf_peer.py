@@ -58,7 +58,9 @@ def build(args: argparse.Namespace) -> Any:
         model = OPTForCausalLM(cfg).to(dtype)
     # the weights that fit next to the KV budget stay on the GPU, the rest stream from the host
     budget = f"{args.weights_gb or args.gpu_cap_gb / 2:.1f}GiB"
-    dmap = infer_auto_device_map(model, max_memory={0: budget, "cpu": "400GiB"}, no_split_module_classes=["OPTDecoderLayer"])
+    dmap = infer_auto_device_map(
+        model, max_memory={0: budget, "cpu": "400GiB"}, no_split_module_classes=["OPTDecoderLayer"]
+    )
     model = model.to_empty(device="cpu")
     for p in model.parameters():
         p.data.normal_(0.0, 0.02)
@@ -74,7 +76,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build(args)
     vocab = model.config.vocab_size
-    ids = torch.randint(4, vocab, (args.batch, args.prompt), device=args.device if args.mode != "device-map" else "cuda")
+    ids = torch.randint(
+        4, vocab, (args.batch, args.prompt), device=args.device if args.mode != "device-map" else "cuda"
+    )
     kw: dict[str, Any] = {"do_sample": False, "pad_token_id": 1}
     if args.mode == "offloaded":
         kw["cache_implementation"] = "offloaded"
@@ -114,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--mode", choices=("dense", "offloaded", "device-map"), default="dense")
     ap.add_argument("--gpu-cap-gb", type=float, default=24.0, help="GiB this process may allocate on the GPU")
-    ap.add_argument("--weights-gb", type=float, help="device-map: GiB of weights kept on the GPU (default: half the cap)")
+    ap.add_argument(
+        "--weights-gb", type=float, help="device-map: GiB of weights kept on the GPU (default: half the cap)"
+    )
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--layers", type=int, help="fewer layers (smoke tests)")
     ap.add_argument("--out", required=True)

@@ -48,8 +48,9 @@ STARTUP_S = 25.0  # interpreter, torch and CUDA start-up, the random weights (me
 SYSTEMS: dict[str, dict[str, Any]] = {
     "alisa": {"policy": None},  # the points' own (ALISA)
     "dense-gpu": {"policy": {"name": "dense-gpu"}},
-    "flexgen-like": {"policy": {"name": "flexgen", "runtime": "alisa", "weights_gpu_percent": 100,
-                                "cpu_cache_compute": False}},
+    "flexgen-like": {
+        "policy": {"name": "flexgen", "runtime": "alisa", "weights_gpu_percent": 100, "cpu_cache_compute": False}
+    },
     "flexgen-0.1.8": {"policy": {"name": "flexgen"}},
     "hf-dense": {"policy": {"name": "accelerate", "device_map": "gpu"}},
     "hf-offloaded": {"policy": {"name": "accelerate", "device_map": "gpu", "cache": "offloaded"}},
@@ -83,27 +84,67 @@ def command(sc: Scenario, system: str, profile: str, out: Path) -> list[str]:
     py = sys.executable
     name = sc.name
     if system.startswith("hf-"):
-        cmd = [py, str(HERE / "hf_peer.py"), "--model", sc.model.name, "--batch", str(sc.workload.batch_size),
-               "--prompt", str(sc.workload.prompt_len), "--gen", str(sc.workload.gen_len),
-               "--mode", system.removeprefix("hf-"), "--gpu-cap-gb", f"{cap:.2f}", "--out", str(out / f"{name}-{system}.json")]
+        cmd = [
+            py,
+            str(HERE / "hf_peer.py"),
+            "--model",
+            sc.model.name,
+            "--batch",
+            str(sc.workload.batch_size),
+            "--prompt",
+            str(sc.workload.prompt_len),
+            "--gen",
+            str(sc.workload.gen_len),
+            "--mode",
+            system.removeprefix("hf-"),
+            "--gpu-cap-gb",
+            f"{cap:.2f}",
+            "--out",
+            str(out / f"{name}-{system}.json"),
+        ]
         if system == "hf-device-map":  # the weights the simulated device map keeps on the GPU
             lay = make_policy(system_scenario(sc, system)).layout
             cmd += ["--weights-gb", f"{lay.weights_gpu_bytes / GIB:.2f}"]
         return cmd
-    sets = [f"hardware={profile}", "sweep=null", f"name={name}", f"model={sc.model.name}",
-            f"workload.batch_size={sc.workload.batch_size}", f"hardware.gpu_memory_gb={sc.hardware.gpu_memory_gb}"]
+    sets = [
+        f"hardware={profile}",
+        "sweep=null",
+        f"name={name}",
+        f"model={sc.model.name}",
+        f"workload.batch_size={sc.workload.batch_size}",
+        f"hardware.gpu_memory_gb={sc.hardware.gpu_memory_gb}",
+    ]
     pol = system_scenario(sc, system).policy.model_dump(mode="json", exclude_none=True)
     sets.append(f"policy={json.dumps(pol)}")
     if system == "flexgen-0.1.8":
-        return [py, str(HERE / "flexgen_peer.py"), resolve_scenario(POINTS).as_posix(), *(f"--set={s}" for s in sets),
-                "--gpu-cap-gb", f"{cap:.2f}", "--out", str(out / f"{name}-{system}.json")]
+        return [
+            py,
+            str(HERE / "flexgen_peer.py"),
+            resolve_scenario(POINTS).as_posix(),
+            *(f"--set={s}" for s in sets),
+            "--gpu-cap-gb",
+            f"{cap:.2f}",
+            "--out",
+            str(out / f"{name}-{system}.json"),
+        ]
     wrapper = (
         "import sys, torch; t = torch.cuda.get_device_properties(0).total_memory; "
         f"torch.cuda.set_per_process_memory_fraction(min(1.0, {cap * GIB:.0f} / t)); "
         "from alisa.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    return [py, "-c", wrapper, "run", resolve_scenario(POINTS).as_posix(), "--backend", "real", "--no-plots",
-            "--out", str(out / f"{name}-{system}"), *(f"--set={s}" for s in sets)]
+    return [
+        py,
+        "-c",
+        wrapper,
+        "run",
+        resolve_scenario(POINTS).as_posix(),
+        "--backend",
+        "real",
+        "--no-plots",
+        "--out",
+        str(out / f"{name}-{system}"),
+        *(f"--set={s}" for s in sets),
+    ]
 
 
 def plan(profile: str, out: Path = Path("OUT")) -> list[dict[str, Any]]:
@@ -114,9 +155,16 @@ def plan(profile: str, out: Path = Path("OUT")) -> list[dict[str, Any]]:
             ssc = system_scenario(sc, system)
             r, _ = simulate(ssc)
             busy = 0.0 if r["oom"] else r["prefill_time_s"] + r["total_time_s"]  # warm-up prefill + run
-            rows.append({"point": sc.name, "system": system, "simulated_tok_s": r["throughput_tokens_per_s"],
-                         "oom": r["oom_reason"] or "", "estimate_s": STARTUP_S + busy,
-                         "command": command(sc, system, profile, out)})
+            rows.append(
+                {
+                    "point": sc.name,
+                    "system": system,
+                    "simulated_tok_s": r["throughput_tokens_per_s"],
+                    "oom": r["oom_reason"] or "",
+                    "estimate_s": STARTUP_S + busy,
+                    "command": command(sc, system, profile, out),
+                }
+            )
     return rows
 
 
@@ -129,8 +177,7 @@ def run(out: Path, profile: str, budget_s: float) -> int:
             log.append({**row, "skipped": "time budget"})
             continue
         try:
-            p = subprocess.run(row["command"], capture_output=True, text=True,
-                               timeout=max(60.0, 4 * row["estimate_s"]))
+            p = subprocess.run(row["command"], capture_output=True, text=True, timeout=max(60.0, 4 * row["estimate_s"]))
             log.append({**row, "rc": p.returncode, "stderr_tail": p.stderr[-1500:], "wall_s": time.time() - t0})
         except subprocess.TimeoutExpired:
             log.append({**row, "rc": None, "timeout": True, "wall_s": time.time() - t0})
@@ -158,8 +205,17 @@ def compare(out: Path, profile: str) -> list[dict[str, Any]]:
             got = None if m is None or m.get("oom") else m["throughput_tokens_per_s"]
             sim = None if r["oom"] else r["throughput_tokens_per_s"]
             err = (sim / got - 1.0) if got and sim else None
-            rows.append({"point": sc.name, "system": system, "measured_tok_s": got, "simulated_tok_s": sim,
-                         "error": err, "measured_oom": (m or {}).get("oom"), "simulated_oom": r["oom_reason"]})
+            rows.append(
+                {
+                    "point": sc.name,
+                    "system": system,
+                    "measured_tok_s": got,
+                    "simulated_tok_s": sim,
+                    "error": err,
+                    "measured_oom": (m or {}).get("oom"),
+                    "simulated_oom": r["oom_reason"],
+                }
+            )
     return rows
 
 
@@ -173,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "plan":
         rows = plan(args.profile)
         for r in rows:
-            print(f"{r['point']:24s} {r['system']:14s} sim {r['simulated_tok_s']:8.1f} tok/s  "
-                  f"~{r['estimate_s']:5.0f} s  {r['oom']}")
+            print(
+                f"{r['point']:24s} {r['system']:14s} sim {r['simulated_tok_s']:8.1f} tok/s  "
+                f"~{r['estimate_s']:5.0f} s  {r['oom']}"
+            )
         total = sum(r["estimate_s"] for r in rows)
-        print(f"\n{len(rows)} runs, about {total / 60:.1f} min of device time (each ~{STARTUP_S:.0f} s start-up "
-              "plus its simulated warm-up and run)")
+        print(
+            f"\n{len(rows)} runs, about {total / 60:.1f} min of device time (each ~{STARTUP_S:.0f} s start-up "
+            "plus its simulated warm-up and run)"
+        )
         print("first: " + " ".join(shlex.quote(c) for c in rows[0]["command"]))
         return 0
     if args.what == "run":

@@ -1,0 +1,344 @@
+"""Calibrate -> validate on whichever GPU is lent: the one routine (docs/validation.md).
+
+    python benchmarks/gpu_routine.py plan [--profile P]          # any machine: points, phases, calls, budget
+    python benchmarks/gpu_routine.py run OUT --call N [--profile P]   # on the GPU, call N of the plan
+    python benchmarks/gpu_routine.py validate OUT... [--profile P]    # any machine: simulated vs measured
+
+The points: a lean ALISA matrix (LLaMA-7B and OPT-6.7B at batch 16 and 32, each at the
+shortest generation length where the simulator puts at least 5% of the steps in Phase II
+and in Phase III on the profile) with the host and the device gather, dense-gpu and
+FlexGen-like at the same points, and two points off the matrix (other batch, prompt,
+generation and KV budget), each run twice, in separate processes. The stages are packed
+into device calls of at most ``CALL_LIMIT_S`` by an estimate of each (its simulated run
+time plus a per-run overhead read off the thirteenth run), so the whole routine fits
+one 30-minute lease: the first call calibrates the GPU (full, not --quick) and writes its
+profile, which chooses the generation lengths of everything after it.
+
+``run`` writes each stage's measured runs as OUT/<stage>.tgz (the device tool returns few
+files, not deep folders) and the profile as OUT/<profile>.yaml with its measurements;
+``validate`` unpacks them and compares every point against its two runs: a metric is met
+when its |error| is within its target (throughput 3 %, a phase's step time 5 %), or within
+the two runs' own spread, (max - min) / median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alisa.sim.bundled import resolve_scenario
+from alisa.sim.hardware import profile_names
+from alisa.sim.runner import simulate
+from alisa.sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+CALL_LIMIT_S = 540.0  # the device tool stops a command at 600 s
+CALIBRATE_S = 390.0  # a full `alisa calibrate` on the lent H100s (6-7 min)
+RUN_OVERHEAD_S = 14.0  # per measured run beyond its own time: weights, graphs, rehearsal (thirteenth run)
+MODELS = ("llama-7b", "opt-6.7b")
+BATCHES = (16, 32)
+GEN_CANDIDATES = (256, 384, 512, 768, 1024)
+OFF_MATRIX = (  # other batch, prompt, generation and KV budget than the matrix
+    {
+        "name": "off-llama-7b-b24",
+        "model": "llama-7b",
+        "workload.batch_size": 24,
+        "workload.prompt_len": 384,
+        "policy.gpu_kv_budget_tokens": 256,
+    },
+    {
+        "name": "off-opt-6.7b-b12",
+        "model": "opt-6.7b",
+        "workload.batch_size": 12,
+        "workload.prompt_len": 640,
+        "policy.gpu_kv_budget_tokens": 400,
+    },
+)
+TARGETS = {
+    "throughput_tokens_per_s": 0.03,
+    "step_time_phase_I_s": 0.05,
+    "step_time_phase_II_s": 0.05,
+    "step_time_phase_III_s": 0.05,
+}
+POLICIES = {  # stage family -> the validation scenario its points come from
+    "alisa-device": "validation/alisa-device",
+    "alisa-host": "validation/alisa",
+    "dense-gpu": "validation/dense-gpu",
+    "flexgen": "validation/flexgen",
+}
+
+
+def _phases(r: dict[str, Any]) -> tuple[int, int, int]:
+    ph = r["phases"]
+    return ph["I"]["steps"], ph["II"]["steps"], ph["III"]["steps"]
+
+
+def choose_gen(base: str, case: dict[str, Any], profile: str) -> tuple[int, dict[str, Any]]:
+    """The shortest candidate generation length at which the device-gather ALISA point has
+    at least 5% of its steps in Phase II and in Phase III (the longest if none does)."""
+    last: dict[str, Any] = {}
+    for gen in GEN_CANDIDATES:
+        sets = _sets(case, profile, gen)
+        r, _ = simulate(load_scenario(resolve_scenario(base), sets))
+        _, p2, p3 = _phases(r)
+        steps = sum(_phases(r))
+        last = r
+        if p2 >= 0.05 * steps and p3 >= 0.05 * steps:
+            return gen, r
+    return GEN_CANDIDATES[-1], last
+
+
+def _sets(case: dict[str, Any], profile: str, gen: int) -> list[str]:
+    out = [f"hardware={profile}", "sweep=null", f"workload.gen_len={gen}"]
+    for k, v in case.items():
+        out.append(f"{k}={v}")
+    return out
+
+
+@dataclass
+class Point:
+    name: str
+    case: dict[str, Any]
+    gen: int
+    phases: tuple[int, int, int]
+    off_matrix: bool
+
+
+@dataclass
+class Stage:
+    name: str  # e.g. alisa-device-r1
+    family: str  # key of POLICIES, or "calibrate"
+    repeat: int
+    estimate_s: float
+    points: list[str] = field(default_factory=list)
+
+
+def points(profile: str) -> list[Point]:
+    out = []
+    cases: list[dict[str, Any]] = [
+        {"name": f"{m}-b{b}", "model": m, "workload.batch_size": b} for m in MODELS for b in BATCHES
+    ]
+    for case, off in [(c, False) for c in cases] + [(dict(c), True) for c in OFF_MATRIX]:
+        gen, r = choose_gen(POLICIES["alisa-device"], case, profile)
+        out.append(Point(str(case["name"]), case, gen, _phases(r), off))
+    return out
+
+
+def scenario_file(family: str, pts: list[Point], profile: str, folder: Path) -> Path:
+    """The family's validation scenario with the routine's points as sweep cases."""
+    data = yaml.safe_load(resolve_scenario(POLICIES[family]).read_text())
+    data["hardware"] = profile
+    if not family.startswith("alisa"):  # the matrix only: the off-matrix points vary ALISA's budget
+        pts = [p for p in pts if not p.off_matrix]
+    data["sweep"] = {"cases": [{**p.case, "workload.gen_len": p.gen} for p in pts]}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"routine-{family}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def stages(profile: str, pts: list[Point], calibrate: bool) -> list[Stage]:
+    """Every stage with its estimate, in the order they run."""
+    out = [Stage("calibrate", "calibrate", 0, CALIBRATE_S)] if calibrate else []
+    for family in POLICIES:
+        fam_pts = pts if family.startswith("alisa") else [p for p in pts if not p.off_matrix]
+        est = 0.0
+        for p in fam_pts:
+            sets = _sets(
+                {k: v for k, v in p.case.items() if family.startswith("alisa") or not k.startswith("policy.")},
+                profile,
+                p.gen,
+            )
+            sc = load_scenario(resolve_scenario(POLICIES[family]), sets)
+            r, _ = simulate(sc)
+            est += RUN_OVERHEAD_S + 1.1 * r["total_time_s"]  # the rehearsal runs the prefill and two steps
+        for rep in (1, 2):
+            out.append(Stage(f"{family}-r{rep}", family, rep, est, [p.name for p in fam_pts]))
+    return out
+
+
+def pack(sts: list[Stage]) -> list[list[Stage]]:
+    """Stages in order into calls of at most CALL_LIMIT_S each."""
+    calls: list[list[Stage]] = [[]]
+    for s in sts:
+        if calls[-1] and sum(x.estimate_s for x in calls[-1]) + s.estimate_s > CALL_LIMIT_S:
+            calls.append([])
+        calls[-1].append(s)
+    return calls
+
+
+def plan(profile: str, calibrate: bool = True) -> dict[str, Any]:
+    pts = points(profile)
+    calls = pack(stages(profile, pts, calibrate))
+    return {
+        "profile": profile,
+        "points": [vars(p) for p in pts],
+        "calls": [[vars(s) for s in c] for c in calls],
+        "call_estimates_s": [sum(s.estimate_s for s in c) for c in calls],
+        "total_estimate_s": sum(s.estimate_s for c in calls for s in c),
+    }
+
+
+def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> None:
+    if s.family == "calibrate":
+        prof = out / f"{profile}.yaml"
+        subprocess.run(["alisa", "calibrate", "--name", profile, "--out", str(prof)], check=True)
+        for f in (prof, prof.with_suffix(".measurements.json")):  # later stages plan with it
+            (ROOT / "hardware_profiles" / f.name).write_bytes(f.read_bytes())
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        scen = scenario_file(s.family, pts, profile, Path(tmp))
+        runs = Path(tmp) / "runs"
+        subprocess.run(["alisa", "validate", str(scen), "--real-only", "--out", str(runs)], check=True)
+        with tarfile.open(out / f"{s.name}.tgz", "w:gz") as tf:
+            tf.add(runs, arcname=".")
+
+
+def run(out: Path, call: int, profile: str) -> int:
+    """Call ``call`` of the plan. Call 1 calibrates first and plans with the profile it
+    writes; later calls plan with that profile, which must be in hardware_profiles/ (copy
+    it there from call 1's OUT), so every call agrees on the points and the packing."""
+    out.mkdir(parents=True, exist_ok=True)
+    log: list[dict[str, Any]] = []
+    if call == 1:
+        t0 = time.time()
+        _run_stage(Stage("calibrate", "calibrate", 0, CALIBRATE_S), [], profile, out)
+        log.append({"stage": "calibrate", "estimate_s": CALIBRATE_S, "wall_s": time.time() - t0})
+    if profile not in profile_names():
+        raise SystemExit(f"no profile {profile} in hardware_profiles/: copy call 1's {profile}.yaml there first")
+    p = plan(profile)
+    if call > len(p["calls"]):
+        raise SystemExit(f"the plan has {len(p['calls'])} calls")
+    pts = points(profile)
+    for sd in p["calls"][call - 1]:
+        st = Stage(**sd)
+        if st.family == "calibrate":
+            continue
+        t0 = time.time()
+        _run_stage(st, pts, profile, out)
+        log.append({"stage": st.name, "estimate_s": st.estimate_s, "wall_s": time.time() - t0})
+        (out / f"routine-call{call}.json").write_text(json.dumps({"plan": p, "log": log}, indent=1))
+    return 0
+
+
+def _datasheet_for(profile: str) -> str:
+    """Before calibration: the datasheet profile of the lent GPU's family."""
+    for name in ("h200-141gb", "h100-80gb"):
+        if profile.startswith(name.split("-")[0]):
+            return name
+    return "h100-80gb"
+
+
+def validate(outs: list[Path], profile: str) -> dict[str, Any]:
+    """Unpack every stage's runs and compare each family's points with their two runs."""
+    pts = points(profile)
+    work = Path(tempfile.mkdtemp(prefix="routine-"))
+    report: dict[str, Any] = {"profile": profile, "families": {}}
+    for family in POLICIES:
+        dirs = []
+        for rep in (1, 2):
+            tgz = next((o / f"{family}-r{rep}.tgz" for o in outs if (o / f"{family}-r{rep}.tgz").is_file()), None)
+            if tgz is None:
+                continue
+            d = work / f"{family}-r{rep}"
+            with tarfile.open(tgz) as tf:
+                tf.extractall(d, filter="data")
+            dirs.append(d)
+        if not dirs:
+            continue
+        scen = scenario_file(family, pts, profile, work)
+        res = work / f"validate-{family}"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "alisa.cli",
+                "validate",
+                str(scen),
+                "--real-from",
+                *map(str, dirs),
+                "--out",
+                str(res),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        rows = [r for r in _csv(res / "validation.csv") if r["metric"] in TARGETS and r["error"] != ""]
+        report["families"][family] = _verdicts(rows, len(dirs))
+    return report
+
+
+def _csv(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _verdicts(rows: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+    per_point: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        err = float(r["error"])
+        real, lo, hi = float(r["real"]), float(r["real_min"] or r["real"]), float(r["real_max"] or r["real"])
+        spread = (hi - lo) / abs(real) if real else 0.0
+        target = TARGETS[r["metric"]]
+        verdict = "met" if abs(err) <= target else "within spread" if abs(err) <= spread else "missed"
+        per_point.setdefault(r["scenario"], {})[r["metric"]] = {
+            "error": err,
+            "spread": spread,
+            "target": target,
+            "verdict": verdict,
+        }
+    medians = {
+        m: statistics.median(abs(p[m]["error"]) for p in per_point.values() if m in p)
+        for m in TARGETS
+        if any(m in p for p in per_point.values())
+    }
+    return {"runs": runs, "points": per_point, "median_abs_error": medians}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("plan", "run", "validate"))
+    ap.add_argument("out", nargs="*")
+    ap.add_argument(
+        "--profile",
+        default=os.environ.get("PROFILE", "h100-80gb-measured"),
+        help="the lent GPU's calibrated profile (written by call 1)",
+    )
+    ap.add_argument("--call", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.what == "plan":
+        prof = args.profile if args.profile in profile_names() else _datasheet_for(args.profile)
+        p = plan(prof)
+        print(f"points on {prof} (generation length: Phase II and III each >= 5% of the steps):")
+        for pt in p["points"]:
+            print(
+                f"  {pt['name']:20s} gen {pt['gen']:5d}  phases I/II/III {pt['phases']}"
+                f"{'  (off the matrix)' if pt['off_matrix'] else ''}"
+            )
+        for i, (c, est) in enumerate(zip(p["calls"], p["call_estimates_s"], strict=True), 1):
+            print(f"call {i}: {', '.join(s['name'] for s in c)}  ~{est / 60:.1f} min")
+        print(f"total ~{p['total_estimate_s'] / 60:.1f} min of device time, plus a machine start (~2 min) per lease")
+        return 0
+    if args.what == "run":
+        return run(Path(args.out[0] if args.out else "routine-out"), args.call, args.profile)
+    rep = validate([Path(o) for o in args.out], args.profile)
+    print(json.dumps(rep, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The calibrate -> validate routine in its dry-run form (benchmarks/gpu_routine.py): the
+points reach Phases II and III, the calls fit the device tool's limits, the generated
+scenarios are valid, and the verdicts are right by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from alisa.sim.scenario import expand_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def routine():
+    spec = importlib.util.spec_from_file_location("gpu_routine", ROOT / "benchmarks" / "gpu_routine.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_routine"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def the_plan(routine):
+    return routine.plan("h100-80gb-measured")
+
+
+def test_every_point_reaches_phases_two_and_three(the_plan):
+    pts = the_plan["points"]
+    assert sum(not p["off_matrix"] for p in pts) == 4 and sum(p["off_matrix"] for p in pts) >= 2
+    for p in pts:
+        _, p2, p3 = p["phases"]
+        assert p2 > 0 and p3 > 0, p
+
+
+def test_calls_fit_the_device_limits(routine, the_plan):
+    assert the_plan["calls"][0][0]["family"] == "calibrate"
+    assert all(est <= routine.CALL_LIMIT_S for est in the_plan["call_estimates_s"])
+    assert the_plan["total_estimate_s"] <= 28 * 60
+    names = [s["name"] for c in the_plan["calls"] for s in c]
+    for fam in routine.POLICIES:
+        assert f"{fam}-r1" in names and f"{fam}-r2" in names  # every point twice
+
+
+def test_generated_scenarios_expand_to_the_points(routine, tmp_path):
+    pts = routine.points("h100-80gb-measured")
+    for fam in routine.POLICIES:
+        f = routine.scenario_file(fam, pts, "h100-80gb-measured", tmp_path)
+        got = expand_sweep(f)
+        want = len(pts) if fam.startswith("alisa") else sum(not p.off_matrix for p in pts)
+        assert len(got) == want
+        assert all(sc.hardware.name == "h100-80gb-measured" for _, sc in got)
+
+
+def test_verdicts_by_hand(routine):
+    rows = [
+        {
+            "scenario": "a",
+            "metric": "throughput_tokens_per_s",
+            "error": "0.02",
+            "real": "100",
+            "real_min": "99",
+            "real_max": "101",
+        },
+        {
+            "scenario": "b",
+            "metric": "throughput_tokens_per_s",
+            "error": "0.06",
+            "real": "100",
+            "real_min": "95",
+            "real_max": "103",
+        },
+        {
+            "scenario": "c",
+            "metric": "step_time_phase_II_s",
+            "error": "-0.08",
+            "real": "1.0",
+            "real_min": "0.99",
+            "real_max": "1.01",
+        },
+    ]
+    v = routine._verdicts(rows, 2)
+    assert v["points"]["a"]["throughput_tokens_per_s"]["verdict"] == "met"
+    assert v["points"]["b"]["throughput_tokens_per_s"]["verdict"] == "within spread"  # 6% < 8% spread
+    assert v["points"]["c"]["step_time_phase_II_s"]["verdict"] == "missed"
