@@ -11,9 +11,14 @@ EXTRAS := kernels,accuracy,dev,ray,search
 
 .PHONY: run test check setup lock bench clean
 
+# uv (pinned in the lock, installed by pip) installs the lock's versions in parallel; the
+# torch CPU wheel comes from the local wheel folder pip is pointed at (PIP_FIND_LINKS)
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -c $(LOCK) --build-constraint $(LOCK) $(FIND_LINKS) -e '.[$(EXTRAS)]'
 	$(PY) .ci/lock.py installed
 	touch $(STAMP)
 

@@ -4,13 +4,14 @@
     python .ci/lock.py check                                  # pyproject.toml and the lock agree
     python .ci/lock.py installed                              # this Python has exactly the lock
 
-The lock is a pip constraints file (``PIP_CONSTRAINT``), not a uv or pip-tools lock: the
-torch pin must resolve to the CPU wheel on this machine's local disk (/opt/wheels), which
-pip finds and uv does not, and pip needs no extra tool to honour it. Being made by pip's
-own resolver in a fresh venv and read back with ``pip freeze``, it holds every package,
-transitive ones included, for this platform (Linux x86-64, CPython 3.11). Its header
-records a hash of the dependency lists it was made from, so ``check`` fails as soon as
-pyproject.toml changes them without a new lock.
+The lock is a constraints file (name==version per line), not a uv or pip-tools lock
+file: pip makes it, with its resolver in a fresh venv, because the torch pin must resolve
+to the CPU wheel in the machine's local wheel folder, which pip's configuration points at
+(uv does not read it); read back with ``pip freeze``, it holds every package, transitive
+ones included, for this platform (Linux x86-64, CPython 3.11). Installs go through uv
+(pinned in the lock itself), which honours the same file with ``-c`` and installs in
+parallel. Its header records a hash of the dependency lists it was made from, so
+``check`` fails as soon as pyproject.toml changes them without a new lock.
 """
 
 from __future__ import annotations

@@ -8,12 +8,19 @@
 # into hardware_profiles/ and the val-* stages then run the scenarios on it.
 set -uo pipefail
 OUT=${OUT:-device-out}; mkdir -p "$OUT"
-PROFILE=${PROFILE:-h100-80gb-measured}; export PROFILE
+# without PROFILE, the lent GPU's own name: h100-80gb-measured or h200-141gb-measured
+if [ -z "${PROFILE:-}" ]; then
+  case $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) in
+    *H200*) PROFILE=h200-141gb-measured ;;
+    *) PROFILE=h100-80gb-measured ;;
+  esac
+fi
+export PROFILE
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { cat /tmp/pip.log; exit 1; }
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0))"
@@ -33,6 +40,9 @@ for stage in "$@"; do
     seldiff) for a in "--gather host" "--gather device" "--gather host --eager"; do
                python3 benchmarks/debug/selection_diff.py --gen 16 $a; done 2>&1 | tee "$OUT/seldiff.log" | tail -30 ;;
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
+    # the calibrate -> validate routine (docs/validation.md): routine-1 calibrates and writes
+    # $PROFILE; copy it into hardware_profiles/ before routine-2 and later calls
+    routine-[0-9]*) python3 benchmarks/gpu_routine.py run "$OUT" --call "${stage#routine-}" --profile "$PROFILE" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     # real FlexGen and HF runs beside our backend under one memory cap (docs/peers.md); needs the
     # carried wheels flexgen, pulp, accelerate in .whl/
     peers) python3 benchmarks/peers/run_peers.py run /tmp/peers --profile "$PROFILE" 2>&1 | tee "$OUT/peers.log" | tail -30

@@ -91,3 +91,44 @@ class OutOfMemory:
     pool: Literal["gpu", "cpu"]
     reason: str
     step: int
+
+
+def check_plan(plan: StepPlan, num_layers: int, kv_block_tokens: int = 1) -> list[str]:
+    """What is wrong with a plan, whatever policy made it (empty when nothing): a whole
+    number of entries per layer (one, or a FlexGen plan's GPU batches), counts
+    non-negative and within the context (in whole KV blocks for a paged cache), no layer
+    fetching or recomputing more tokens than it attends, and no KV moved up from the host
+    in phase I."""
+    why: list[str] = []
+    where = f"step {plan.step}"
+    if not plan.layers or len(plan.layers) % num_layers:
+        why.append(f"{where}: {len(plan.layers)} layer plans for a {num_layers}-layer model")
+    if plan.batch <= 0 or plan.context_len <= 0:
+        why.append(f"{where}: batch {plan.batch} and context {plan.context_len} must be positive")
+    # a paged cache holds whole blocks, one ahead for the token being written
+    room = plan.context_len if kv_block_tokens == 1 else (plan.context_len // kv_block_tokens + 2) * kv_block_tokens
+    if not 0 <= plan.gpu_kv_tokens <= room or not 0 <= plan.cpu_kv_tokens <= room:
+        why.append(f"{where}: KV residency ({plan.gpu_kv_tokens} GPU, {plan.cpu_kv_tokens} host) outside the context")
+    if not 0.0 <= plan.recompute_ratio <= 1.0:
+        why.append(f"{where}: recompute ratio {plan.recompute_ratio} outside [0, 1]")
+    for i, lp in enumerate(plan.layers):
+        counts = (
+            lp.new_tokens,
+            lp.attended_tokens,
+            lp.h2d_kv_tokens,
+            lp.recompute_tokens,
+            lp.d2h_kv_tokens,
+            lp.d2h_hidden_tokens,
+            lp.weight_h2d_bytes,
+            lp.cpu_attention_tokens,
+            lp.seqs,
+        )
+        if any(c < 0 for c in counts):
+            why.append(f"{where}, layer {i}: a negative count")
+        if lp.attended_tokens > plan.context_len:
+            why.append(f"{where}, layer {i}: attends {lp.attended_tokens} of {plan.context_len} tokens")
+        if lp.h2d_kv_tokens + lp.recompute_tokens + lp.cpu_attention_tokens > max(lp.attended_tokens, 1):
+            why.append(f"{where}, layer {i}: fetches, recomputes or attends on the CPU more than it attends")
+        if plan.phase == "I" and (lp.h2d_kv_tokens or lp.recompute_tokens):
+            why.append(f"{where}, layer {i}: phase I moves KV up from the host")
+    return why
