@@ -42,7 +42,7 @@ for stage in "$@"; do
     validate) bash benchmarks/validation_matrix.sh "$OUT" 2>&1 | tee "$OUT/validate.log" | tail -60 ;;
     # the calibrate -> validate routine (docs/validation.md): routine-1 calibrates and writes
     # $PROFILE; copy it into hardware_profiles/ before routine-2 and later calls
-    routine-[0-9]*) python3 benchmarks/gpu_routine.py run "$OUT" --call "${stage#routine-}" --profile "$PROFILE" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
+    routine-[0-9]*) python3 benchmarks/gpu_routine.py run "$OUT" --call "${stage#routine-}" --profile "$PROFILE" ${ROUTINE_ARGS:-} 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     # real FlexGen and HF runs beside our backend under one memory cap (docs/peers.md); needs the
     # carried wheels flexgen, pulp, accelerate in .whl/
     peers) python3 benchmarks/peers/run_peers.py run /tmp/peers --profile "$PROFILE" 2>&1 | tee "$OUT/peers.log" | tail -30

@@ -209,7 +209,7 @@ def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> None:
             tf.add(runs, arcname=".")
 
 
-def run(out: Path, call: int, profile: str) -> int:
+def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> int:
     """Call ``call`` of the plan. Call 1 calibrates first and plans with the profile it
     writes; later calls plan with that profile, which must be in hardware_profiles/ (copy
     it there from call 1's OUT), so every call agrees on the points and the packing."""
@@ -229,7 +229,9 @@ def run(out: Path, call: int, profile: str) -> int:
     if call > len(p["calls"]):
         raise SystemExit(f"the plan has {len(p['calls'])} calls")
     pts = points(profile)
-    for sd in p["calls"][call - 1]:
+    # --only: these stages, wherever the plan put them (a lease with less time left)
+    todo = [sd for c in p["calls"] for sd in c if sd["name"] in only] if only else p["calls"][call - 1]
+    for sd in todo:
         st = Stage(**sd)
         if st.family == "calibrate":
             continue
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the lent GPU's calibrated profile (written by call 1)",
     )
     ap.add_argument("--call", type=int, default=1)
+    ap.add_argument("--only", default="", help="run these stages (comma-separated names) instead of the call's")
     args = ap.parse_args(argv)
     if args.what == "plan":
         prof = args.profile if args.profile in profile_names() else _datasheet_for(args.profile)
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"total ~{p['total_estimate_s'] / 60:.1f} min of device time, plus a machine start (~2 min) per lease")
         return 0
     if args.what == "run":
-        return run(Path(args.out[0] if args.out else "routine-out"), args.call, args.profile)
+        only = [x for x in args.only.split(",") if x]
+        return run(Path(args.out[0] if args.out else "routine-out"), args.call, args.profile, only)
     rep = validate([Path(o) for o in args.out], args.profile)
     print(json.dumps(rep, indent=1))
     return 0

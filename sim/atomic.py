@@ -17,6 +17,19 @@ from pathlib import Path
 from .errors import InputError
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux shows it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename onto it only if the block succeeds."""
@@ -25,6 +38,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); an output gets the mode open() would give it
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -89,6 +104,7 @@ def write_folder(out: Path, files: dict[str, bytes]) -> list[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         for name, data in files.items():
             (tmp / name).write_bytes(data)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700)
         os.rename(tmp, out)
     except BaseException as e:
         for p in ([tmp] if tmp is not None else []) + created[::-1]:

@@ -47,8 +47,8 @@ def test_calls_fit_the_device_limits(routine, the_plan):
         assert f"{fam}-r1" in names and f"{fam}-r2" in names  # every point twice
 
 
-def test_generated_scenarios_expand_to_the_points(routine, tmp_path):
-    pts = routine.points("h100-80gb-measured")
+def test_generated_scenarios_expand_to_the_points(routine, the_plan, tmp_path):
+    pts = [routine.Point(**p) for p in the_plan["points"]]
     for fam in routine.POLICIES:
         f = routine.scenario_file(fam, pts, "h100-80gb-measured", tmp_path)
         got = expand_sweep(f)
@@ -88,3 +88,39 @@ def test_verdicts_by_hand(routine):
     assert v["points"]["a"]["throughput_tokens_per_s"]["verdict"] == "met"
     assert v["points"]["b"]["throughput_tokens_per_s"]["verdict"] == "within spread"  # 6% < 8% spread
     assert v["points"]["c"]["step_time_phase_II_s"]["verdict"] == "missed"
+
+
+def test_run_takes_its_call_or_the_named_stages(routine, the_plan, tmp_path, monkeypatch):
+    """A call runs its share of the plan; --only runs the named stages wherever the plan put
+    them (a lease with less time left)."""
+    ran = []
+    monkeypatch.setattr(routine, "plan", lambda profile: the_plan)
+    monkeypatch.setattr(routine, "points", lambda profile: [routine.Point(**p) for p in the_plan["points"]])
+    monkeypatch.setattr(routine, "_run_stage", lambda st, pts, profile, out: ran.append(st.name))
+    routine.run(tmp_path / "o2", 2, "h100-80gb-measured")
+    assert ran == [s["name"] for s in the_plan["calls"][1]]
+    ran.clear()
+    routine.run(tmp_path / "o", 3, "h100-80gb-measured", only=["flexgen-r2", "alisa-device-r1"])
+    assert ran == ["alisa-device-r1", "flexgen-r2"]  # in the plan's order
+    log = (tmp_path / "o" / "routine-call3.json").read_text()
+    assert "flexgen-r2" in log
+
+
+def test_a_later_call_finds_call_ones_profile_in_the_stash(routine, tmp_path, monkeypatch):
+    stash, root = tmp_path / "stash", tmp_path / "repo"
+    stash.mkdir()
+    (root / "hardware_profiles").mkdir(parents=True)
+    for suffix in (".yaml", ".measurements.json"):
+        (stash / f"gpu-x-measured{suffix}").write_text("x")
+    monkeypatch.setattr(routine, "STASH", stash)
+    monkeypatch.setattr(routine, "ROOT", root)
+    monkeypatch.setattr(routine, "profile_names", lambda: [p.stem for p in (root / "hardware_profiles").glob("*.yaml")])
+    monkeypatch.setattr(routine, "plan", lambda profile: {"calls": [[], []]})
+    monkeypatch.setattr(routine, "points", lambda profile: [])
+    assert routine.run(tmp_path / "o", 2, "gpu-x-measured") == 0
+    assert sorted(p.name for p in (root / "hardware_profiles").iterdir()) == [
+        "gpu-x-measured.measurements.json",
+        "gpu-x-measured.yaml",
+    ]
+    with pytest.raises(SystemExit, match="copy call 1"):
+        routine.run(tmp_path / "o", 2, "gpu-y-measured")  # neither in the tree nor stashed

@@ -73,6 +73,7 @@ def test_hf_peer_measures_a_tiny_model_on_the_cpu(tmp_path):
             "opt-6.7b",
             "--layers",
             "1",
+            "--tiny",
             "--batch",
             "2",
             "--prompt",

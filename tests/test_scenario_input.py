@@ -147,6 +147,24 @@ def test_cli_run_writes_all_outputs(write_yaml, tmp_path, capsys):
     assert len(rows) == 1 + GOOD["workload"]["gen_len"] - 1
 
 
+def test_outputs_get_the_modes_open_would_give(write_yaml, tmp_path):
+    """Written through temp files (private by default), outputs still end up with the
+    process's umask applied to 0666 / 0777, as plain open() and mkdir() would."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "new" / "o"  # a new folder (built aside, renamed in)
+        assert main(["run", str(write_yaml(GOOD)), "--out", str(out), "--no-plots"]) == 0
+        assert main(["run", str(write_yaml(GOOD)), "--out", str(out), "--no-plots"]) == 0  # files replaced
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()} == dict.fromkeys(
+        ("result.json", "steps.csv", "trace.json"), 0o640
+    )
+
+
 def test_cli_sweep(write_yaml, tmp_path):
     p = write_yaml({**GOOD, "sweep": {"workload.batch_size": [2, 4], "policy.kv_sparsity": [0.5, 0.8]}})
     out = tmp_path / "sw"

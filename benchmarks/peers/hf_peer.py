@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-def opt_config(name: str, layers: int | None) -> Any:
+def opt_config(name: str, layers: int | None, tiny: bool = False) -> Any:
     from transformers import OPTConfig
 
     from alisa.sim.catalog import get_model
@@ -30,14 +30,16 @@ def opt_config(name: str, layers: int | None) -> Any:
     m = get_model(name)
     if m.family != "opt":
         raise SystemExit(f"hf_peer runs OPT models; {name} is {m.family}")
+    # --tiny: the model's structure at toy widths (the smoke test's path through generate)
+    hidden, ffn, heads, vocab = (64, 256, 4, 512) if tiny else (m.hidden_size, m.ffn_dim, m.num_heads, m.vocab_size)
     return OPTConfig(
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
+        vocab_size=vocab,
+        hidden_size=hidden,
         num_hidden_layers=layers or m.num_layers,
-        ffn_dim=m.ffn_dim,
-        num_attention_heads=m.num_heads,
+        ffn_dim=ffn,
+        num_attention_heads=heads,
         max_position_embeddings=m.max_positions,
-        word_embed_proj_dim=m.hidden_size,
+        word_embed_proj_dim=hidden,
         do_layer_norm_before=True,
     )
 
@@ -46,7 +48,7 @@ def build(args: argparse.Namespace) -> Any:
     import torch
     from transformers import OPTForCausalLM
 
-    cfg = opt_config(args.model, args.layers)
+    cfg = opt_config(args.model, args.layers, args.tiny)
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     if args.mode != "device-map":
         with torch.device(args.device):
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--layers", type=int, help="fewer layers (smoke tests)")
+    ap.add_argument("--tiny", action="store_true", help="toy widths (smoke tests)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import torch
