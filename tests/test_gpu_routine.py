@@ -161,3 +161,42 @@ def test_validate_unpacks_two_runs_per_point_and_judges_them(routine, the_plan, 
         assert abs(thr["error"] - (1 / 1.05 - 1)) < 1e-3 and thr["verdict"] == "within spread"
         assert abs(thr["spread"] - 0.1 / 1.05) < 1e-3
         assert metrics["step_time_phase_I_s"]["verdict"] == "met"
+
+
+def test_timing_sensitivity_retimes_the_same_plans(routine, the_plan, tmp_path):
+    """benchmarks/debug/timing_sensitivity.py on stand-in runs (the simulator's own outputs
+    on the profile): timed by that profile's file, or with a field set to its own value,
+    every timing error is zero; a slower device gather makes the simulated run slower, so the
+    throughput error turns negative."""
+    from alisa.cli import _point_label
+    from alisa.sim.hardware import load_profile, profile_path
+    from alisa.sim.runner import run_scenario
+
+    spec = importlib.util.spec_from_file_location(
+        "timing_sensitivity", ROOT / "benchmarks" / "debug" / "timing_sensitivity.py"
+    )
+    assert spec and spec.loader
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    pts = [routine.Point(**p) for p in the_plan["points"]][:1]
+    scen = routine.scenario_file("alisa-device", pts, "h100-80gb-measured", tmp_path / "s")
+    runs = tmp_path / "runs"
+    for params, sc in expand_sweep(scen):
+        run_scenario(sc, runs / _point_label(sc.name, params) / "real", plots=False)
+    own = load_profile("h100-80gb-measured").zero_copy.gather_slowdown
+    same = ts.sweep(str(scen), [runs], "hardware (timing profile)", [profile_path("h100-80gb-measured")])
+    same.update(ts.sweep(str(scen), [runs], "hardware.zero_copy.gather_slowdown", [own, own + 0.5]))
+    timed = (
+        "throughput",
+        "prefill",
+        "step_time",
+    )  # a real run's peak memory excludes the reserve; a stand-in's does not
+    errs = {
+        v: {r["metric"]: r["error"] for r in res["points"] if r["error"] is not None and r["metric"].startswith(timed)}
+        for v, res in same.items()
+    }
+    for v in (str(profile_path("h100-80gb-measured")), str(own)):
+        assert errs[v] and all(abs(e) < 1e-9 for e in errs[v].values()), {
+            k: e for k, e in errs[v].items() if abs(e) >= 1e-9
+        }
+    assert errs[str(own + 0.5)]["throughput_tokens_per_s"] < -0.01

@@ -2,6 +2,8 @@
 
     python benchmarks/debug/timing_sensitivity.py SCENARIO --real-from DIR [DIR ...] \
         --vary hardware.zero_copy.gather_slowdown=0,0.1,0.2,0.3 [--out FILE.json]
+    python benchmarks/debug/timing_sensitivity.py SCENARIO --real-from DIR [DIR ...] \
+        --timing-profile PROFILE.yaml [...]   # the same plans timed by a whole other calibration
 
 The plans are the scheduler's under the scenario's own profile, the ones the measured runs
 executed; only their timing takes the changed value (``simulate(sc, timing)``, as
@@ -36,7 +38,14 @@ def retimed(sc: Any, dotted: str, value: float) -> Any:
     return HardwareProfile.model_validate(data["hardware"])
 
 
-def sweep(scenario: str, real_from: list[Path], dotted: str, values: list[float]) -> dict[str, Any]:
+def from_file(path: Path) -> Any:
+    """A whole profile (another calibration of the same GPU) as the timing."""
+    from alisa.sim.hardware import load_profile
+
+    return load_profile(str(path))
+
+
+def sweep(scenario: str, real_from: list[Path], dotted: str, values: list[Any]) -> dict[str, Any]:
     from alisa.cli import _point_label
     from alisa.runtime.validate import compare_repeats, read_run, summarize
     from alisa.sim.bundled import resolve_scenario
@@ -50,7 +59,8 @@ def sweep(scenario: str, real_from: list[Path], dotted: str, values: list[float]
         for params, sc in points:
             label = _point_label(sc.name, params)
             reals = [read_run(rf / label / "real")[0] for rf in real_from]
-            sim, _ = simulate(sc, retimed(sc, dotted, v))
+            timing = from_file(v) if isinstance(v, Path) else retimed(sc, dotted, v)
+            sim, _ = simulate(sc, timing)
             rows += [{"scenario": label, "metric": m.name, "error": m.error} for m in compare_repeats(sim, reals)]
         out[str(v)] = {"summary": summarize(rows), "points": rows}
     return out
@@ -60,13 +70,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenario")
     ap.add_argument("--real-from", nargs="+", required=True, type=Path)
-    ap.add_argument("--vary", required=True, help="hardware.dotted.field=v1,v2,...")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--vary", help="hardware.dotted.field=v1,v2,...")
+    how.add_argument("--timing-profile", nargs="+", type=Path, help="profile files to time the plans with")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--points", action="store_true", help="also each point's errors per value")
     args = ap.parse_args()
-    dotted, _, vals = args.vary.partition("=")
-    values = [float(x) for x in vals.split(",") if x]
-    if not dotted.startswith("hardware."):
+    values: list[Any]
+    if args.timing_profile:
+        dotted, values = "hardware (timing profile)", list(args.timing_profile)
+    else:
+        dotted, _, vals = args.vary.partition("=")
+        values = [float(x) for x in vals.split(",") if x]
+    if not dotted.startswith("hardware"):
         ap.error("--vary names a hardware field: hardware.section.field=v1,v2,...")
     from alisa.sim.errors import InputError
 
