@@ -125,6 +125,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     from alisa.sim.atomic import write_bytes, write_text
     from alisa.sim.bundled import resolve_scenario
+    from alisa.sim.hardware import load_profile
     from alisa.sim.runner import run_scenario
     from alisa.sim.scenario import expand_sweep
 
@@ -145,6 +146,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise InputError(f"no measured run for {', '.join(missing)}", file=str(rf), field="--real-from")
         for lab, sc in points:
             _check_measured_matches(rf / lab / "real" / "result.json", sc)
+    # --timing: the plans are the scenario profile's (the ones the runs executed), their
+    # timing another calibration's, e.g. the machine's own when the runs were planned earlier
+    timing = load_profile(args.timing) if args.timing else None
     rows: list[dict[str, Any]] = []
     cond_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -170,7 +174,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 continue
         if args.real_only:
             continue
-        run_scenario(sc, d / "sim", plots=False)
+        run_scenario(sc, d / "sim", plots=False, timing=timing)
         sim, sim_steps = read_run(d / "sim")
         runs = [read_run(rd) for rd in real_dirs]
         real = runs[0][0]
@@ -190,7 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             ),
         )
         if args.host_conditioned:
-            cond_rows += _host_conditioned(label, sc, d, real_dirs, [r for r, _ in runs])
+            cond_rows += _host_conditioned(label, sc, d, real_dirs, [r for r, _ in runs], timing)
         series = [s for _, s in runs]
         several = len(runs) > 1
         write_bytes(
@@ -237,6 +241,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "failures": failures,
                 "scenarios": [lab for lab, _ in points],
                 "measured_runs": [str(rf) for rf in real_froms],
+                "timing_profile": args.timing,
                 **extra,
             },
             indent=2,
@@ -295,6 +300,15 @@ def _check_measured_matches(path: Path, sc: Any) -> None:
                 file=str(path),
                 field=f"scenario.{key}",
             )
+    fp = ran.get("hardware_fingerprint")  # runs written before it recorded none
+    if fp is not None and fp != want["hardware_fingerprint"]:
+        raise InputError(
+            f"the measured run was planned with another {want['hardware']} profile (fingerprint {fp}, the "
+            f"scenario's {want['hardware_fingerprint']}): pass the profile it ran with (--set hardware=PATH); "
+            "--timing PROFILE times those plans with another calibration",
+            file=str(path),
+            field="scenario.hardware_fingerprint",
+        )
     for key in ("workload", "policy"):
         # field by field: a run written before a field existed lacks it (and had its default)
         for f, v in (ran.get(key) or {}).items():
@@ -307,7 +321,7 @@ def _check_measured_matches(path: Path, sc: Any) -> None:
 
 
 def _host_conditioned(
-    label: str, sc: Any, d: Path, real_dirs: list[Path], reals: list[dict[str, Any]]
+    label: str, sc: Any, d: Path, real_dirs: list[Path], reals: list[dict[str, Any]], timing: Any = None
 ) -> list[dict[str, Any]]:
     """One point re-timed with its measured host speed (``--host-conditioned``): rows as
     the plain comparison's, with ``host_factor``; none where no traced step has a host
@@ -319,8 +333,9 @@ def _host_conditioned(
     hf = host_factor(real_dirs, d / "sim" / "trace.json")
     if hf is None:
         return []
-    timing = sc.hardware.model_copy(update={"host": sc.hardware.host.scaled(hf["factor"])})
-    run_scenario(sc, d / "sim-host-conditioned", plots=False, timing=timing)
+    base = timing or sc.hardware
+    scaled = base.model_copy(update={"host": base.host.scaled(hf["factor"])})
+    run_scenario(sc, d / "sim-host-conditioned", plots=False, timing=scaled)
     sim, _ = read_run(d / "sim-host-conditioned")
     return _metric_rows(label, compare_repeats(sim, reals), host_factor=hf["factor"])
 
@@ -672,6 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also re-time the same plans with the profile's host costs scaled by each point's "
         "measured host speed (its traced steps' own host time over the simulated): the "
         "error left is the model's, not the process's host draw (runtime/host_speed.py)",
+    )
+    v.add_argument(
+        "--timing",
+        metavar="PROFILE",
+        help="time the scenario's plans with this profile (a name or a YAML path) instead of the "
+        "scenario's own: runs planned with an earlier calibration, timed by the one made on their machine",
     )
     v.add_argument(
         "--real-from",

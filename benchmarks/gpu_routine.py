@@ -24,6 +24,7 @@ the two runs' own spread, (max - min) / median.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import statistics
@@ -39,13 +40,14 @@ from typing import Any
 import yaml
 
 from alisa.sim.bundled import resolve_scenario
-from alisa.sim.hardware import profile_names
+from alisa.sim.hardware import load_profile, profile_names, profile_path
 from alisa.sim.runner import simulate
 from alisa.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL_LIMIT_S = 540.0  # the device tool stops a command at 600 s
-CALIBRATE_S = 390.0  # a full `alisa calibrate` on the lent H100s (6-7 min)
+CALIBRATE_S = 300.0  # a full `alisa calibrate` on the lent H100s: 261-264 s (2026-12-05/06), plus margin
+PLANNED_WITH = "planned-with.yaml"  # in each stage's archive: the profile its runs were planned with
 STASH = Path(tempfile.gettempdir()) / "alisa-routine"  # call 1's profile, for later calls on the same machine
 RUN_OVERHEAD_S = 14.0  # per measured run beyond its own time: weights, graphs, rehearsal (thirteenth run)
 MODELS = ("llama-7b", "opt-6.7b")
@@ -207,6 +209,8 @@ def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> None:
         subprocess.run(["alisa", "validate", str(scen), "--real-only", "--out", str(runs)], check=True)
         with tarfile.open(out / f"{s.name}.tgz", "w:gz") as tf:
             tf.add(runs, arcname=".")
+            # the profile these runs were planned with: validate times their plans, not another's
+            tf.add(profile_path(profile), arcname=PLANNED_WITH)
 
 
 def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> int:
@@ -219,8 +223,9 @@ def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> in
         t0 = time.time()
         _run_stage(Stage("calibrate", "calibrate", 0, CALIBRATE_S), [], profile, out)
         log.append({"stage": "calibrate", "estimate_s": CALIBRATE_S, "wall_s": time.time() - t0})
-    if profile not in profile_names() and (STASH / f"{profile}.yaml").is_file():
-        # a later call on the same warm machine: the working tree came again without it
+    if call > 1 and (STASH / f"{profile}.yaml").is_file():
+        # a later call on the same warm machine: the working tree came again, without call 1's
+        # profile or with an older one of the same name; this machine's calibration wins
         for f in STASH.glob(f"{profile}.*"):
             (ROOT / "hardware_profiles" / f.name).write_bytes(f.read_bytes())
     if profile not in profile_names():
@@ -250,42 +255,53 @@ def _datasheet_for(profile: str) -> str:
     return "h100-80gb"
 
 
-def validate(outs: list[Path], profile: str) -> dict[str, Any]:
-    """Unpack every stage's runs and compare each family's points with their two runs."""
-    pts = points(profile)
+def _planned_with(stage: str, d: Path, rules: list[tuple[str, str]], default: str) -> str:
+    """The profile a stage's runs were planned with: the copy its archive carries, else
+    the first ``--planned-with PATTERN=PROFILE`` rule matching the stage (archives made
+    before they carried one), else the timing profile."""
+    if (d / PLANNED_WITH).is_file():
+        return str(d / PLANNED_WITH)
+    return next((prof for pat, prof in rules if fnmatch.fnmatch(stage, pat)), default)
+
+
+def validate(outs: list[Path], profile: str, planned_with: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Unpack every stage's runs and compare each family's points with their runs. The
+    simulator plans each run as it was planned (its stage's profile) and times it with
+    ``profile``, the lent GPU's calibration; a family whose repeats were planned with
+    different profiles is reported per planning profile (key ``family@fingerprint``)."""
+    timing_fp = load_profile(profile).fingerprint()
     work = Path(tempfile.mkdtemp(prefix="routine-"))
-    report: dict[str, Any] = {"profile": profile, "families": {}}
+    report: dict[str, Any] = {"profile": profile, "fingerprint": timing_fp, "families": {}}
     for family in POLICIES:
-        dirs = []
+        groups: dict[str, tuple[str, list[Path]]] = {}  # planning fingerprint -> (profile, run folders)
         for rep in (1, 2):
-            tgz = next((o / f"{family}-r{rep}.tgz" for o in outs if (o / f"{family}-r{rep}.tgz").is_file()), None)
+            name = f"{family}-r{rep}"
+            tgz = next((o / f"{name}.tgz" for o in outs if (o / f"{name}.tgz").is_file()), None)
             if tgz is None:
                 continue
-            d = work / f"{family}-r{rep}"
+            d = work / name
             with tarfile.open(tgz) as tf:
                 tf.extractall(d, filter="data")
-            dirs.append(d)
-        if not dirs:
-            continue
-        scen = scenario_file(family, pts, profile, work)
-        res = work / f"validate-{family}"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "alisa.cli",
-                "validate",
-                str(scen),
-                "--real-from",
-                *map(str, dirs),
-                "--out",
-                str(res),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        rows = [r for r in _csv(res / "validation.csv") if r["metric"] in TARGETS and r["error"] != ""]
-        report["families"][family] = _verdicts(rows, len(dirs))
+            plan_prof = _planned_with(name, d, planned_with or [], profile)
+            fp = load_profile(plan_prof).fingerprint()
+            groups.setdefault(fp, (plan_prof, []))[1].append(d)
+        for fp, (plan_prof, dirs) in groups.items():
+            key = family if fp == timing_fp else f"{family}@{fp[:8]}"
+            pts = points(plan_prof)
+            scen = scenario_file(family, pts, plan_prof, work / key)
+            res = work / f"validate-{key}"
+            cmd = [sys.executable, "-m", "alisa.cli", "validate", str(scen), "--real-from", *map(str, dirs)]
+            cmd += ["--out", str(res)] + (["--timing", profile] if fp != timing_fp else [])
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"gpu_routine validate: {family}: {done.stderr.strip().splitlines()[-1]}")
+            rows = [r for r in _csv(res / "validation.csv") if r["metric"] in TARGETS and r["error"] != ""]
+            off = frozenset(p.name for p in pts if p.off_matrix)
+            report["families"][key] = {
+                **_verdicts(rows, len(dirs), off),
+                "planned_with": plan_prof if fp == timing_fp else f"{plan_prof} (fingerprint {fp})",
+                "stages": [d.name for d in dirs],
+            }
     return report
 
 
@@ -296,26 +312,41 @@ def _csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-def _verdicts(rows: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+def _verdicts(rows: list[dict[str, Any]], runs: int, off_matrix: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Each point's metrics with their verdicts; medians over the matrix's points and,
+    apart, over the off-matrix ones (``off_matrix``: their point names)."""
     per_point: dict[str, dict[str, Any]] = {}
     for r in rows:
         err = float(r["error"])
         real, lo, hi = float(r["real"]), float(r["real_min"] or r["real"]), float(r["real_max"] or r["real"])
-        spread = (hi - lo) / abs(real) if real else 0.0
+        # one run has no spread to be inside of
+        spread = ((hi - lo) / abs(real) if real else 0.0) if runs > 1 else None
         target = TARGETS[r["metric"]]
-        verdict = "met" if abs(err) <= target else "within spread" if abs(err) <= spread else "missed"
+        verdict = (
+            "met" if abs(err) <= target else "within spread" if spread is not None and abs(err) <= spread else "missed"
+        )
         per_point.setdefault(r["scenario"], {})[r["metric"]] = {
             "error": err,
             "spread": spread,
             "target": target,
             "verdict": verdict,
         }
-    medians = {
-        m: statistics.median(abs(p[m]["error"]) for p in per_point.values() if m in p)
-        for m in TARGETS
-        if any(m in p for p in per_point.values())
+
+    def medians(points: list[dict[str, Any]]) -> dict[str, float]:
+        return {
+            m: statistics.median(abs(p[m]["error"]) for p in points if m in p)
+            for m in TARGETS
+            if any(m in p for p in points)
+        }
+
+    off = [p for label, p in per_point.items() if label.split("_")[0] in off_matrix]
+    on = [p for label, p in per_point.items() if label.split("_")[0] not in off_matrix]
+    return {
+        "runs": runs,
+        "points": per_point,
+        "median_abs_error": medians(on),
+        "median_abs_error_off_matrix": medians(off),
     }
-    return {"runs": runs, "points": per_point, "median_abs_error": medians}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--call", type=int, default=1)
     ap.add_argument("--only", default="", help="run these stages (comma-separated names) instead of the call's")
+    ap.add_argument(
+        "--planned-with",
+        action="append",
+        default=[],
+        metavar="STAGE_PATTERN=PROFILE",
+        help="validate: stages whose archive carries no planning profile were planned with PROFILE "
+        "(first matching pattern wins; default: --profile)",
+    )
+    ap.add_argument("--json", type=Path, help="validate: also write the report as JSON")
     args = ap.parse_args(argv)
     if args.what == "plan":
         prof = args.profile if args.profile in profile_names() else _datasheet_for(args.profile)
@@ -346,9 +386,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "run":
         only = [x for x in args.only.split(",") if x]
         return run(Path(args.out[0] if args.out else "routine-out"), args.call, args.profile, only)
-    rep = validate([Path(o) for o in args.out], args.profile)
-    print(json.dumps(rep, indent=1))
+    rules = [tuple(r.split("=", 1)) for r in args.planned_with]
+    if any(len(r) != 2 for r in rules):
+        ap.error("--planned-with takes STAGE_PATTERN=PROFILE")
+    rep = validate([Path(o) for o in args.out], args.profile, rules)
+    print(render(rep))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=1))
     return 0
+
+
+def render(rep: dict[str, Any]) -> str:
+    """The report as tables: per family, each point's error per metric with its verdict."""
+    short = {"throughput_tokens_per_s": "throughput"}
+    short.update({f"step_time_phase_{p}_s": f"phase {p}" for p in ("I", "II", "III")})
+    lines = [f"timed with {rep['profile']} (fingerprint {rep['fingerprint']})"]
+    lines.append("error = (simulated - measured) / measured [the point's run-to-run spread]")
+    mark = {"met": "", "within spread": " (in spread)", "missed": " MISSED"}
+    for key, fam in rep["families"].items():
+        runs = f"{fam['runs']} run(s) per point ({', '.join(fam['stages'])})"
+        lines += ["", f"{key}: {runs}, planned with {fam['planned_with']}"]
+        for label, metrics in fam["points"].items():
+            cells = [
+                f"{short[m]} {100 * v['error']:+.1f}%"
+                + (f" [spread {100 * v['spread']:.1f}%]" if v["spread"] is not None else "")
+                + mark[v["verdict"]]
+                for m, v in metrics.items()
+            ]
+            lines.append(f"  {label.split('_')[0]:18s} " + "; ".join(cells))
+        for what, meds in (("matrix", fam["median_abs_error"]), ("off the matrix", fam["median_abs_error_off_matrix"])):
+            if meds:
+                lines.append(
+                    f"  median |error|, {what}: " + ", ".join(f"{short[m]} {100 * v:.1f}%" for m, v in meds.items())
+                )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

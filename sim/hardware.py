@@ -8,6 +8,8 @@ analytic roofline terms where present.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
@@ -297,6 +299,12 @@ class HardwareProfile(BaseModel):
     @property
     def cpu_memory_bytes(self) -> float:
         return self.cpu_memory_gb * GB
+
+    def fingerprint(self) -> str:
+        """A short hash of every field: two profiles of one name (a GPU calibrated twice)
+        plan differently, and a measured run records which one planned it."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _bundled_dir() -> Path:

@@ -40,6 +40,7 @@ def scenario_summary(sc: Scenario) -> dict[str, Any]:
         "model": sc.model.name,
         "hardware": sc.hardware.name,
         "hardware_source": sc.hardware.source,
+        "hardware_fingerprint": sc.hardware.fingerprint(),
         "workload": sc.workload.model_dump(),
         "policy": sc.policy.model_dump(),
         "seed": sc.seed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,7 @@ def test_run_takes_its_call_or_the_named_stages(routine, the_plan, tmp_path, mon
     """A call runs its share of the plan; --only runs the named stages wherever the plan put
     them (a lease with less time left)."""
     ran = []
+    monkeypatch.setattr(routine, "STASH", tmp_path / "no-stash")  # never this machine's /tmp
     monkeypatch.setattr(routine, "plan", lambda profile: the_plan)
     monkeypatch.setattr(routine, "points", lambda profile: [routine.Point(**p) for p in the_plan["points"]])
     monkeypatch.setattr(routine, "_run_stage", lambda st, pts, profile, out: ran.append(st.name))
@@ -107,9 +109,13 @@ def test_run_takes_its_call_or_the_named_stages(routine, the_plan, tmp_path, mon
 
 
 def test_a_later_call_finds_call_ones_profile_in_the_stash(routine, tmp_path, monkeypatch):
+    """Call 1's calibration (stashed on the machine) is what later calls plan with, also
+    when the tree carries an older profile of the same name (the 2026-12-06 routine's
+    calls 2 and 3 planned with the tree's older calibration before this)."""
     stash, root = tmp_path / "stash", tmp_path / "repo"
     stash.mkdir()
     (root / "hardware_profiles").mkdir(parents=True)
+    (root / "hardware_profiles" / "gpu-x-measured.yaml").write_text("older calibration")
     for suffix in (".yaml", ".measurements.json"):
         (stash / f"gpu-x-measured{suffix}").write_text("x")
     monkeypatch.setattr(routine, "STASH", stash)
@@ -122,6 +128,7 @@ def test_a_later_call_finds_call_ones_profile_in_the_stash(routine, tmp_path, mo
         "gpu-x-measured.measurements.json",
         "gpu-x-measured.yaml",
     ]
+    assert (root / "hardware_profiles" / "gpu-x-measured.yaml").read_text() == "x"
     with pytest.raises(SystemExit, match="copy call 1"):
         routine.run(tmp_path / "o", 2, "gpu-y-measured")  # neither in the tree nor stashed
 
@@ -200,3 +207,42 @@ def test_timing_sensitivity_retimes_the_same_plans(routine, the_plan, tmp_path):
             k: e for k, e in errs[v].items() if abs(e) >= 1e-9
         }
     assert errs[str(own + 0.5)]["throughput_tokens_per_s"] < -0.01
+
+
+def test_validate_plans_each_stage_with_its_own_profile(routine, the_plan, tmp_path, monkeypatch):
+    """Runs planned with an older calibration of the same GPU (same name, other fields) are
+    simulated with that calibration's plans and timed with the lent GPU's (--timing); the
+    archive says which profile planned it (or --planned-with, for archives without one).
+    Without either, the planning profile is taken to be the timing one, and alisa validate
+    refuses the runs by their profile fingerprint instead of comparing other plans."""
+    from alisa.cli import _point_label
+    from alisa.sim.hardware import load_profile
+    from alisa.sim.runner import run_scenario
+
+    older = ROOT / "benchmarks" / "results" / "validation-thirteenth" / "profile" / "h100-80gb-measured.yaml"
+    fp_old = load_profile(str(older)).fingerprint()
+    assert fp_old != load_profile("h100-80gb-measured").fingerprint()
+    pts = [routine.Point(**p) for p in the_plan["points"]][:1]
+    monkeypatch.setattr(routine, "points", lambda profile: pts)
+    scen = routine.scenario_file("dense-gpu", pts, str(older), tmp_path / "s")
+    runs = tmp_path / "runs"
+    for params, sc in expand_sweep(scen):
+        run_scenario(sc, runs / _point_label(sc.name, params) / "real", plots=False)
+    bare, carrying = tmp_path / "bare", tmp_path / "carrying"
+    for out, with_profile in ((bare, False), (carrying, True)):
+        out.mkdir()
+        with tarfile.open(out / "dense-gpu-r1.tgz", "w:gz") as tf:
+            tf.add(runs, arcname=".")
+            if with_profile:
+                tf.add(older, arcname=routine.PLANNED_WITH)
+    with pytest.raises(SystemExit, match="fingerprint"):
+        routine.validate([bare], "h100-80gb-measured")
+    for outs, rules in (([carrying], []), ([bare], [("dense-*", str(older))])):
+        rep = routine.validate(outs, "h100-80gb-measured", rules)
+        (key,) = rep["families"]
+        assert key == f"dense-gpu@{fp_old[:8]}" and fp_old in rep["families"][key]["planned_with"]
+        (metrics,) = rep["families"][key]["points"].values()
+        # timed by the newer calibration, so not the older one's own (zero-error) answer
+        assert abs(metrics["throughput_tokens_per_s"]["error"]) > 1e-4
+    text = routine.render(rep)
+    assert f"dense-gpu@{fp_old[:8]}" in text and "throughput" in text

@@ -25,6 +25,8 @@ from alisa.sim.scenario import AlisaPolicyConfig
 
 from .conftest import scenario
 
+ROOT = Path(__file__).resolve().parent.parent
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 TINY_LLAMA = dict(
@@ -394,6 +396,45 @@ def test_validate_refuses_a_measured_run_of_another_scenario(tmp_path, write_yam
         main(["validate", str(sc_path), "--real-from", str(tmp_path / "measured"), "--out", str(tmp_path / "v2")]) == 2
     )
     assert "scenario.policy.kv_sparsity" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_run_planned_with_another_calibration_of_the_same_name(tmp_path, write_yaml, capsys):
+    """Two calibrations of one GPU share a name but plan differently: a run records its
+    profile's fingerprint, validate refuses it under the other one, and accepts it with the
+    profile it ran with; --timing then times those same plans (bytes unchanged) with the
+    newer calibration, and with its own profile as --timing the error is zero."""
+    from alisa.cli import main
+
+    older = ROOT / "benchmarks" / "results" / "validation-thirteenth" / "profile" / "h100-80gb-measured.yaml"
+    sc = {
+        "name": "v",
+        "model": "opt-6.7b",
+        "hardware": "h100-80gb-measured",
+        "workload": {"batch_size": 8, "prompt_len": 128, "gen_len": 64},
+        "policy": {"name": "alisa", "kv_sparsity": 0.8, "gpu_kv_budget_tokens": 96, "gather": "device"},
+    }
+    sc_path = write_yaml(sc)
+    measured = tmp_path / "measured"
+    run_older = ["run", str(sc_path), "--set", f"hardware={older}", "--out", str(measured / "v" / "real"), "--no-plots"]
+    assert main(run_older) == 0
+    out = tmp_path / "val"
+    assert main(["validate", str(sc_path), "--real-from", str(measured), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "scenario.hardware_fingerprint" in err and "--timing" in err and not out.exists()
+    base = ["validate", str(sc_path), "--real-from", str(measured), "--set", f"hardware={older}"]
+    assert main([*base, "--out", str(tmp_path / "own")]) == 0
+    assert main([*base, "--out", str(tmp_path / "timed"), "--timing", "h100-80gb-measured"]) == 0
+
+    def errors(folder: Path) -> dict[str, float]:
+        with open(folder / "validation.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {r["metric"]: float(r["error"]) for r in rows if r["error"]}
+
+    own, timed = errors(tmp_path / "own"), errors(tmp_path / "timed")
+    assert own["throughput_tokens_per_s"] == 0.0 and abs(timed["throughput_tokens_per_s"]) > 1e-4
+    assert timed["h2d_bytes"] == 0.0 and timed["d2h_bytes"] == 0.0  # the same plans
+    summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert summary["timing_profile"] == "h100-80gb-measured"
 
 
 def test_validate_compares_with_the_median_of_repeated_runs(tmp_path, write_yaml):

@@ -45,7 +45,9 @@ def from_file(path: Path) -> Any:
     return load_profile(str(path))
 
 
-def sweep(scenario: str, real_from: list[Path], dotted: str, values: list[Any]) -> dict[str, Any]:
+def sweep(
+    scenario: str, real_from: list[Path], dotted: str, values: list[Any], sets: list[str] | None = None
+) -> dict[str, Any]:
     from alisa.cli import _point_label
     from alisa.runtime.validate import compare_repeats, read_run, summarize
     from alisa.sim.bundled import resolve_scenario
@@ -53,7 +55,7 @@ def sweep(scenario: str, real_from: list[Path], dotted: str, values: list[Any]) 
     from alisa.sim.scenario import expand_sweep
 
     out: dict[str, Any] = {}
-    points = expand_sweep(resolve_scenario(scenario), [])
+    points = expand_sweep(resolve_scenario(scenario), sets or [])
     for v in values:
         rows = []
         for params, sc in points:
@@ -74,6 +76,13 @@ def main() -> int:
     how.add_argument("--vary", help="hardware.dotted.field=v1,v2,...")
     how.add_argument("--timing-profile", nargs="+", type=Path, help="profile files to time the plans with")
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="scenario edits, as alisa run's (e.g. hardware=PROFILE.yaml: the profile the runs were planned with)",
+    )
     ap.add_argument("--points", action="store_true", help="also each point's errors per value")
     args = ap.parse_args()
     values: list[Any]
@@ -87,7 +96,7 @@ def main() -> int:
     from alisa.sim.errors import InputError
 
     try:
-        res = sweep(args.scenario, args.real_from, dotted, values)
+        res = sweep(args.scenario, args.real_from, dotted, values, args.set)
     except InputError as e:
         print(f"timing_sensitivity: {e.message()}", file=sys.stderr)
         return 2
