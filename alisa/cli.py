@@ -148,7 +148,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _check_measured_matches(rf / lab / "real" / "result.json", sc)
     # --timing: the plans are the scenario profile's (the ones the runs executed), their
     # timing another calibration's, e.g. the machine's own when the runs were planned earlier
-    timing = load_profile(args.timing) if args.timing else None
+    try:
+        timing = load_profile(args.timing) if args.timing else None
+    except InputError as e:  # name the flag, not the scenario field the loader assumes
+        raise InputError(e.reason, file=e.file, field="--timing") from None
     rows: list[dict[str, Any]] = []
     cond_rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from alisa.sim.bundled import resolve_scenario
+from alisa.sim.errors import InputError
 from alisa.sim.hardware import load_profile, profile_names, profile_path
 from alisa.sim.runner import simulate
 from alisa.sim.scenario import load_scenario
@@ -312,6 +313,11 @@ def _csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+def _point_name(label: str) -> str:
+    """A point's name from its run folder's label (the sweep case's name comes first)."""
+    return label.split("_")[0]
+
+
 def _verdicts(rows: list[dict[str, Any]], runs: int, off_matrix: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Each point's metrics with their verdicts; medians over the matrix's points and,
     apart, over the off-matrix ones (``off_matrix``: their point names)."""
@@ -339,8 +345,8 @@ def _verdicts(rows: list[dict[str, Any]], runs: int, off_matrix: frozenset[str] 
             if any(m in p for p in points)
         }
 
-    off = [p for label, p in per_point.items() if label.split("_")[0] in off_matrix]
-    on = [p for label, p in per_point.items() if label.split("_")[0] not in off_matrix]
+    off = [p for label, p in per_point.items() if _point_name(label) in off_matrix]
+    on = [p for label, p in per_point.items() if _point_name(label) not in off_matrix]
     return {
         "runs": runs,
         "points": per_point,
@@ -389,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     rules = [tuple(r.split("=", 1)) for r in args.planned_with]
     if any(len(r) != 2 for r in rules):
         ap.error("--planned-with takes STAGE_PATTERN=PROFILE")
-    rep = validate([Path(o) for o in args.out], args.profile, rules)
+    try:
+        rep = validate([Path(o) for o in args.out], args.profile, rules)
+    except InputError as e:  # a profile that does not load: one line, exit 2
+        print(f"gpu_routine validate: {e.message()}", file=sys.stderr)
+        return 2
     print(render(rep))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=1))
@@ -413,7 +423,7 @@ def render(rep: dict[str, Any]) -> str:
                 + mark[v["verdict"]]
                 for m, v in metrics.items()
             ]
-            lines.append(f"  {label.split('_')[0]:18s} " + "; ".join(cells))
+            lines.append(f"  {_point_name(label):18s} " + "; ".join(cells))
         for what, meds in (("matrix", fam["median_abs_error"]), ("off the matrix", fam["median_abs_error_off_matrix"])):
             if meds:
                 lines.append(

@@ -44,6 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .layer_gpu import CACHES
+
 DEPTHS = (8, 32)
 BATCHES = (8, 32)
 HOST_PROCESSES = 3  # the probe set runs in this many fresh processes (median per field)
@@ -363,13 +365,7 @@ PROBES: dict[str, dict[str, Any]] = {
         "recompute_ratio": 0.5,
         "selection_churn": 0.6,
     },
-    "prefix": {
-        "name": "flexgen",
-        "weights_gpu_percent": 100,
-        "cache_gpu_percent": 50,
-        "cpu_cache_compute": False,
-        "runtime": "alisa",
-    },
+    "prefix": CACHES["prefix"],  # the FlexGen-like layout, as the layer probes run it
 }
 
 

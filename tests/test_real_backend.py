@@ -422,6 +422,8 @@ def test_validate_refuses_a_run_planned_with_another_calibration_of_the_same_nam
     err = capsys.readouterr().err
     assert "scenario.hardware_fingerprint" in err and "--timing" in err and not out.exists()
     base = ["validate", str(sc_path), "--real-from", str(measured), "--set", f"hardware={older}"]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--timing", "no-such-gpu"]) == 2
+    assert "field '--timing'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main([*base, "--out", str(tmp_path / "own")]) == 0
     assert main([*base, "--out", str(tmp_path / "timed"), "--timing", "h100-80gb-measured"]) == 0
 
