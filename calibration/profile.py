@@ -14,6 +14,7 @@ from .fit import fit_latency_bandwidth, rel_errors, table_points
 from .host_issue import host_section
 from .layer_gpu import decode_layer_section, prefill_importance_section, prefill_layer_section, recompute_layer_section
 from .selection_gpu import selection_section
+from .step_probe import step_probe_section
 from .zero_copy import zero_copy_section
 
 # DMA copies from and to pinned memory, whose rate only grows with size (``table_points``);
@@ -201,5 +202,25 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
     recompute = recompute_layer_section(rows, profile)
     if recompute:
         profile["recompute_layer_us"] = recompute
+    # the executor's own steps, where probed, replace the stand-ins' spill-layer, recompute
+    # and slowdown terms (calibration/step_probe.py says why)
+    step = step_probe_section(rows)
+    if step is not None:
+        fits["step_probe"] = {
+            "samples": step["samples"],
+            "stand_in": {
+                "decode_layer_us": {k: profile.get("decode_layer_us", {}).get(k) for k in step["decode_layer_us"]},
+                "recompute_layer_us": {
+                    k: profile.get("recompute_layer_us", {}).get(k) for k in step["recompute_layer_us"]
+                },
+                "zero_copy": {k: (zero_copy or {}).get(k) for k in ("compute_slowdown", "gather_slowdown")},
+            },
+        }
+        profile.setdefault("decode_layer_us", {}).update(step["decode_layer_us"])
+        profile.setdefault("recompute_layer_us", {}).update(step["recompute_layer_us"])
+        if zero_copy is not None:
+            for k in ("compute_slowdown", "gather_slowdown"):
+                if step[k] is not None:
+                    zero_copy[k] = step[k]
     HardwareProfile(**profile)  # fail here, not in a user's run, if anything is off
     return profile

@@ -84,6 +84,7 @@ def calibrate(
     from .layer_gpu import measure_decode_layers, measure_prefill_layers, measure_recompute
     from .profile import build_profile
     from .selection_gpu import measure_selection
+    from .step_probe import measure_steps
     from .zero_copy import measure_zero_copy
 
     grid = measure.quick_grid() if quick else measure.full_grid(os.cpu_count() or 1)
@@ -153,10 +154,15 @@ def calibrate(
     rows += measure_recompute(build_profile(rows, name, device, meta), models)
     stage_s["recompute layers"] = round(time.time() - s, 2)
     if progress:
-        progress("device gather (zero-copy kernel; decode layers beside it)")
+        progress("device gather (zero-copy kernel, graph replays)")
     s = time.time()
     rows += measure_zero_copy(build_profile(rows, name, device, meta), models)
     stage_s["device gather"] = round(time.time() - s, 2)
+    if progress:
+        progress("spilling steps (real backend, device gather on and off)")
+    s = time.time()
+    rows += measure_steps(build_profile(rows, name, device, meta), models)
+    stage_s["spilling steps"] = round(time.time() - s, 2)
     meta["wall_s"] = round(time.time() - t0, 1)
     return build_profile(rows, name, device, meta), rows
 

@@ -1,20 +1,20 @@
 """The device gather's costs (``policy.gather: device``), measured with the real backend's
 kernel and launch shape (``alisa.runtime.device_fetch``):
 
-* ``zero_copy_gather``: GPU seconds to read token rows from pinned host memory by index
-  over PCIe, by bytes, per row size: KV rows (16 KiB) and layer inputs (8 KiB) of the
-  matrix's width. A program copies one row per iteration, so smaller rows keep fewer bytes
-  in flight and read slower (on the H100: ~46 against ~30 GB/s). The executor's one kernel
-  a layer reads its parts one after the other: the simulator adds their times, with the
-  fixed cost once;
-* ``zero_copy_slowdown``: the real backend's decode-layer graphs (``layer_gpu``'s spill
-  probe, per family and batch) alone and beside gathers on another stream: the layers'
-  extra share of time while the two overlap, and the gathers' (the first of them, which
-  end while the layers still run) against a gather alone;
+* ``zero_copy_gather_replay``: GPU seconds to read token rows from pinned host memory by
+  index over PCIe, by bytes, per row size: KV rows (16 KiB) and layer inputs (8 KiB) of the
+  matrix's width, the kernel captured in a CUDA graph and replayed as the executor does
+  (older profiles: ``zero_copy_gather``, launched from Python, whose ~41 us dispatch the
+  executor never pays). A program copies one row per iteration, so smaller rows keep fewer
+  bytes in flight and read slower. The executor's one kernel a layer reads its parts one
+  after the other: the simulator adds their times, with the fixed cost once;
 * ``zero_copy_issue``: host seconds to issue one layer's gather as the executor does (a
   graph replay on the copy stream between two stream events).
 
-``zero_copy_section`` turns them into the profile's ``zero_copy``.
+How the gather and the decode layers beside it slow each other is measured in the
+executor's own steps (``step_probe``); older profiles carry ``zero_copy_slowdown`` rows
+from a stand-in (the decode-layer graphs beside gathers queued on another stream).
+``zero_copy_section`` turns the rows into the profile's ``zero_copy``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,40 @@ from typing import Any
 ROW_BYTES = (16384, 8192)
 ROWS = (64, 256, 1024, 2400, 4800, 9600)
 HOST_ROWS = 1536 * 32
-SLOWDOWN_REPEATS = 20
 
 
-def _gpu_s(fn, repeats: int) -> float:
-    """Median seconds of fn on the GPU, the host's dispatch included (as the executor runs it)."""
-    from .measure import time_cuda
+def _replay_s(fn, repeats: int) -> float:
+    """Median GPU seconds of fn as the executor issues it: captured in a CUDA graph and
+    replayed behind other queued work, so the span holds the kernel and no host dispatch.
+    (Until 2026-12-06 the gather was timed as launched from Python, dispatch included:
+    a fixed cost of ~41 us a layer that the executor's graph replays do not pay.)"""
+    import torch
 
-    return time_cuda(fn, repeats)[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # compiles the kernel for these shapes outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(200_000)  # ~0.1 ms: the host queues the events and replay behind it
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    del graph
+    return statistics.median(ts)
 
 
 def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats: int = 15) -> list[dict]:
+    """Raw rows: the gather by bytes per row size (graph replays), the host's issue.
+    The slowdowns beside the decode layers come from ``step_probe`` (the executor's steps)."""
     import torch
 
     from alisa.kernels.swa_triton import gather_host_layer
@@ -46,69 +69,31 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
     def gather(dst, src, idx, width, **kw):
         gather_host_layer((dst, src), idx, width, **kw)  # the executor's kernel, one part
 
-    from .layer_gpu import CACHES, _layer_probes, _time_layers
-
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     kw = {"programs": PROGRAMS, "block": BLOCK, "num_warps": WARPS}
     rows: list[dict] = []
-    srcs = {}
+    idx = None
+    dst = src = None
     for rb in ROW_BYTES:
         src = torch.empty(HOST_ROWS, rb // 2, dtype=torch.float16).pin_memory()
         src.view(torch.int16).random_(generator=g)
-        srcs[rb] = src
         for n in ROWS:
             B = 8 if n <= 1024 else 32
             idx = torch.randint(0, HOST_ROWS, (B, n // B), generator=g).to(dev)
             width = torch.tensor([n // B], dtype=torch.int32, device=dev)
             dst = torch.empty(n, rb // 2, dtype=torch.float16, device=dev)
-            t = _gpu_s(partial(gather, dst, src, idx, width, **kw), repeats)
-            rows.append({"op": "zero_copy_gather", "size": float(n * rb), "seconds": t, "row_bytes": rb, "rows": n})
-    # the decode layers' graphs beside gathers that outlast them, on another stream
-    src = srcs[ROW_BYTES[0]]
-    idx = torch.randint(0, HOST_ROWS, (32, 300), generator=g).to(dev)
-    width = torch.tensor([300], dtype=torch.int32, device=dev)
-    dst = torch.empty(32 * 300, ROW_BYTES[0] // 2, dtype=torch.float16, device=dev)
-    one_s = _gpu_s(lambda: gather(dst, src, idx, width, **kw), 3)
-    side = torch.cuda.Stream()
-
-    g0, g1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    timed_gathers = [1]
-
-    def beside(seconds: float) -> None:
-        # ``seconds`` is 1.5x the layers' span: the first k gathers (0.6 of the span at
-        # the alone rate) end while the layers still run unless slowed over 1.67x
-        k = max(1, int(0.4 * seconds / one_s))
-        timed_gathers[0] = k
-        with torch.cuda.stream(side):
-            g0.record(side)
-            for i in range(int(seconds / one_s) + 2):
-                gather(dst, src, idx, width, **kw)
-                if i == k - 1:
-                    g1.record(side)
-
-    for family, name, _, B, sc in _layer_probes(
-        hardware, models, {"spill": CACHES["spill"]}, 64, "zero-copy-slowdown-probe"
-    ):
-        alone = _time_layers(sc, SLOWDOWN_REPEATS)
-        near = _time_layers(sc, SLOWDOWN_REPEATS, beside)
-        g1.synchronize()
-        rows.append(
-            {
-                "op": "zero_copy_slowdown",
-                "size": float(B),
-                "family": family,
-                "model": name,
-                "seconds": alone,
-                "seconds_beside": near,
-                "gather_seconds": one_s,
-                "gather_seconds_beside": g0.elapsed_time(g1) / 1e3 / timed_gathers[0],
-            }
-        )
+            t = _replay_s(partial(gather, dst, src, idx, width, **kw), repeats)
+            rows.append(
+                {"op": "zero_copy_gather_replay", "size": float(n * rb), "seconds": t, "row_bytes": rb, "rows": n}
+            )
     # the host's issue of one layer's gather: a graph replay between two stream events
+    assert idx is not None and dst is not None and src is not None
+    side = torch.cuda.Stream()
     gr = torch.cuda.CUDAGraph()
     small_idx = idx[:, :8].contiguous()
     w8 = torch.tensor([8], dtype=torch.int32, device=dev)
+    dst = dst[: small_idx.numel()]
     gather(dst, src, small_idx, w8, **kw)
     torch.cuda.synchronize()
     with torch.cuda.graph(gr):
@@ -131,7 +116,7 @@ def measure_zero_copy(hardware: dict[str, Any], models: tuple[str, ...], repeats
         ts.append((time.perf_counter() - t0) / n_iss)
         torch.cuda.synchronize()
     rows.append({"op": "zero_copy_issue", "size": 1.0, "seconds": statistics.median(ts)})
-    srcs.clear()
+    del src, dst, gr
     torch.cuda.empty_cache()
     return rows
 
@@ -144,7 +129,8 @@ def zero_copy_section(rows: list[dict]) -> dict[str, Any] | None:
 
     from .fit import fit_latency_bandwidth
 
-    g = [r for r in rows if r["op"] == "zero_copy_gather"]
+    # graph replays (since 2026-12-06) where measured, else Python launches (older profiles)
+    g = [r for r in rows if r["op"] == "zero_copy_gather_replay"] or [r for r in rows if r["op"] == "zero_copy_gather"]
     by: dict[int, list[dict]] = {}
     for r in g:
         by.setdefault(int(r["row_bytes"]), []).append(r)
@@ -155,6 +141,7 @@ def zero_copy_section(rows: list[dict]) -> dict[str, Any] | None:
     }
     if not fits:
         return None
+    # the stand-in probe of older profiles; ``step_probe`` replaces both where it ran
     probes = [r for r in rows if r["op"] == "zero_copy_slowdown"]
     slow = [max(0.0, r["seconds_beside"] / r["seconds"] - 1.0) for r in probes]
     g_slow = [

@@ -43,11 +43,14 @@ WARPS = 8
 
 
 class DeviceFetcher:
-    def __init__(self, cache: SlotCache, graphs: bool, fused: bool = True, programs: int = PROGRAMS) -> None:
+    def __init__(
+        self, cache: SlotCache, graphs: bool, fused: bool = True, programs: int = PROGRAMS, dry: bool = False
+    ) -> None:
         """fused: one kernel a layer for all its parts (``gather_host_layer``) instead of
-        one per part (KV, INT8 scales, x); programs: the gather's programs (SMs held)."""
+        one per part (KV, INT8 scales, x); programs: the gather's programs (SMs held);
+        dry: launch no gather (calibration's step probe times the layers alone)."""
         c = cache
-        self.fused, self.programs = fused, programs
+        self.fused, self.programs, self.dry = fused, programs, dry
         assert c.write_through and c.selector is not None
         self.c, self.d, self.sel = c, c.d, c.selector
         self.graphs = graphs and c.d.cuda
@@ -65,6 +68,9 @@ class DeviceFetcher:
         self._src_x = [present(c.host_x)[l].view(N * B, c.h) for l in range(c.L)] if c.keep_inputs else []
         self._land_kv = [c.land_kv[p].view(B * M, -1) for p in range(2)]
         self._land_sc = [c.land_sc[p].view(B * M, -1) for p in range(2)] if c.int8 else []
+        if dry:  # nothing will land: finite rows keep the layers' arithmetic (and timing) ordinary
+            for t in [*c.land_kv, *(c.land_sc if c.int8 else []), *(c.land_x if c.keep_inputs else [])]:
+                t.zero_()
 
     # -- the device side ---------------------------------------------------------------------
     def body(self, l: int) -> None:
@@ -116,7 +122,9 @@ class DeviceFetcher:
                 d.h2d.wait_event(self.consumed_evt[l % 2])  # layer l - 2 has landed its rows
             a = mark(d.h2d) if mark else None
             g = self._g.get(l)
-            if g is not None:
+            if self.dry:
+                pass
+            elif g is not None:
                 g.replay()
             else:
                 self.body(l)

@@ -78,6 +78,10 @@ class RealOptions:
     gather_fused: bool = True  # one kernel per layer for KV, scales and x
     gather_programs: int | None = None  # None: device_fetch.PROGRAMS
     copy_stream_priority: int = 0  # -1: the copy stream's kernels are placed first
+    # calibration only (``calibration/step_probe.py``): the device gather's kernels are not
+    # launched (its events still are), so the same steps' layers run with nothing beside
+    # them; the rows attended are stale, so the tokens are meaningless
+    gather_dry: bool = False
 
 
 @dataclass
@@ -261,6 +265,7 @@ class RealExecutor:
                 self.opts.graphs,
                 fused=self.opts.gather_fused,
                 programs=self.opts.gather_programs or PROGRAMS,
+                dry=self.opts.gather_dry,
             )
             if self.slots.write_through and device_gather
             else None
