@@ -25,7 +25,8 @@ none on a validation run:
   compute and wet gather against the gather alone (the profile's bytes fit), each over
   the overlap the simulator charges them on, min(compute alone, gather alone); medians.
 
-Batches 8 and 40, prompt 448 and a 256-token cache are none of the validation points.
+Batches 8 and 40, prompts 448 (Phase II) and 896 (Phase III) and a 256-token cache are none
+of the validation points.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from typing import Any
 BATCHES = (8, 40)
 LAYERS = 4
 PROMPT = 448
+# Phase III's probes at a longer prompt: more misses a step, so ratios 0.5 and 1 recompute
+# 32 and 64 rows a sequence (at 448 both round up to the same 16-row graph)
+PROMPT_RECOMPUTE = 896
 BUDGET = 256
 STEPS = 24
 RATIOS = (0.0, 0.5, 1.0)
@@ -194,7 +198,8 @@ def _probes(hardware: Any, models: tuple[str, ...]) -> Iterator[tuple[str, str, 
         model = {**model_config(name), "name": f"{name}-{LAYERS}l", "num_layers": LAYERS}
         for B in BATCHES:
             for ratio in RATIOS:
-                yield family, name, probe_scenario(hardware, model, B, ratio), ratio
+                prompt = PROMPT if ratio == 0 else PROMPT_RECOMPUTE
+                yield family, name, probe_scenario(hardware, model, B, ratio, prompt=prompt), ratio
 
 
 def measure_steps(hardware: dict[str, Any], models: tuple[str, ...]) -> list[dict]:
