@@ -47,7 +47,9 @@ from alisa.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 CALL_LIMIT_S = 540.0  # the device tool stops a command at 600 s
-CALIBRATE_S = 420.0  # a full `alisa calibrate`: 261-264 s on the lent H100s (2026-12-05/06) before the step probe (~100 s more), plus margin
+# a full `alisa calibrate`: 261-264 s on the lent H100s (2026-12-05/06) before the step probe
+# (~100 s more), plus margin
+CALIBRATE_S = 420.0
 PLANNED_WITH = "planned-with.yaml"  # in each stage's archive: the profile its runs were planned with
 STASH = Path(tempfile.gettempdir()) / "alisa-routine"  # call 1's profile, for later calls on the same machine
 RUN_OVERHEAD_S = 14.0  # per measured run beyond its own time: weights, graphs, rehearsal (thirteenth run)
