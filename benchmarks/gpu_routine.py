@@ -237,8 +237,11 @@ def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> in
     if call > len(p["calls"]):
         raise SystemExit(f"the plan has {len(p['calls'])} calls")
     pts = points(profile)
-    # --only: these stages, wherever the plan put them (a lease with less time left)
-    todo = [sd for c in p["calls"] for sd in c if sd["name"] in only] if only else p["calls"][call - 1]
+    # --only: these stages in the order named, wherever the plan put them (a lease with
+    # less time left: first runs of every family before any repeat, so a stopped call
+    # loses a repeat)
+    by_name = {sd["name"]: sd for c in p["calls"] for sd in c}
+    todo = [by_name[n] for n in only if n in by_name] if only else p["calls"][call - 1]
     for sd in todo:
         st = Stage(**sd)
         if st.family == "calibrate":

@@ -92,8 +92,8 @@ def test_verdicts_by_hand(routine):
 
 
 def test_run_takes_its_call_or_the_named_stages(routine, the_plan, tmp_path, monkeypatch):
-    """A call runs its share of the plan; --only runs the named stages wherever the plan put
-    them (a lease with less time left)."""
+    """A call runs its share of the plan; --only runs the named stages, in the order named,
+    wherever the plan put them (a lease with less time left)."""
     ran = []
     monkeypatch.setattr(routine, "STASH", tmp_path / "no-stash")  # never this machine's /tmp
     monkeypatch.setattr(routine, "plan", lambda profile: the_plan)
@@ -102,8 +102,8 @@ def test_run_takes_its_call_or_the_named_stages(routine, the_plan, tmp_path, mon
     routine.run(tmp_path / "o2", 2, "h100-80gb-measured")
     assert ran == [s["name"] for s in the_plan["calls"][1]]
     ran.clear()
-    routine.run(tmp_path / "o", 3, "h100-80gb-measured", only=["flexgen-r2", "alisa-device-r1"])
-    assert ran == ["alisa-device-r1", "flexgen-r2"]  # in the plan's order
+    routine.run(tmp_path / "o", 3, "h100-80gb-measured", only=["flexgen-r2", "no-such-stage", "alisa-device-r1"])
+    assert ran == ["flexgen-r2", "alisa-device-r1"]  # in the order named
     log = (tmp_path / "o" / "routine-call3.json").read_text()
     assert "flexgen-r2" in log
 
