@@ -117,6 +117,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from alisa.runtime.validate import (
         compare_repeats,
         fmt_value,
+        layer_breakdown,
         read_run,
         step_series_median,
         step_time_figure,
@@ -184,12 +185,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         metrics = compare_repeats(sim, [r for r, _ in runs])
         point_rows = _metric_rows(label, metrics)
         rows += point_rows
+        # where a layer's time goes, against the first measured run's traced steps
+        traced = all((x / "trace.json").is_file() for x in (d / "sim", real_dirs[0]))
+        layers = layer_breakdown(d / "sim", real_dirs[0]) if traced else {}
         write_text(
             d / "validation.json",
             json.dumps(
                 {
                     "scenario": label,
                     "metrics": point_rows,
+                    "layers": layers,
                     "real": real.get("real", {}),
                     "real_runs": [str(rd) for rd in real_dirs],
                 },
@@ -222,6 +227,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 f"  {r['metric']:26s} sim {fmt_value(r['metric'], r['sim']):>14s}  "
                 f"measured {fmt_value(r['metric'], r['real']):>14s}  {err:>8s}{rng}"
             )
+        for ph, parts in layers.items():
+            print(f"  per layer, phase {ph:3s} " + "; ".join(_layer_part(k, v) for k, v in parts.items()))
     if args.real_only:
         print(f"wrote measured runs under {out}" + (f"; failed: {', '.join(failures)}" if failures else ""))
         return 0 if not failures else 1
@@ -275,6 +282,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
     print(f"\nwrote {out}/validation.csv, summary.json and per-scenario folders")
     return 0 if not failures else 1
+
+
+def _layer_part(part: str, v: dict[str, Any]) -> str:
+    err = f" ({100 * v['error']:+.0f}%)" if v["error"] is not None else ""
+    return f"{part} {1e6 * v['sim_s']:.0f}/{1e6 * v['real_s']:.0f} us{err}"
 
 
 def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:

@@ -305,6 +305,7 @@ def validate(outs: list[Path], profile: str, planned_with: list[tuple[str, str]]
             off = frozenset(p.name for p in pts if p.off_matrix)
             report["families"][key] = {
                 **_verdicts(rows, len(dirs), off),
+                "layers": _layer_medians(res),
                 "planned_with": plan_prof if fp == timing_fp else f"{plan_prof} (fingerprint {fp})",
                 "stages": [d.name for d in dirs],
             }
@@ -316,6 +317,18 @@ def _csv(path: Path) -> list[dict[str, Any]]:
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _layer_medians(res: Path) -> dict[str, dict[str, float]]:
+    """Per phase and part of a layer, the median over the family's points of the per-layer
+    error (``alisa validate``'s ``layers``; the matrix and off-matrix points together)."""
+    errs: dict[str, dict[str, list[float]]] = {}
+    for f in sorted(res.glob("*/validation.json")):
+        for ph, parts in json.loads(f.read_text()).get("layers", {}).items():
+            for part, v in parts.items():
+                if v.get("error") is not None:
+                    errs.setdefault(ph, {}).setdefault(part, []).append(v["error"])
+    return {ph: {k: statistics.median(v) for k, v in parts.items()} for ph, parts in errs.items()}
 
 
 def _point_name(label: str) -> str:
@@ -434,6 +447,11 @@ def render(rep: dict[str, Any]) -> str:
                 lines.append(
                     f"  median |error|, {what}: " + ", ".join(f"{short[m]} {100 * v:.1f}%" for m, v in meds.items())
                 )
+        for ph, parts in fam.get("layers", {}).items():
+            lines.append(
+                f"  per layer, phase {ph} (median signed error over the points): "
+                + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in parts.items())
+            )
     return "\n".join(lines)
 
 

@@ -716,7 +716,10 @@ class RealExecutor:
                 h2d += pc.prefetch(l + 1, cpu_prev, self.tl.mark)
             s = self.tl.mark(d.compute) if trace else None
             st.pre(l)
+            w0 = self.tl.mark(d.compute) if trace else None
             pc.wait_fetched(l)
+            if trace:
+                self.spans.append(("GPU compute", f"wait copy L{l}", w0, self.tl.mark(d.compute), {"step": plan.step}))
             st.post(l)
             pc.release(l)
             d2h += pc.spill(l, cpu_prev, cpu_now)

@@ -186,3 +186,66 @@ def fmt_value(name: str, v: float) -> str:
     if name.endswith("_time_s") or name.startswith("step_time"):
         return f"{1e3 * v:.3f} ms"
     return f"{v:.1f}"
+
+
+# -- per layer: where a step's time goes, simulated against measured --------------------------
+
+LAYER_PARTS = ("compute", "wait", "h2d", "host_gather")
+
+
+def _trace_layers(folder: Path) -> dict[tuple[int, int], dict[str, float]]:
+    """Per (decode step, layer) of a run's trace: the GPU's compute on the layer less its
+    waits for fetched rows (the executor's layer span holds them), those waits, the H2D
+    span (a copy, or the device gather's kernel) and the host's gather, in seconds."""
+    doc = json.loads((folder / "trace.json").read_text())
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    lanes = {e.get("tid"): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    out: dict[tuple[int, int], dict[str, float]] = {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        step = e.get("args", {}).get("step", -1)
+        if step is None or step < 0:
+            continue
+        lane, name, dur = lanes.get(e.get("tid"), ""), e["name"], e["dur"] * 1e-6
+        if lane == "GPU compute" and name.startswith("wait copy L"):
+            part, layer = "wait", name[len("wait copy L") :]
+        elif lane == "GPU compute" and name[:1] == "L":
+            part, layer = "layer", name[1:]
+        elif lane == "H2D" and name[:1] == "L":
+            part, layer = "h2d", name[1:]
+        elif lane in ("CPU", "Host") and name.startswith("gather L"):
+            part, layer = "host_gather", name[len("gather L") :]
+        else:
+            continue
+        if layer.isdigit():
+            d = out.setdefault((int(step), int(layer)), {})
+            d[part] = d.get(part, 0.0) + dur
+    for d in out.values():
+        d["compute"] = d.pop("layer", 0.0) - d.get("wait", 0.0)
+    return out
+
+
+def layer_breakdown(sim_dir: Path, real_dir: Path) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """Per phase, per part of a layer (``LAYER_PARTS``): the median over the decode steps
+    both traces hold and their layers, simulated against measured. The simulator's
+    compute never waits (its waits are in the step's span), so ``wait`` is measured only."""
+    _, steps = read_run(real_dir)
+    phase = {r["step"]: r["phase"] for r in steps}
+    sim, real = _trace_layers(sim_dir), _trace_layers(real_dir)
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for ph in PHASES:
+        keys = [k for k in real if k in sim and phase.get(k[0]) == ph]
+        if not keys:
+            continue
+        parts: dict[str, dict[str, float | int | None]] = {}
+        for part in LAYER_PARTS:
+            r = [real[k].get(part, 0.0) for k in keys]
+            s = [sim[k].get(part, 0.0) for k in keys]
+            if not any(r) and not any(s):
+                continue
+            rm, sm = statistics.median(r), statistics.median(s)
+            err = (sm - rm) / rm if rm > 0 and part != "wait" else None
+            parts[part] = {"sim_s": sm, "real_s": rm, "error": err, "n": len(keys)}
+        out[ph] = parts
+    return out
