@@ -306,7 +306,10 @@ def validate(outs: list[Path], profile: str, planned_with: list[tuple[str, str]]
             report["families"][key] = {
                 **_verdicts(rows, len(dirs), off),
                 "layers": _layer_medians(res),
-                "planned_with": plan_prof if fp == timing_fp else f"{plan_prof} (fingerprint {fp})",
+                # an archive's own copy is named by its stage, not by where it was unpacked
+                "planned_with": (f"{dirs[0].name}/{PLANNED_WITH}" if plan_prof.startswith(str(work)) else plan_prof)
+                + ("" if fp == timing_fp else f" (fingerprint {fp})")
+                + (", the timing profile" if fp == timing_fp else ""),
                 "stages": [d.name for d in dirs],
             }
     return report

@@ -213,7 +213,11 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
                 "recompute_layer_us": {
                     k: profile.get("recompute_layer_us", {}).get(k) for k in step["recompute_layer_us"]
                 },
-                "zero_copy": {k: (zero_copy or {}).get(k) for k in ("compute_slowdown", "gather_slowdown")},
+                # the stand-in's slowdowns where its rows exist (profiles before the step probe)
+                "zero_copy": {
+                    k: (zero_copy or {}).get(k) if "zero_copy_slowdown" in ops else None
+                    for k in ("compute_slowdown", "gather_slowdown")
+                },
             },
         }
         profile.setdefault("decode_layer_us", {}).update(step["decode_layer_us"])
