@@ -132,5 +132,6 @@ def test_the_profile_takes_the_probed_terms_over_the_stand_ins():
     assert hw.decode_layer_us["llama/slots"] == pytest.approx(old.decode_layer_us["llama/slots"])
     stand_in = p["meta"]["fits"]["step_probe"]["stand_in"]
     assert stand_in["decode_layer_us"]["llama/spill"] == pytest.approx(list(old.decode_layer_us["llama/spill"]))
-    assert stand_in["zero_copy"]["gather_slowdown"] == pytest.approx(old.zero_copy.gather_slowdown)
+    # these measurements carry no stand-in slowdown probe: none is recorded, not a zero
+    assert stand_in["zero_copy"] == {"compute_slowdown": None, "gather_slowdown": None}
     assert p["meta"]["fits"]["step_probe"]["samples"] > 0
