@@ -129,47 +129,22 @@ def predicted(sc: Any) -> dict[tuple[int, int], tuple[float, float, int]]:
     return out
 
 
-def layer_spans(events: list[tuple[str, str, float, float, dict[str, Any]]]) -> dict[tuple[int, int], dict[str, float]]:
-    """Per (step, layer) of a real run's trace: the compute span less its wait for the
-    gather, the gather's span and bytes."""
-    out: dict[tuple[int, int], dict[str, float]] = {}
-    for lane, name, _, dur, args in events:
-        step = args.get("step", -1)
-        if step is None or step < 0:
-            continue
-        if lane == "GPU compute" and name.startswith("wait copy L"):
-            out.setdefault((step, int(name[len("wait copy L") :])), {})["wait_s"] = dur
-        elif lane == "GPU compute" and name.startswith("L"):
-            out.setdefault((step, int(name[1:])), {})["layer_s"] = dur
-        elif lane == "H2D" and name.startswith("L"):
-            d = out.setdefault((step, int(name[1:])), {})
-            d["gather_s"], d["bytes"] = dur, float(args.get("bytes", 0))
-    return {
-        k: {
-            "compute_s": v["layer_s"] - v.get("wait_s", 0.0),
-            "gather_s": v.get("gather_s", 0.0),
-            "bytes": v.get("bytes", 0.0),
-        }
-        for k, v in out.items()
-        if "layer_s" in v
-    }
-
-
 def probe_rows(sc: Any, family: str, model: str, ratio: float, make_opts: Callable[[bool], Any]) -> list[dict]:
     """The scenario run wet and dry by the real backend, every decode step traced: one
     row each, with a sample per (step, layer)."""
     from alisa.runtime.executor import RealExecutor
     from alisa.runtime.run import release_gpu
+    from alisa.runtime.validate import layer_parts
 
     pred = predicted(sc)
     rows = []
     for dry in (False, True):
         run = RealExecutor(sc, make_opts(dry)).run()
-        spans = layer_spans(run.er.log.events())
+        spans = layer_parts(run.er.log.events())
         del run
         release_gpu()
         samples = [
-            [k[0], k[1], v["compute_s"], v["gather_s"], v["bytes"], *pred[k]]
+            [k[0], k[1], v["compute"], v.get("h2d", 0.0), v.get("bytes", 0.0), *pred[k]]
             for k, v in sorted(spans.items())
             if k in pred
         ]

@@ -193,21 +193,16 @@ def fmt_value(name: str, v: float) -> str:
 LAYER_PARTS = ("compute", "wait", "h2d", "host_gather")
 
 
-def _trace_layers(folder: Path) -> dict[tuple[int, int], dict[str, float]]:
-    """Per (decode step, layer) of a run's trace: the GPU's compute on the layer less its
-    waits for fetched rows (the executor's layer span holds them), those waits, the H2D
-    span (a copy, or the device gather's kernel) and the host's gather, in seconds."""
-    doc = json.loads((folder / "trace.json").read_text())
-    events = doc["traceEvents"] if isinstance(doc, dict) else doc
-    lanes = {e.get("tid"): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+def layer_parts(events: Any) -> dict[tuple[int, int], dict[str, float]]:
+    """Per (decode step, layer) of a run's trace events, (lane, name, start, seconds, args)
+    as ``EventLog`` holds them: the GPU's compute on the layer less its waits for fetched
+    rows (the executor's layer span holds them), those waits, the H2D span (a copy, or the
+    device gather's kernel) and its bytes, and the host's gather, in seconds."""
     out: dict[tuple[int, int], dict[str, float]] = {}
-    for e in events:
-        if e.get("ph") != "X":
-            continue
-        step = e.get("args", {}).get("step", -1)
+    for lane, name, _, dur, args in events:
+        step = args.get("step", -1)
         if step is None or step < 0:
             continue
-        lane, name, dur = lanes.get(e.get("tid"), ""), e["name"], e["dur"] * 1e-6
         if lane == "GPU compute" and name.startswith("wait copy L"):
             part, layer = "wait", name[len("wait copy L") :]
         elif lane == "GPU compute" and name[:1] == "L":
@@ -221,9 +216,23 @@ def _trace_layers(folder: Path) -> dict[tuple[int, int], dict[str, float]]:
         if layer.isdigit():
             d = out.setdefault((int(step), int(layer)), {})
             d[part] = d.get(part, 0.0) + dur
+            if part == "h2d":
+                d["bytes"] = d.get("bytes", 0.0) + float(args.get("bytes", 0))
     for d in out.values():
         d["compute"] = d.pop("layer", 0.0) - d.get("wait", 0.0)
     return out
+
+
+def _trace_layers(folder: Path) -> dict[tuple[int, int], dict[str, float]]:
+    """``layer_parts`` of a run folder's trace.json (Chrome trace, microseconds)."""
+    doc = json.loads((folder / "trace.json").read_text())
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    lanes = {e.get("tid"): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    return layer_parts(
+        (lanes.get(e.get("tid"), ""), e["name"], e["ts"] * 1e-6, e["dur"] * 1e-6, e.get("args", {}))
+        for e in events
+        if e.get("ph") == "X"
+    )
 
 
 def layer_breakdown(sim_dir: Path, real_dir: Path) -> dict[str, dict[str, dict[str, float | int | None]]]:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from alisa.calibration.profile import build_profile
-from alisa.calibration.step_probe import FIELDS, layer_spans, predicted, probe_rows, probe_scenario, step_probe_section
+from alisa.calibration.step_probe import FIELDS, predicted, probe_rows, probe_scenario, step_probe_section
 from alisa.runtime.device_fetch import DeviceFetcher
 from alisa.runtime.executor import RealExecutor, RealOptions
+from alisa.runtime.validate import layer_parts
 from alisa.sim.hardware import HardwareProfile, load_profile
 
 from .test_real_backend import DEVICE, TINY_LLAMA, TINY_OPT
@@ -65,8 +66,8 @@ def test_a_dry_gather_launches_nothing_and_keeps_its_events(monkeypatch):
         calls["n"] = 0
         sc = _tiny(TINY_OPT, 2, 0.0)
         run = RealExecutor(sc, _opts(dry)).run()
-        spans = layer_spans(run.er.log.events())
-        assert spans and all(v["bytes"] > 0 for v in spans.values())  # the plan's rows, counted either way
+        spans = layer_parts(run.er.log.events())
+        assert spans and all(v.get("bytes", 0) > 0 for v in spans.values())  # the plan's rows, counted either way
         if dry:
             assert calls["n"] == 0
         else:
