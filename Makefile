@@ -11,14 +11,15 @@ EXTRAS := kernels,accuracy,dev,ray,search
 
 .PHONY: run test check setup lock bench clean
 
-# uv (pinned in the lock, installed by pip) installs the lock's versions in parallel; the
-# torch CPU wheel comes from the local wheel folder pip is pointed at (PIP_FIND_LINKS)
+# uv (pinned in the lock, installed by pip) installs exactly the lock's lines, in parallel and
+# without resolving (--no-deps: the lock holds every package); the torch CPU wheel comes from
+# the local wheel folder pip is pointed at (PIP_FIND_LINKS)
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -c $(LOCK) --build-constraint $(LOCK) $(FIND_LINKS) -e '.[$(EXTRAS)]'
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -r $(LOCK) --build-constraint $(LOCK) $(FIND_LINKS) -e .
 	$(PY) .ci/lock.py installed
 	touch $(STAMP)
 
@@ -38,9 +39,10 @@ check: $(STAMP)
 	$(PY) .ci/typecheck.py
 
 # resolve every dependency again in a fresh venv and pin what it installs: after changing
-# dependencies in pyproject.toml, or deliberately to take newer releases
+# dependencies in pyproject.toml, or deliberately to take newer releases (`make lock KEEP=1`
+# keeps the current versions wherever the new lists admit them)
 lock:
-	$(PYTHON) .ci/lock.py write --extras $(EXTRAS)
+	$(PYTHON) .ci/lock.py write --extras $(EXTRAS) $(if $(KEEP),--keep,)
 	rm -f $(STAMP)
 
 bench: $(STAMP)

@@ -4,14 +4,17 @@
     python .ci/lock.py check                                  # pyproject.toml and the lock agree
     python .ci/lock.py installed                              # this Python has exactly the lock
 
-The lock is a constraints file (name==version per line), not a uv or pip-tools lock
+The lock is a requirements file (name==version per line), not a uv or pip-tools lock
 file: pip makes it, with its resolver in a fresh venv, because the torch pin must resolve
 to the CPU wheel in the machine's local wheel folder, which pip's configuration points at
 (uv does not read it); read back with ``pip freeze``, it holds every package, transitive
 ones included, for this platform (Linux x86-64, CPython 3.11). Installs go through uv
-(pinned in the lock itself), which honours the same file with ``-c`` and installs in
-parallel. Its header records a hash of the dependency lists it was made from, so
-``check`` fails as soon as pyproject.toml changes them without a new lock.
+(pinned in the lock itself), which installs exactly the lock's lines (``--no-deps -r``:
+no resolving at install time) in parallel. Packages named in pyproject.toml's
+``[tool.alisa.lock] no-deps`` are locked without their own dependencies; ``--keep``
+re-locks with the current versions wherever the lists still admit them. The header
+records a hash of the dependency lists the lock was made from, so ``check`` fails as
+soon as pyproject.toml changes them without a new lock.
 """
 
 from __future__ import annotations
@@ -53,7 +56,13 @@ def inputs(pyproject: Path, extras: list[str]) -> dict[str, list[str]]:
         raise LockError(f"{pyproject}: no extra named {', '.join(unknown)} in [project.optional-dependencies]")
     got = {"build-system.requires": data["build-system"]["requires"], "dependencies": data["project"]["dependencies"]}
     got |= {f"extra:{e}": optional[e] for e in sorted(extras)}
+    got["no-deps"] = data.get("tool", {}).get("alisa", {}).get("lock", {}).get("no-deps", [])
     return got
+
+
+def no_deps_names(lists: dict[str, list[str]]) -> set[str]:
+    """Packages installed for the files they ship, without their own dependencies."""
+    return {canonicalize_name(n) for n in lists.get("no-deps", [])}
 
 
 def inputs_hash(lists: dict[str, list[str]]) -> str:
@@ -92,6 +101,8 @@ def check(pyproject: Path, lock: Path) -> list[str]:
     if header.get("inputs-sha256") != inputs_hash(lists):
         problems.append(f"{lock} was made from other dependency lists than {pyproject.name} has now: run `make lock`")
     for where, reqs in lists.items():
+        if where == "no-deps":  # names, each also required (and so checked) where it is listed
+            continue
         for spec in reqs:
             req = Requirement(spec)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
@@ -127,23 +138,33 @@ def compare_installed(lock: Path, have: dict[str, str], own: str = "alisa") -> l
     return problems
 
 
-def write(extras: list[str], python: str, lock: Path) -> None:
+def split_no_deps(lists: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The extras' requirements as (resolved with their dependencies, installed without)."""
+    skip = no_deps_names(lists)
+    reqs = [spec for where, specs in lists.items() if where.startswith("extra:") for spec in specs]
+    with_deps = sorted({s for s in reqs if canonicalize_name(Requirement(s).name) not in skip})
+    without = sorted({s for s in reqs if canonicalize_name(Requirement(s).name) in skip})
+    return with_deps, without
+
+
+def write(extras: list[str], python: str, lock: Path, keep: bool = False) -> None:
     lists = inputs(ROOT / "pyproject.toml", extras)
     env = {k: v for k, v in os.environ.items() if k != "PIP_CONSTRAINT"}  # resolve afresh, not from the old lock
+    with_deps, without = split_no_deps(lists)
     with tempfile.TemporaryDirectory(prefix="alisa-lock-") as tmp:
+        # --keep: the current lock's versions stay wherever the new lists admit them
+        pin = ["-c", str(Path(tmp) / "old.lock")] if keep and lock.is_file() else []
+        if pin:
+            (Path(tmp) / "old.lock").write_text(lock.read_text())
         venv = Path(tmp) / "venv"
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
         py = str(venv / "bin" / "python")
-        subprocess.run(
-            [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *lists["build-system.requires"]],
-            check=True,
-            env=env,
-        )
-        subprocess.run(
-            [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[{','.join(extras)}]"],
-            check=True,
-            env=env,
-        )
+        pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pin]
+        subprocess.run([*pip, *lists["build-system.requires"]], check=True, env=env)
+        # the project's own dependencies and its extras', then the no-deps packages alone
+        subprocess.run([*pip, "-e", str(ROOT), *with_deps], check=True, env=env)
+        if without:
+            subprocess.run([*pip, "--no-deps", *without], check=True, env=env)
         freeze = subprocess.run(
             [py, "-m", "pip", "freeze", "--all", "--exclude-editable"],
             check=True,
@@ -180,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("write")
     w.add_argument("--extras", required=True)
     w.add_argument("--python", default=sys.executable)
+    w.add_argument("--keep", action="store_true", help="keep the current lock's versions where the lists admit them")
     sub.add_parser("check")
     sub.add_parser("installed")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "write":
-            write([e for e in args.extras.split(",") if e], args.python, LOCK)
+            write([e for e in args.extras.split(",") if e], args.python, LOCK, keep=args.keep)
             print(f"wrote {LOCK}")
             return 0
         problems = check(ROOT / "pyproject.toml", LOCK) if args.cmd == "check" else compare_installed(LOCK, installed())

