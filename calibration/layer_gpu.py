@@ -38,6 +38,8 @@ CACHES: dict[str, dict[str, Any]] = {
     },
 }
 
+DENSE_CACHES = ("slots", "prefix")  # layouts whose decode attention reads the whole cache
+
 
 def _family_models(models: tuple[str, ...]) -> dict[str, str]:
     """The first model of each family in the calibration's model list."""
@@ -161,7 +163,9 @@ def decode_layer_section(rows: list[dict], profile: dict[str, Any]) -> dict[str,
         for B, (t, name) in pts.items():
             m = get_model(name)
             gemms = sum(cost.gemm_s(B, n, k, m.dtype_bytes) for _, n, k in layer_gemm_shapes(m))
-            attn_floor = cost.attention_decode_s(B * kv_bytes_per_token_per_layer(m))
+            # the floor of the kernel the simulator charges this layout (whole caches read in order)
+            dense = key.split("/")[1] in DENSE_CACHES
+            attn_floor = cost.attention_decode_s(B * kv_bytes_per_token_per_layer(m), contiguous=dense)
             resid[B] = (t - gemms - attn_floor) * 1e6
         out[key] = _line_through(resid, 3)
     return out

@@ -344,7 +344,8 @@ def gemms(shapes: list[tuple[int, int]], g: Grid) -> list[dict]:
 
 
 def attention(g: Grid) -> list[dict]:
-    """The SWA sparse decode kernel (fp16 and INT8 K/V), dense SDPA decode, prefill SDPA."""
+    """The SWA sparse decode kernel (fp16 and INT8 K/V; a selection, and a whole cache as
+    the executor's dense runs attend it), dense SDPA decode, prefill SDPA."""
     import torch.nn.functional as F
 
     from alisa.kernels.swa_triton import quantize_kv, sparse_decode_attention
@@ -379,6 +380,17 @@ def attention(g: Grid) -> list[dict]:
                         "attention_decode_int8", b * hkv * a * (d + 2) * 2, st, batch=b, gqa=gqa, attended=a, kv="int8"
                     )
                 )
+                # a dense cache as the executor attends it: the pool's token-major rows
+                # [b, tokens, K/V, heads, d], every row in order through an index shared by
+                # the heads, lengths read on the device (runtime/slot_cache.py attend)
+                pool = torch.randn(b, a, 2, hkv, d, device="cuda", dtype=torch.float16, generator=gen)
+                pk, pv = pool[:, :, 0].permute(0, 2, 1, 3), pool[:, :, 1].permute(0, 2, 1, 3)
+                seq = torch.arange(a, device="cuda", dtype=torch.int32)[None, None, :].expand(b, hkv, a)
+                st = time_gpu(
+                    partial(sparse_decode_attention, q, pk, pv, seq, ln, out=out, lengths_vary=True), g.repeats
+                )
+                rows.append(_row("attention_decode_contiguous", kv_bytes, st, batch=b, gqa=gqa, attended=a))
+                del pool, pk, pv
                 sdpa = partial(
                     F.scaled_dot_product_attention, q[:, :, None], k[:, :, :a], v[:, :, :a], enable_gqa=gqa > 1
                 )

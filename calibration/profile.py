@@ -122,6 +122,8 @@ def build_profile(rows: list[dict], name: str, device: dict[str, Any], meta: dic
 
     if "attention_decode" in ops:
         fit_op("attention_decode")
+    if "attention_decode_contiguous" in ops:
+        fit_op("attention_decode_contiguous")
     int8_overhead = 0.15
     if "attention_decode_int8" in ops and "attention_decode" in ops:
         # the fp16 fit extrapolates below its grid, where INT8's halved bytes fall

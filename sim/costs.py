@@ -1,15 +1,14 @@
 """Cost model: the time of each operation on a hardware profile.
 
 Analytic terms are rooflines plus launch latency; a measured profile's tables replace
-them where present (piecewise-linear interpolation in log-log space, extrapolated at the
-edge rate). The simulator engine and the schedulers' optimisers both call this module,
+them where present (piecewise-linear in size between measured points, extrapolated at
+the edge rate). The simulator engine and the schedulers' optimisers both call this module,
 so there is one definition of what each operation costs.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,18 +17,22 @@ from .hardware import GB, HardwareProfile, OpTable
 
 @dataclass(frozen=True)
 class _Interp:
-    """log-log piecewise-linear interpolation with linear-in-size extrapolation."""
+    """Piecewise-linear in size between the measured points, the smallest measured time
+    below them, the last segment's incremental rate beyond them.
 
-    log_x: tuple[float, ...]
-    log_y: tuple[float, ...]
+    Linear in size, not in log-log: each table is a latency-plus-bytes-over-bandwidth
+    shape segment by segment, which a log-log chord over-states between points spaced
+    4x apart. Left out of calibration's own rows one at a time, the log-log chord was
+    high on every H100 table (attention decode +3.0 % median, pageable copies +7 %),
+    the linear one within 0-2.4 % on most (docs/calibration.md).
+    """
+
     x: tuple[float, ...]
     y: tuple[float, ...]
 
     @classmethod
     def of(cls, t: OpTable) -> _Interp:
-        return cls(
-            tuple(math.log(v) for v in t.size), tuple(math.log(v) for v in t.seconds), tuple(t.size), tuple(t.seconds)
-        )
+        return cls(tuple(t.size), tuple(t.seconds))
 
     def __call__(self, size: float) -> float:
         if size <= 0:
@@ -41,10 +44,9 @@ class _Interp:
             # beyond the grid, extend at the incremental rate of the last segment
             rate = (y[-1] - y[-2]) / (x[-1] - x[-2])
             return y[-1] + max(rate, 0.0) * (size - x[-1])
-        ls = math.log(size)
-        i = bisect.bisect_right(self.log_x, ls) - 1
-        f = (ls - self.log_x[i]) / (self.log_x[i + 1] - self.log_x[i])
-        return math.exp(self.log_y[i] + f * (self.log_y[i + 1] - self.log_y[i]))
+        i = bisect.bisect_right(x, size) - 1
+        f = (size - x[i]) / (x[i + 1] - x[i])
+        return y[i] + f * (y[i + 1] - y[i])
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,13 @@ class CostModel:
         bytes_ = (m * k + k * n + m * n) * dtype_bytes
         return max(flops / self.flops_per_s, bytes_ / self.hbm_bytes_per_s) + self.launch_s
 
-    def attention_decode_s(self, kv_bytes_read: float, int8: bool = False) -> float:
-        """One decode step's attention: memory-bound on the KV bytes it reads."""
+    def attention_decode_s(self, kv_bytes_read: float, int8: bool = False, contiguous: bool = False) -> float:
+        """One decode step's attention: memory-bound on the KV bytes it reads. ``contiguous``:
+        it reads a whole cache in order (dense), timed apart where the profile measured it
+        (a selection's scattered rows read slower per byte)."""
         if kv_bytes_read <= 0:
             return 0.0
-        t = self._table("attention_decode")
+        t = (self._table("attention_decode_contiguous") if contiguous else None) or self._table("attention_decode")
         base = t(kv_bytes_read) if t is not None else kv_bytes_read / self.hbm_bytes_per_s + self.launch_s
         return base * (1.0 + self.hw.int8_attention_overhead) if int8 else base
 

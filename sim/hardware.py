@@ -283,6 +283,7 @@ class HardwareProfile(BaseModel):
             "d2h_pageable",
             "cpu_gather",
             "attention_decode",
+            "attention_decode_contiguous",
             "quantize_int8",
             "h2d_d2h_concurrent",
             "h2d_fetch",

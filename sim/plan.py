@@ -35,6 +35,7 @@ class LayerPlan:
     fetch_lag: int = 0  # this layer's fetch waits until the GPU has finished the layer this many back (0: never)
     weight_compression: float = 1.0  # stored/fp16 bytes of streamed weights (FlexGen 4-bit: ~0.28)
     # how the system's own code runs the layer (baselines; ours is one pass, fused):
+    attention_contiguous: bool = False  # decode attention reads the whole (kept) cache in order, not a selection
     attention_passes: float = 1.0  # times decode attention moves the attended KV in GPU memory (eager copies first)
     cpu_attention_passes: float = 1.0  # the same for attention on the CPU (FlexGen: fp16 -> fp32 copies)
     cpu_attention_inline: bool = False  # the GPU waits for the CPU's attention in the layer (FlexGen's q.cpu())

@@ -153,7 +153,7 @@ class StepCoster:
         else:
             gpu_attended = lp.attended_tokens - lp.cpu_attention_tokens
             kv_read = b * gpu_attended * (self.kv_fp16_bytes if self.kv_compressed else self.kv_bytes)
-            compute += c.attention_decode_s(lp.attention_passes * kv_read, self.int8_kv)
+            compute += c.attention_decode_s(lp.attention_passes * kv_read, self.int8_kv, lp.attention_contiguous)
         compute += self.recompute_s(b * self.recompute_rows(lp.recompute_tokens))
         if self.int8_kv:
             compute += c.quantize_int8_s(m * self.kv_fp16_bytes)

@@ -83,6 +83,7 @@ def _synthetic_rows(lat=10e-6, bw=50e9, gather_bw=20e9, hbm=3e12, flops=700e12) 
         rows.append({"op": f"gemm:{n}x{k}", "size": m, "seconds": t, "m": m, "n": n, "k": k, "flops": 2.0 * m * n * k})
     for kvb in (1e6, 1e7, 1e8):
         rows.append({"op": "attention_decode", "size": kvb, "seconds": 5e-6 + kvb / (0.8 * hbm)})
+        rows.append({"op": "attention_decode_contiguous", "size": kvb, "seconds": 5e-6 + kvb / (0.9 * hbm)})
         rows.append({"op": "attention_decode_int8", "size": kvb / 2, "seconds": (5e-6 + kvb / 2 / (0.8 * hbm)) * 1.2})
         rows.append({"op": "quantize_int8", "size": kvb, "seconds": 5e-6 + 1.5 * kvb / hbm})
     rows.append({"op": "attention_prefill", "size": 1e12, "seconds": 1e12 / (0.5 * flops)})
@@ -103,6 +104,9 @@ def test_build_profile_recovers_synthetic_hardware(tmp_path):
     assert set(p["meta"]["fits"]["cpu_gather"]["threads_by_size"].values()) == {8}
     assert p["hbm_gbps"] == pytest.approx(3000, rel=1e-3)
     assert p["int8_attention_overhead"] == pytest.approx(0.2, abs=0.02)
+    # a whole cache read in order has its own table (dense runs), a selection the other
+    assert p["meta"]["fits"]["attention_decode_contiguous"]["gbps"] == pytest.approx(2700, rel=0.01)
+    assert p["tables"]["attention_decode_contiguous"]["seconds"][-1] < p["tables"]["attention_decode"]["seconds"][-1]
     assert p["attention_efficiency"] == pytest.approx(0.5 * 700 / p["fp16_tflops"], rel=0.02)
     # round trip: write, load through the schema, equal
     out = tmp_path / "synth.yaml"

@@ -383,11 +383,37 @@ def test_measured_table_overrides_and_interpolates():
     t = OpTable(size=[1e3, 1e6, 1e9], seconds=[1e-5, 1e-4, 0.1])
     c = CostModel(_hw(tables={"h2d_pinned": t}))
     assert c.h2d_s(1e6) == pytest.approx(1e-4)
-    # log-log midpoint between 1e6 and 1e9 bytes
-    assert c.h2d_s(10**7.5) == pytest.approx(10 ** ((-4 + -1) / 2))
+    # linear in size between measured points: a third of the way from 1e6 to 1e9 bytes
+    x = 1e6 + (1e9 - 1e6) / 3
+    assert c.h2d_s(x) == pytest.approx(1e-4 + (0.1 - 1e-4) / 3)
+    # below the grid: the smallest measured time
+    assert c.h2d_s(10.0) == pytest.approx(1e-5)
     # beyond the grid: the last segment's incremental rate
     assert c.h2d_s(2e9) == pytest.approx(0.1 + (0.1 - 1e-4) / (1e9 - 1e6) * 1e9)
     assert c.d2h_s(1e6) == pytest.approx(10e-6 + 1e6 / 20e9)  # no table for d2h: analytic
+
+
+def test_linear_interpolation_is_exact_on_a_latency_bandwidth_table():
+    """Each table is latency + bytes / bandwidth piecewise: between points 4x apart a
+    linear chord reproduces it exactly, where a log-log one over-states it."""
+    lat, bw = 20e-6, 3e12
+    size = [4.0**i * 1e6 for i in range(6)]
+    t = OpTable(size=size, seconds=[lat + s / bw for s in size])
+    c = CostModel(_hw(tables={"attention_decode": t}))
+    for s in (2e6, 5e7, 3e8, 1.5e9):
+        assert c.attention_decode_s(s) == pytest.approx(lat + s / bw, rel=1e-9)
+
+
+def test_contiguous_attention_reads_its_own_table():
+    """A whole cache read in order (dense) is timed by the contiguous table where the
+    profile has one; a selection, and any read on a profile without it, by the other."""
+    sel = OpTable(size=[1e6, 1e9], seconds=[1e-5, 4e-4])
+    whole = OpTable(size=[1e6, 1e9], seconds=[1e-5, 3e-4])
+    both = CostModel(_hw(tables={"attention_decode": sel, "attention_decode_contiguous": whole}))
+    assert both.attention_decode_s(1e9) == pytest.approx(4e-4)
+    assert both.attention_decode_s(1e9, contiguous=True) == pytest.approx(3e-4)
+    older = CostModel(_hw(tables={"attention_decode": sel}))
+    assert older.attention_decode_s(1e9, contiguous=True) == pytest.approx(4e-4)
 
 
 # -- selection traces drive Phase II traffic -----------------------------------------------
@@ -506,3 +532,33 @@ def test_device_gather_plans_skip_the_round_trip_but_not_the_selection():
     for e in selects:  # before the step's first layer
         first = min(f[2] for f in dev.events if f[0] == "GPU compute" and f[1] == "L0" and f[4] == e[4])
         assert e[2] + e[3] <= first + 1e-12
+
+
+def test_dense_runs_time_their_attention_by_the_contiguous_table():
+    """dense-gpu's layers read whole caches (attention_contiguous), ALISA's a selection:
+    a profile whose contiguous reads are faster speeds up the first, not the second."""
+    import copy
+
+    from alisa.sim.catalog import model_config
+    from alisa.sim.hardware import profile_config
+    from alisa.sim.scenario import build_scenario
+
+    base = profile_config("h100-80gb-measured")
+    sel = base["tables"]["attention_decode"]
+    fast = copy.deepcopy(base)
+    fast["tables"]["attention_decode_contiguous"] = {"size": sel["size"], "seconds": [t / 2 for t in sel["seconds"]]}
+
+    def run(hw: dict, policy: dict) -> float:
+        d = {
+            "name": "t",
+            "model": model_config("llama-7b"),
+            "hardware": copy.deepcopy(hw),
+            "workload": {"batch_size": 16, "prompt_len": 512, "gen_len": 32},
+            "policy": policy,
+            "seed": 0,
+        }
+        return simulate(build_scenario(d, "<test>"))[0]["decode_time_s"]
+
+    dense, alisa = {"name": "dense-gpu"}, {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_gb": 64}
+    assert run(fast, dense) < 0.95 * run(base, dense)  # attention is a fifth of its step here
+    assert run(fast, alisa) == pytest.approx(run(base, alisa), rel=1e-12)

@@ -304,7 +304,7 @@ class FlexGenPolicy(Policy):
             ngb = self.batch // gbs
             attn_kv = gbs * n_mean * (self.coster.kv_fp16_bytes if self.coster.kv_compressed else kvb)
             passes = GPU_ATTENTION_PASSES if self.flexgen_code else 1.0
-            attn_gpu = ngb * self.coster.cost.attention_decode_s(passes * attn_kv, self.coster.int8_kv)
+            attn_gpu = ngb * self.coster.cost.attention_decode_s(passes * attn_kv, self.coster.int8_kv, contiguous=True)
             compute = ngb * self.coster.dense_layer_compute_s(gbs, decode=True) + attn_gpu
             cpu_passes = CPU_ATTENTION_PASSES if self.flexgen_code else 1.0
             prob = PlacementProblem(
@@ -496,6 +496,7 @@ class FlexGenPolicy(Policy):
         common: dict[str, Any] = dict(
             new_tokens=new,
             attended_tokens=n,
+            attention_contiguous=True,  # whole caches, no selection
             prefill=prefill,
             weight_compression=self.w_factor,
             contiguous_fetch=True,

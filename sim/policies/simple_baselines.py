@@ -86,6 +86,7 @@ class GpuKvPolicy(Policy):
         wb = self.weight_stream_bytes(l)
         return LayerPlan(
             weight_h2d_bytes=wb,
+            attention_contiguous=True,  # the whole kept cache (H2O evicts: what it keeps is compact)
             contiguous_fetch=True,
             sync_fetch=self.sync and wb > 0,
             pageable_fetch=self.pageable,
