@@ -21,10 +21,10 @@ class _Interp:
     below them, the last segment's incremental rate beyond them.
 
     Linear in size, not in log-log: each table is a latency-plus-bytes-over-bandwidth
-    shape segment by segment, which a log-log chord over-states between points spaced
-    4x apart. Left out of calibration's own rows one at a time, the log-log chord was
-    high on every H100 table (attention decode +3.0 % median, pageable copies +7 %),
-    the linear one within 0-2.4 % on most (docs/calibration.md).
+    shape segment by segment, which a log-log chord over-states between measured points.
+    Each interior point of calibration's own H100 rows left out and predicted: the
+    log-log chord was high on nearly every table (attention decode +3.0 % median), the
+    linear one no worse on three in four (docs/calibration.md).
     """
 
     x: tuple[float, ...]

@@ -24,7 +24,7 @@ GB = 1e9  # every *_gb and *_gbps field is decimal: 1 GB = 1e9 bytes
 
 
 class OpTable(BaseModel):
-    """Measured time of one operation against its size (piecewise-linear in log-log)."""
+    """Measured time of one operation against its size (piecewise-linear in size)."""
 
     model_config = ConfigDict(extra="forbid")
 
