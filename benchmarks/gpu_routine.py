@@ -91,19 +91,44 @@ def _phases(r: dict[str, Any]) -> tuple[int, int, int]:
     return ph["I"]["steps"], ph["II"]["steps"], ph["III"]["steps"]
 
 
+def real_backend_refusal(case: dict[str, Any], profile: str, gen: int) -> str | None:
+    """Why the real backend would refuse this point at this generation length in any
+    family's scenario (e.g. SWA attending more tokens than the GPU cache holds), or None."""
+    from alisa.runtime.executor import check_supported  # torch: the routine runs beside it
+    from alisa.sim.policies import make_policy
+
+    for family, base in POLICIES.items():
+        own = {k: v for k, v in case.items() if family.startswith("alisa") or not k.startswith("policy.")}
+        sc = load_scenario(resolve_scenario(base), _sets(own, profile, gen))
+        try:
+            check_supported(sc, make_policy(sc))
+        except InputError as e:
+            return f"{family}: {e}"
+    return None
+
+
 def choose_gen(base: str, case: dict[str, Any], profile: str) -> tuple[int, dict[str, Any]]:
     """The shortest candidate generation length at which the device-gather ALISA point has
-    at least 5% of its steps in Phase II and in Phase III (the longest if none does)."""
-    last: dict[str, Any] = {}
+    at least 5% of its steps in Phase II and in Phase III (the longest if none does), among
+    those the real backend runs: a profile that moves the phases can make the longest
+    candidate one whose SWA budget outgrows the point's GPU cache (a lent H100, 2026-12-06)."""
+    last: tuple[int, dict[str, Any]] | None = None
+    why: list[str] = []
     for gen in GEN_CANDIDATES:
+        refusal = real_backend_refusal(case, profile, gen)
+        if refusal is not None:
+            why.append(f"gen {gen}: {refusal}")
+            continue
         sets = _sets(case, profile, gen)
         r, _ = simulate(load_scenario(resolve_scenario(base), sets))
         _, p2, p3 = _phases(r)
         steps = sum(_phases(r))
-        last = r
+        last = gen, r
         if p2 >= 0.05 * steps and p3 >= 0.05 * steps:
             return gen, r
-    return GEN_CANDIDATES[-1], last
+    if last is None:
+        raise SystemExit(f"gpu_routine: point {case['name']}: no generation length the real backend runs; {why[0]}")
+    return last
 
 
 def _sets(case: dict[str, Any], profile: str, gen: int) -> list[str]:
@@ -197,7 +222,9 @@ def plan(profile: str, calibrate: bool = True) -> dict[str, Any]:
     }
 
 
-def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> None:
+def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> int:
+    """Run one stage into ``out``; its exit status (a failed point's stage goes on with the
+    others and is archived without it)."""
     if s.family == "calibrate":
         prof = out / f"{profile}.yaml"
         subprocess.run(["alisa", "calibrate", "--name", profile, "--out", str(prof)], check=True)
@@ -205,15 +232,18 @@ def _run_stage(s: Stage, pts: list[Point], profile: str, out: Path) -> None:
         for f in (prof, prof.with_suffix(".measurements.json")):  # later stages and calls plan with it
             (ROOT / "hardware_profiles" / f.name).write_bytes(f.read_bytes())
             (STASH / f.name).write_bytes(f.read_bytes())
-        return
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         scen = scenario_file(s.family, pts, profile, Path(tmp))
         runs = Path(tmp) / "runs"
-        subprocess.run(["alisa", "validate", str(scen), "--real-only", "--out", str(runs)], check=True)
-        with tarfile.open(out / f"{s.name}.tgz", "w:gz") as tf:
-            tf.add(runs, arcname=".")
-            # the profile these runs were planned with: validate times their plans, not another's
-            tf.add(profile_path(profile), arcname=PLANNED_WITH)
+        # a point that fails still leaves the others' runs: archive them, and say so
+        done = subprocess.run(["alisa", "validate", str(scen), "--real-only", "--out", str(runs)])
+        if runs.is_dir():
+            with tarfile.open(out / f"{s.name}.tgz", "w:gz") as tf:
+                tf.add(runs, arcname=".")
+                # the profile these runs were planned with: validate times their plans, not another's
+                tf.add(profile_path(profile), arcname=PLANNED_WITH)
+        return done.returncode
 
 
 def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> int:
@@ -242,15 +272,20 @@ def run(out: Path, call: int, profile: str, only: list[str] | None = None) -> in
     # loses a repeat)
     by_name = {sd["name"]: sd for c in p["calls"] for sd in c}
     todo = [by_name[n] for n in only if n in by_name] if only else p["calls"][call - 1]
+    failed = []
     for sd in todo:
         st = Stage(**sd)
         if st.family == "calibrate":
             continue
         t0 = time.time()
-        _run_stage(st, pts, profile, out)
-        log.append({"stage": st.name, "estimate_s": st.estimate_s, "wall_s": time.time() - t0})
+        rc = _run_stage(st, pts, profile, out)
+        log.append({"stage": st.name, "estimate_s": st.estimate_s, "wall_s": time.time() - t0, "rc": rc})
         (out / f"routine-call{call}.json").write_text(json.dumps({"plan": p, "log": log}, indent=1))
-    return 0
+        if rc:  # the lease's other stages still run
+            failed.append(st.name)
+    if failed:
+        print(f"gpu_routine: stages with a failed point: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _datasheet_for(profile: str) -> str:

@@ -5,6 +5,7 @@ scenarios are valid, and the verdicts are right by hand."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -37,6 +38,35 @@ def test_every_point_reaches_phases_two_and_three(the_plan):
     for p in pts:
         _, p2, p3 = p["phases"]
         assert p2 > 0 and p3 > 0, p
+
+
+def test_points_are_ones_the_real_backend_runs(routine, the_plan, monkeypatch):
+    """A generation length whose SWA budget outgrows the point's GPU cache is never chosen
+    (a lent H100's calibration once chose 1024 for the off-matrix LLaMA point: 282 tokens
+    attended, 256 held, and the real backend refused the stage)."""
+    for p in the_plan["points"]:
+        assert routine.real_backend_refusal(p["case"], "h100-80gb-measured", p["gen"]) is None
+    case = dict(routine.OFF_MATRIX[0])  # LLaMA-7B b24, prompt 384, 256 tokens of GPU cache
+    why = routine.real_backend_refusal(case, "h100-80gb-measured", 1024)
+    assert why is not None and "256 tokens" in why and "282" in why
+    monkeypatch.setattr(routine, "GEN_CANDIDATES", (768, 1024))
+    gen, _ = routine.choose_gen(routine.POLICIES["alisa-device"], case, "h100-80gb-measured")
+    assert gen == 768  # the longest it runs, whether or not both phases reach 5 %
+    monkeypatch.setattr(routine, "GEN_CANDIDATES", (1024,))
+    with pytest.raises(SystemExit, match="off-llama-7b-b24: no generation length"):
+        routine.choose_gen(routine.POLICIES["alisa-device"], case, "h100-80gb-measured")
+
+
+def test_a_failed_point_leaves_the_other_stages_running(routine, the_plan, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(routine, "STASH", tmp_path / "no-stash")
+    monkeypatch.setattr(routine, "plan", lambda profile: the_plan)
+    monkeypatch.setattr(routine, "points", lambda profile: [routine.Point(**p) for p in the_plan["points"]])
+    monkeypatch.setattr(routine, "_run_stage", lambda st, pts, profile, out: ran.append(st.name) or int(st.repeat == 1))
+    rc = routine.run(tmp_path / "out", 2, "h100-80gb-measured", ["alisa-device-r1", "alisa-device-r2", "dense-gpu-r1"])
+    assert rc == 1 and ran == ["alisa-device-r1", "alisa-device-r2", "dense-gpu-r1"]
+    log = json.loads((tmp_path / "out" / "routine-call2.json").read_text())["log"]
+    assert [e["rc"] for e in log] == [1, 0, 1]
 
 
 def test_calls_fit_the_device_limits(routine, the_plan):
