@@ -562,3 +562,20 @@ def test_dense_runs_time_their_attention_by_the_contiguous_table():
     dense, alisa = {"name": "dense-gpu"}, {"name": "alisa", "kv_sparsity": 0.5, "gpu_kv_budget_gb": 64}
     assert run(fast, dense) < 0.95 * run(base, dense)  # attention is a fifth of its step here
     assert run(fast, alisa) == pytest.approx(run(base, alisa), rel=1e-12)
+
+
+def test_table_interpolation_benchmark_scores_both_chords():
+    """benchmarks/table_interpolation.py leaves each interior point out: on a latency +
+    bytes / bandwidth table the linear chord predicts it exactly, the log-log one high."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "table_interpolation.py"
+    spec = importlib.util.spec_from_file_location("table_interpolation", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [{"size": s, "seconds": 20e-6 + s / 3e12} for s in (4.0**i * 1e6 for i in range(6))]
+    errs = mod.leave_one_out(rows)
+    assert len(errs["linear"]) == 4 and max(abs(e) for e in errs["linear"]) < 1e-9
+    assert min(errs["loglog"]) > 0.01
