@@ -126,8 +126,12 @@ def choose_gen(base: str, case: dict[str, Any], profile: str) -> tuple[int, dict
         if p2 >= 0.05 * steps and p3 >= 0.05 * steps:
             return gen, r
     if last is None:
-        name = case["name"]
-        raise SystemExit(f"gpu_routine: point {name}: no generation length the real backend runs; {first_refusal}")
+        # an impossible point: one line naming it and why, exit 2
+        print(
+            f"gpu_routine: point {case['name']}: no generation length the real backend runs; {first_refusal}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     return last
 
 

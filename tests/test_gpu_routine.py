@@ -40,7 +40,7 @@ def test_every_point_reaches_phases_two_and_three(the_plan):
         assert p2 > 0 and p3 > 0, p
 
 
-def test_points_are_ones_the_real_backend_runs(routine, the_plan, monkeypatch):
+def test_points_are_ones_the_real_backend_runs(routine, the_plan, monkeypatch, capsys):
     """A generation length whose SWA budget outgrows the point's GPU cache is never chosen
     (a lent H100's calibration once chose 1024 for the off-matrix LLaMA point: 282 tokens
     attended, 256 held, and the real backend refused the stage)."""
@@ -53,8 +53,10 @@ def test_points_are_ones_the_real_backend_runs(routine, the_plan, monkeypatch):
     gen, _ = routine.choose_gen(routine.POLICIES["alisa-device"], case, "h100-80gb-measured")
     assert gen == 768  # the longest it runs, whether or not both phases reach 5 %
     monkeypatch.setattr(routine, "GEN_CANDIDATES", (1024,))
-    with pytest.raises(SystemExit, match="off-llama-7b-b24: no generation length"):
+    with pytest.raises(SystemExit) as e:
         routine.choose_gen(routine.POLICIES["alisa-device"], case, "h100-80gb-measured")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "off-llama-7b-b24: no generation length" in err and len(err.splitlines()) == 1
 
 
 def test_a_failed_point_leaves_the_other_stages_running(routine, the_plan, tmp_path, monkeypatch):
