@@ -22,6 +22,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from alisa.calibration.fit import table_points
@@ -32,6 +33,8 @@ from alisa.sim.hardware import OpTable
 def loglog(x: list[float], y: list[float], size: float) -> float:
     """The log-log chord between measured points, as the cost model interpolated before
     (the same floor below the grid and edge rate above it as ``_Interp``)."""
+    if size <= 0:
+        return 0.0
     if size <= x[0]:
         return y[0]
     if size >= x[-1]:
@@ -48,7 +51,7 @@ def leave_one_out(rows: list[dict]) -> dict[str, list[float]]:
     sizes = sorted({r["size"] for r in rows})
     for s in sizes[1:-1]:
         rest = [r for r in rows if r["size"] != s]
-        x, y = table_points([r["size"] for r in rest], [r["seconds"] for r in rest])
+        x, y = table_points(np.array([r["size"] for r in rest]), np.array([r["seconds"] for r in rest]))
         x, y = [float(v) for v in x], [float(v) for v in y]
         truth = statistics.median(r["seconds"] for r in rows if r["size"] == s)
         errs["linear"].append(_Interp.of(OpTable(size=x, seconds=y))(s) / truth - 1)

@@ -28,6 +28,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -73,15 +74,13 @@ def ablate(archive: Path, profile: Path) -> list[str]:
     nocontig = work / "nocontig.yaml"
     nocontig.write_text(yaml.safe_dump(prof))
     lines = []
-    linear = costs._Interp.__call__
-    for chord in ("linear", "loglog"):
-        if chord == "loglog":  # the cost model's chord before 4c4b224, in this process only
-            costs._Interp.__call__ = lambda self, size: loglog(list(self.x), list(self.y), size) if size > 0 else 0.0
-        try:
-            for timing in (whole, nocontig):
-                lines.append(f"{chord} {timing.stem} {json.dumps(_medians(archive, timing, work / chord))}")
-        finally:
-            costs._Interp.__call__ = linear
+    for timing in (whole, nocontig):
+        lines.append(f"linear {timing.stem} {json.dumps(_medians(archive, timing, work / 'linear'))}")
+    # the cost model's chord before 4c4b224, in this process only
+    old = mock.patch.object(costs._Interp, "__call__", lambda self, size: loglog(list(self.x), list(self.y), size))
+    with old:
+        for timing in (whole, nocontig):
+            lines.append(f"loglog {timing.stem} {json.dumps(_medians(archive, timing, work / 'loglog'))}")
     return lines
 
 
